@@ -1,0 +1,348 @@
+"""Typed experiment parameters: one YAML file per experiment, validated once, with errors that name
+the file, the key, the value and what is allowed.
+
+Every field's default is the embedded model-organism experiment (`params/default.yaml`), so a params
+file only has to say what differs. Relative paths resolve against the project root.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ORGANISM = "organism"  # `model.base` value that builds the embedded model organism
+
+
+class ParamsError(ValueError):
+    """A params file is wrong; the message names the file, the key, the value and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelParams(Section):
+    base: str = Field(ORGANISM, description="'organism' builds the embedded model; else a hub id or local folder")
+    sft: str | None = Field(None, description="existing SFT checkpoint (hub id or folder): skips SFT training")
+    rlvr: str | None = Field(None, description="existing RL-trained checkpoint: skips GRPO training")
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @property
+    def analyze_only(self) -> bool:
+        return self.sft is not None and self.rlvr is not None
+
+
+class OrganismParams(Section):
+    """The ~1M-parameter Qwen2-architecture model organism and its pretraining on narrative arithmetic."""
+
+    hidden_size: int = Field(128, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    vocab_size: int = Field(400, ge=64, description="byte-level BPE size; digits are always single tokens")
+    corpus_documents: int = Field(40_000, gt=0)
+    pretrain_steps: int = Field(700, gt=0)
+    pretrain_batch_size: int = Field(32, gt=0)
+    pretrain_seq_len: int = Field(64, ge=16)
+    pretrain_lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")
+        return self
+
+
+class DataParams(Section):
+    """Where problems come from. 'synthetic' is the organism's arithmetic; the others load real data sets."""
+
+    sft_source: Literal["synthetic", "numina_cot", "gsm8k"] = "synthetic"
+    sft_path: str | None = Field(None, description="hub id or local .jsonl/.parquet for a real sft_source")
+    grpo_source: Literal["synthetic", "gsm8k"] = "synthetic"
+    grpo_path: str | None = None
+    eval_path: str | None = Field(None, description="GSM8K test split (hub id or file) when grpo_source is gsm8k")
+    min_steps: int = Field(2, ge=1, le=3, description="arithmetic steps per synthetic problem (difficulty)")
+    max_steps: int = Field(2, ge=1, le=3)
+    max_start: int = Field(20, ge=1)
+    max_operand: int = Field(9, ge=1)
+    max_value: int = Field(40, ge=1, description="running values stay in 0..max_value")
+    n_sft: int = Field(4000, gt=0)
+    n_grpo: int = Field(4000, gt=0)
+    n_eval: int = Field(500, gt=0)
+    max_rows: int | None = Field(None, gt=0, description="cap on rows read from a real data set")
+
+    @model_validator(mode="after")
+    def _steps_ordered(self):
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps={self.min_steps} must be <= max_steps={self.max_steps}")
+        return self
+
+
+class SFTParams(Section):
+    steps: int = Field(60, gt=0)
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    max_length: int = Field(128, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    num_processes: int = Field(1, gt=0, description=">1 launches through accelerate")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config file (launches through accelerate)")
+    bf16: bool = False
+    logging_steps: int = Field(5, gt=0)
+
+
+class RewardWeights(Section):
+    accuracy: float = 1.0
+    format: float = 0.01
+
+
+class GRPOParams(Section):
+    steps: int = Field(180, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    per_device_train_batch_size: int = Field(64, gt=0, description="completions per device per step")
+    num_generations: int = Field(8, ge=2, description="completions per prompt (the GRPO group)")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    max_completion_length: int = Field(56, gt=0)
+    temperature: float = Field(0.8, gt=0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient; >0 loads a reference model")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "none"
+    reward_weights: RewardWeights = RewardWeights()
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    num_processes: int = Field(1, gt=0)
+    deepspeed: str | None = None
+    bf16: bool = False
+    save_steps: int = Field(60, gt=0, description="intermediate checkpoints for training dynamics")
+    logging_steps: int = Field(5, gt=0)
+
+    @model_validator(mode="after")
+    def _batch_is_whole_groups(self):
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple of "
+                f"num_generations={self.num_generations} (it counts completions, whole groups per step)"
+            )
+        return self
+
+
+class EvalParams(Section):
+    n_problems: int = Field(500, gt=0, description="held-out problems for greedy accuracy")
+    max_new_tokens: int = Field(64, gt=0)
+    few_shot: int = Field(3, ge=0, description="worked examples in the base model's prompt")
+    pass_k: list[int] = Field([1, 2, 4, 8, 16, 32, 64], min_length=1)
+    pass_problems: int = Field(200, gt=0, description="problems sampled for pass@k")
+    temperature: float = Field(0.8, gt=0)
+    batch_size: int = Field(256, gt=0)
+    n_bootstrap: int = Field(2000, gt=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+    @property
+    def n_samples(self) -> int:
+        return max(self.pass_k)
+
+
+class ExtractParams(Section):
+    completions_from: Literal["rlvr", "sft", "base", "gold"] = "rlvr"
+    n_problems: int = Field(256, gt=0)
+    positions: list[str] = Field(
+        ["last_prompt", "completion"],
+        description="'last_prompt', 'completion' (every completion token) or 'frac:0.25' style fractions",
+    )
+    sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"]] = [
+        "hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post",
+    ]
+    layers: list[int] | None = Field(None, description="None = every layer")
+    batch_size: int = Field(32, gt=0)
+    shard_size: int = Field(64, gt=0, description="problems per stored shard")
+
+    @field_validator("positions")
+    @classmethod
+    def _known_positions(cls, value):
+        for p in value:
+            ok = p in ("last_prompt", "completion")
+            if p.startswith("frac:"):
+                try:
+                    ok = 0.0 <= float(p[5:]) <= 1.0
+                except ValueError:
+                    ok = False
+            if not ok:
+                raise ValueError(f"position {p!r} is not one of 'last_prompt', 'completion', 'frac:<0..1>'")
+        return value
+
+
+class CKAParams(Section):
+    position: str = Field("completion", description="which extracted position set CKA compares")
+    debiased: bool = True
+    n_bootstrap: int = Field(200, gt=0)
+    n_permutations: int = Field(100, gt=0)
+
+
+class ProbeParams(Section):
+    targets: list[Literal["intermediate", "answer_last_digit", "correct"]] = [
+        "intermediate", "answer_last_digit", "correct",
+    ]
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    cv_folds: int = Field(3, ge=2)
+    n_bootstrap: int = Field(200, gt=0)
+
+
+class PatchingParams(Section):
+    n_problems: int = Field(64, gt=0)
+    sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out"]] = [
+        "hook_resid_pre", "hook_attn_out", "hook_mlp_out",
+    ]
+    n_bootstrap: int = Field(200, gt=0)
+
+
+class WeightParams(Section):
+    sparsity_tolerance: float = Field(1e-5, ge=0)
+    top_k: int = Field(8, gt=0)
+
+
+class VerdictParams(Section):
+    mlp_share_threshold: float = Field(0.5, ge=0, le=1,
+                                       description="MLP share of the per-parameter update above which it supports RepL")
+
+
+class Params(Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="run name: artifacts in runs/<name>/")
+    seed: int = 0
+    runs_dir: str = "runs"
+    model: ModelParams = ModelParams()
+    organism: OrganismParams = OrganismParams()
+    data: DataParams = DataParams()
+    sft: SFTParams = SFTParams()
+    grpo: GRPOParams = GRPOParams()
+    evaluation: EvalParams = EvalParams()
+    extract: ExtractParams = ExtractParams()
+    cka: CKAParams = CKAParams()
+    probes: ProbeParams = ProbeParams()
+    patching: PatchingParams = PatchingParams()
+    weights: WeightParams = WeightParams()
+    verdict: VerdictParams = VerdictParams()
+
+    source: str = Field("<defaults>", exclude=True, description="where these params came from (for messages)")
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        d = self.data
+        for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path)):
+            if src != "synthetic" and path is None:
+                raise ValueError(f"{key} must name a hub id or local file when its source is {src!r}")
+        if d.grpo_source == "synthetic" and self.model.base != ORGANISM and not self.model.analyze_only:
+            raise ValueError("data.grpo_source 'synthetic' is the organism's task; a hub model needs 'gsm8k'")
+        for key, value in (("sft.deepspeed", self.sft.deepspeed), ("grpo.deepspeed", self.grpo.deepspeed)):
+            if value is not None and not resolve(value).is_file():
+                raise ValueError(f"{key}={value!r}: no such file ({resolve(value)})")
+        for key, value in (("model.base", self.model.base), ("model.sft", self.model.sft), ("model.rlvr", self.model.rlvr)):
+            if value and value != ORGANISM and _looks_local(value) and not resolve(value).is_dir():
+                raise ValueError(f"{key}={value!r}: no such checkpoint folder ({resolve(value)})")
+        return self
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return resolve(self.runs_dir) / self.name
+
+    def model_dir(self, stage: str) -> Path:
+        """Folder of the base / sft / rlvr checkpoint this run uses (trained here or named by params)."""
+        named = {"base": self.model.base if self.model.base != ORGANISM else None,
+                 "sft": self.model.sft, "rlvr": self.model.rlvr}[stage]
+        if named is not None and stage != "base":
+            return resolve(named) if _looks_local(named) else Path(named)
+        return self.run_dir / "models" / stage
+
+    def model_ref(self, stage: str) -> str:
+        """What `from_pretrained` should load for a stage: a local folder or a hub id."""
+        named = {"base": self.model.base, "sft": self.model.sft, "rlvr": self.model.rlvr}[stage]
+        if named is None or named == ORGANISM:
+            return str(self.run_dir / "models" / stage)
+        return str(resolve(named)) if _looks_local(named) else named
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the named sections (all when none): what an artifact depends on."""
+        data = self.model_dump(mode="json")
+        chosen = {k: data[k] for k in (sections or sorted(data))}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _looks_local(ref: str) -> bool:
+    """A hub id is 'org/name'; anything starting with . / ~ or existing on disk is a local folder."""
+    return ref.startswith((".", "/", "~")) or resolve(ref).exists() or ref.count("/") != 1
+
+
+def _format_error(err: ValidationError, source: str, raw: dict) -> str:
+    lines = [f"Invalid params in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = _section_class(e["loc"][:-1])
+            allowed = ", ".join(k for k in parent.model_fields if k != "source")
+            lines.append(f"  - {key}: unknown key. Allowed keys here: {allowed}.")
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"  - {key}{shown}: {msg}.")
+    return "\n".join(lines)
+
+
+def _section_class(loc) -> type[BaseModel]:
+    cls: type[BaseModel] = Params
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            break
+        cls = field.annotation
+    return cls
+
+
+def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"Invalid params in {source}: the file must be a YAML mapping of sections, got {type(raw).__name__}.")
+    try:
+        params = Params(**raw)
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source, raw)) from None
+    params.source = source
+    return params
+
+
+def load(path: str | Path) -> Params:
+    path = resolve(path)
+    if not path.is_file():
+        raise ParamsError(f"Params file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"Params file {path} is not valid YAML: {err}") from None
+    return from_dict(raw, source=str(path))
+
+
+def from_notebook(namespace: dict[str, Any]) -> Params:
+    """Params inside a notebook: the sections papermill injected (`-f FILE` or `-p`), else `params_file`.
+
+    papermill's own convention injects a YAML file's top-level keys as variables; the runner also
+    passes `params_file` so that error messages name the file.
+    """
+    injected = {k: namespace[k] for k in Params.model_fields if k != "source" and k in namespace}
+    source = namespace.get("params_file", "params/default.yaml")
+    if injected:
+        return from_dict(injected, source=f"{source} (injected by papermill)")
+    return load(source)
