@@ -50,13 +50,24 @@ def stamp(path: str | Path, fingerprint: str, **extra: Any) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; it replaces `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
-    return path
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_json(path: str | Path) -> Any:

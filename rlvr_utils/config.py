@@ -195,21 +195,64 @@ class ProbeParams(Section):
 
 
 class PatchingParams(Section):
-    n_problems: int = Field(64, gt=0)
+    """Cross-model and clean/corrupted activation patching, and component grafting (notebook 06)."""
+
+    n_problems: int = Field(64, gt=0, description="token-cache problems patched (those with a final answer)")
     sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out"]] = [
         "hook_resid_pre", "hook_attn_out", "hook_mlp_out",
     ]
+    positions: list[Literal["all", "target"]] = Field(
+        ["all"], min_length=1,
+        description="cross-model: patch every position up to the answer ('all') and/or only the answer position")
+    answer_marker: str = Field("####", min_length=1, description="the answer is the first number after its last occurrence")
+    min_logit_gap: float = Field(
+        0.5, ge=0, description="problems whose donor and receiver logit differences are closer than this are left "
+                               "out of normalised effects (the ratio would divide by ~0)")
+    within_model: bool = Field(True, description="also clean/corrupted patching inside SFT and RLVR")
+    corrupt_number: int = Field(-1, description="which number of the prompt to corrupt (python index; -1 = last)")
+    batch_size: int = Field(16, gt=0, description="problems per forward pass")
+    patches_per_forward: int = Field(8, gt=0, description="patches run side by side in one forward pass")
+    graft_problems: int = Field(256, gt=0, description="held-out problems each grafted model is evaluated on")
+    graft_ranges: list[Literal["all", "first_half", "second_half"]] = Field(
+        ["all", "first_half", "second_half"], min_length=1, description="layer ranges of attention-/MLP-only grafts")
     n_bootstrap: int = Field(200, gt=0)
 
 
 class WeightParams(Section):
-    sparsity_tolerance: float = Field(1e-5, ge=0)
-    top_k: int = Field(8, gt=0)
+    """Weight-difference norms and SVD spectra (notebook 07)."""
+
+    sparsity_tolerance: float = Field(1e-5, ge=0, description="|delta| at or below this counts as unchanged "
+                                      "(Mukherjee et al. 2025 use 1e-5)")
+    top_k: int = Field(8, gt=0, description="k of the top-k energy of an update and of the weights' top-k "
+                       "singular subspaces whose rotation is measured")
+    spectrum_values: int = Field(64, gt=0, description="largest singular values of each update kept for the figures")
+    device: str = Field("cpu", description="where the SVDs run ('cuda' speeds up real-scale models)")
 
 
 class VerdictParams(Section):
-    mlp_share_threshold: float = Field(0.5, ge=0, le=1,
-                                       description="MLP share of the per-parameter update above which it supports RepL")
+    """Decision rules of the evidence table (notebook 08): one threshold per row. A row supports the side
+    its interval lies on; an interval that contains the threshold is inconclusive."""
+
+    mlp_share_threshold: float = Field(0.5, ge=0, le=1, description="MLP share of the RLVR update's energy per "
+                                       "parameter: below supports Routing, above Representation learning")
+    effective_rank_ratio_threshold: float = Field(0.5, ge=0, le=1, description="RLVR update's effective rank / "
+                                                  "largest possible rank: below (low-rank) supports Routing")
+    subspace_angle_threshold: float = Field(10.0, ge=0, le=90, description="largest principal angle (degrees) "
+                                            "between SFT and RLVR top-k weight subspaces: below (principal "
+                                            "directions kept) supports Routing")
+    cka_mlp_threshold: float = Field(0.9, ge=0, le=1, description="CKA of SFT and RLVR MLP outputs: above "
+                                     "(MLP features kept) supports Routing")
+    cka_gap_threshold: float = Field(0.0, ge=-1, le=1, description="CKA(attention out) - CKA(MLP out), SFT vs "
+                                     "RLVR: below (attention changed more) supports Routing")
+    probe_gain_threshold: float = Field(0.05, ge=0, description="gain in probe selectivity for intermediate "
+                                        "results, RLVR vs SFT: above (new decodable features) supports "
+                                        "Representation learning")
+    graft_gap_threshold: float = Field(0.0, ge=-1, le=1, description="MLP-only minus attention-only graft "
+                                       "share of the RLVR gain: below supports Routing")
+    patch_gap_threshold: float = Field(0.0, description="MLP-out minus attention-out patching effect (RLVR "
+                                       "into SFT): below supports Routing")
+    min_decided_rows: int = Field(3, ge=1, description="fewer decided rows than this: the verdict is inconclusive")
+    min_margin: int = Field(2, ge=1, description="rows by which one side must lead the other; less is 'mixed'")
 
 
 class Params(Section):
@@ -233,18 +276,18 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _combinations(self):
-        d = self.data
-        for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path)):
-            if src != "synthetic" and path is None:
-                raise ValueError(f"{key} must name a hub id or local file when its source is {src!r}")
-        if d.grpo_source == "synthetic" and self.model.base != ORGANISM and not self.model.analyze_only:
-            raise ValueError("data.grpo_source 'synthetic' is the organism's task; a hub model needs 'gsm8k'")
         for key, value in (("sft.deepspeed", self.sft.deepspeed), ("grpo.deepspeed", self.grpo.deepspeed)):
             if value is not None and not resolve(value).is_file():
                 raise ValueError(f"{key}={value!r}: no such file ({resolve(value)})")
         for key, value in (("model.base", self.model.base), ("model.sft", self.model.sft), ("model.rlvr", self.model.rlvr)):
             if value and value != ORGANISM and _looks_local(value) and not resolve(value).is_dir():
                 raise ValueError(f"{key}={value!r}: no such checkpoint folder ({resolve(value)})")
+        d = self.data
+        for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path)):
+            if src != "synthetic" and path is None:
+                raise ValueError(f"{key} must name a hub id or local file when its source is {src!r}")
+        if d.grpo_source == "synthetic" and self.model.base != ORGANISM and not self.model.analyze_only:
+            raise ValueError("data.grpo_source 'synthetic' is the organism's task; a hub model needs 'gsm8k'")
         return self
 
     # --- derived -----------------------------------------------------------------------------

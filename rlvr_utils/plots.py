@@ -16,3 +16,36 @@ def save(fig: plt.Figure, cfg, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+def training_curves(history: list[dict], panels: dict[str, str], title: str) -> plt.Figure:
+    """One panel per logged quantity (key -> panel title) against the training step."""
+    import pandas as pd
+
+    frame = pd.DataFrame([h for h in history if "step" in h])
+    keys = [k for k in panels if k in frame]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.2 * max(1, len(keys)), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        rows = frame[["step", key]].dropna().astype(float)
+        sns.lineplot(data=rows, x="step", y=key, ax=ax, marker="o", markersize=3)
+        ax.set(title=panels[key], xlabel="training step", ylabel=key)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def pass_at_k(metrics: dict) -> plt.Figure:
+    """pass@k with its bootstrap interval for each stage, k on a log axis."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for stage, by_k in metrics["pass_at_k"].items():
+        ks = [int(k) for k in by_k]
+        values = [by_k[k]["value"] for k in by_k]
+        lo = [by_k[k]["ci"][0] for k in by_k]
+        hi = [by_k[k]["ci"][1] for k in by_k]
+        ax.plot(ks, values, marker="o", color=STAGE_COLORS.get(stage), label=stage)
+        ax.fill_between(ks, lo, hi, color=STAGE_COLORS.get(stage), alpha=0.2)
+    ax.set(xscale="log", xlabel="k (samples per problem)", ylabel="pass@k", ylim=(0, 1.02),
+           title="pass@k on held-out problems (95% bootstrap CI)")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.legend(title="model")
+    return fig

@@ -1,0 +1,31 @@
+# Two commands do all the set-up: `make book` and `make test` (each creates the venv and installs if needed).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PARAMS ?= params/default.yaml
+
+.PHONY: install book test check-params bench clean
+
+install: $(VENV)/.installed
+
+# CPU torch 2.13.0 is pinned in pyproject.toml; the `gpu` extra (DeepSpeed, vLLM) is for GPU machines only.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+book: install
+	$(PY) -m rlvr_utils run --params $(PARAMS)
+
+test: install
+	$(PY) -m pytest -q
+
+check-params: install
+	$(PY) -m rlvr_utils check-params params/*.yaml
+
+bench: install
+	$(PY) benchmarks/bench_extract_cka.py
+
+clean:
+	rm -rf _build book/executed

@@ -1,0 +1,224 @@
+"""Problems: the organism's synthetic arithmetic, GSM8K and NuminaMath-CoT, in one row format.
+
+Every loader returns rows of the same shape, so training, evaluation and the analyses never ask where
+a problem came from:
+    {"id": int, "question": str, "prompt": str, "answer": str, "final": str, "intermediates": [float]}
+`prompt` is the exact text the model sees, `answer` the gold completion that follows it (working, then
+"#### N" on its own line, or NuminaMath's solution with \\boxed{N}), `final` the answer as written, and
+`intermediates` the running values in order (from GSM8K's <<a*b=c>> calculator notes for real data).
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Iterable
+
+PROMPT = "Question: {question}\nAnswer:"
+
+NAMES = ["Ida", "Raj", "Mia", "Leo", "Ana", "Tom", "Eva", "Sam", "Zoe", "Max"]
+ITEMS = ["apples", "marbles", "coins", "books", "stamps", "shells", "pens", "cards"]
+GAIN_VERBS = ["found", "bought", "got"]
+LOSS_VERBS = ["lost", "gave away", "sold"]
+
+
+def prompt_for(question: str) -> str:
+    return PROMPT.format(question=question)
+
+
+# --- the organism's synthetic task ----------------------------------------------------------------
+def _story(rng: random.Random, data) -> dict:
+    """One word problem: a start value and 1-3 add/subtract events, running values within 0..max_value."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    value = rng.randint(1, data.max_start)
+    start, events, equations, values = value, [], [], []
+    for _ in range(rng.randint(data.min_steps, data.max_steps)):
+        ops = [op for op in "+-" if (value + 1 if op == "+" else value - 1) in range(0, data.max_value + 1)]
+        op = rng.choice(ops)
+        limit = data.max_value - value if op == "+" else value
+        operand = rng.randint(1, min(data.max_operand, limit))
+        new = value + operand if op == "+" else value - operand
+        verb = rng.choice(GAIN_VERBS if op == "+" else LOSS_VERBS)
+        more = " more" if op == "+" else ""
+        events.append(f"{name} {verb} {operand}{more} {item}")
+        equations.append(f"{value} {op} {operand} = {new}.")
+        values.append(new)
+        value = new
+    return {"name": name, "item": item, "start": start, "events": events, "equations": equations,
+            "values": values}
+
+
+def _question(s: dict) -> str:
+    events = [f"{s['events'][0]}."] + [f"Then {e}." for e in s["events"][1:]]
+    return (f"{s['name']} had {s['start']} {s['item']}. " + " ".join(events)
+            + f" How many {s['item']} did {s['name']} have in the end?")
+
+
+def _row(s: dict, idx: int) -> dict:
+    question, final = _question(s), str(s["values"][-1])
+    return {"id": idx, "question": question, "prompt": prompt_for(question),
+            "answer": " " + " ".join(s["equations"]) + f"\n#### {final}", "final": final,
+            "intermediates": [float(v) for v in s["values"]]}
+
+
+def synthetic_problems(data, n: int, seed: int, exclude: Iterable[str] = ()) -> list[dict]:
+    """`n` distinct GSM8K-style problems, none of whose questions is in `exclude` (held-out set)."""
+    rng, seen, rows = random.Random(seed), set(exclude), []
+    for _ in range(200 * n):
+        s = _story(rng, data)
+        q = _question(s)
+        if q not in seen:
+            seen.add(q)
+            rows.append(_row(s, len(rows)))
+            if len(rows) == n:
+                return rows
+    raise ValueError(f"data: could only make {len(rows)} distinct problems of the {n} asked; widen the ranges")
+
+
+def numina_schema(row: dict) -> dict:
+    """The same problem in NuminaMath-CoT's schema (problem, solution with \\boxed{}, messages)."""
+    solution = row["answer"].split("\n####")[0].strip() + f" The answer is $\\boxed{{{row['final']}}}$."
+    return {"problem": row["question"], "solution": solution,
+            "messages": [{"role": "user", "content": row["question"]},
+                         {"role": "assistant", "content": solution}]}
+
+
+def pretraining_corpus(data, n: int, seed: int, exclude: Iterable[str] = ()) -> list[str]:
+    """Narrative documents for the base model: never the question / answer / #### format SFT teaches.
+
+    Half 'deferred' stories (events first, then the working: the model learns to read operands back out
+    of the text), a quarter 'local' stories (working right after each event), a quarter arithmetic facts.
+    """
+    rng, held_out, docs = random.Random(seed), set(exclude), []
+    while len(docs) < n:
+        s = _story(rng, data)
+        if _question(s) in held_out:
+            continue
+        who, item = s["name"], s["item"]
+        kind = rng.random()
+        if kind < 0.5:
+            events = [f"{s['events'][0]}."] + [f"Then {e}." for e in s["events"][1:]]
+            docs.append(f"{who} had {s['start']} {item}. " + " ".join(events) + " So "
+                        + " ".join(s["equations"]) + f" In the end {who} had {s['values'][-1]} {item}.")
+        elif kind < 0.75:
+            parts = [f"{who} had {s['start']} {item}."]
+            for i, (event, eq) in enumerate(zip(s["events"], s["equations"])):
+                parts.append(f"{'Then ' if i else ''}{event}, so {eq}")
+            docs.append(" ".join(parts))
+        else:
+            docs.append(" ".join(s["equations"]))
+    return docs
+
+
+# --- real data sets -------------------------------------------------------------------------------
+_CALC = re.compile(r"<<([^=<>]*)=([^<>]*)>>")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", "").replace("$", "").strip())
+    except ValueError:
+        return None
+
+
+def gsm8k_row(raw: dict, idx: int) -> dict:
+    """A GSM8K record ({question, answer ending in '#### N'}) as a problem row."""
+    if "question" not in raw or "answer" not in raw or "####" not in raw["answer"]:
+        raise ValueError(f"GSM8K row {idx}: expected keys 'question' and 'answer' ending in '#### N', "
+                         f"got keys {sorted(raw)}")
+    working, final = raw["answer"].rsplit("####", 1)
+    intermediates = [v for _, out in _CALC.findall(working) if (v := _number(out)) is not None]
+    working = _CALC.sub("", working).strip()
+    final = final.strip()
+    return {"id": idx, "question": raw["question"], "prompt": prompt_for(raw["question"]),
+            "answer": f" {working}\n#### {final}", "final": final, "intermediates": intermediates}
+
+
+def numina_row(raw: dict, idx: int) -> dict:
+    """A NuminaMath-CoT record ({problem, solution, messages}) as an SFT row (final from \\boxed{})."""
+    if "problem" not in raw or "solution" not in raw:
+        raise ValueError(f"NuminaMath-CoT row {idx}: expected keys 'problem' and 'solution', got {sorted(raw)}")
+    boxed = re.findall(r"\\boxed\{([^{}]*)\}", raw["solution"])
+    return {"id": idx, "question": raw["problem"], "prompt": prompt_for(raw["problem"]),
+            "answer": " " + raw["solution"].strip(), "final": boxed[-1] if boxed else "", "intermediates": []}
+
+
+def load_records(ref: str, split: str, max_rows: int | None = None, hub_config: str | None = None) -> list[dict]:
+    """Records from a local .jsonl/.json/.parquet file or a hub data set, through `datasets`."""
+    import datasets
+
+    from .config import resolve
+
+    path = resolve(ref)
+    if path.exists():
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
+        if kind is None:
+            raise ValueError(f"{path}: expected a .jsonl, .json or .parquet file")
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    else:
+        ds = datasets.load_dataset(ref, hub_config, split=split)
+    if max_rows is not None:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    return list(ds)
+
+
+def load_gsm8k(ref: str, split: str = "train", max_rows: int | None = None) -> list[dict]:
+    return [gsm8k_row(r, i) for i, r in enumerate(load_records(ref, split, max_rows, hub_config="main"))]
+
+
+def load_numina(ref: str, split: str = "train", max_rows: int | None = None) -> list[dict]:
+    return [numina_row(r, i) for i, r in enumerate(load_records(ref, split, max_rows))]
+
+
+# --- the three problem sets of one run ------------------------------------------------------------
+EVAL_SEED_OFFSET = 10_007  # held-out problems come from their own seed
+
+
+def eval_problems(cfg) -> list[dict]:
+    d = cfg.data
+    if d.grpo_source == "gsm8k":
+        return load_gsm8k(d.eval_path or d.grpo_path, "test", cfg.evaluation.n_problems)
+    return synthetic_problems(d, max(d.n_eval, cfg.evaluation.n_problems), cfg.seed + EVAL_SEED_OFFSET)
+
+
+def sft_problems(cfg, held_out: list[dict]) -> list[dict]:
+    d = cfg.data
+    if d.sft_source == "numina_cot":
+        return load_numina(d.sft_path, "train", d.max_rows)
+    if d.sft_source == "gsm8k":
+        return load_gsm8k(d.sft_path, "train", d.max_rows)
+    return synthetic_problems(d, d.n_sft, cfg.seed + 1, exclude=[p["question"] for p in held_out])
+
+
+def grpo_problems(cfg, held_out: list[dict]) -> list[dict]:
+    d = cfg.data
+    if d.grpo_source == "gsm8k":
+        return load_gsm8k(d.grpo_path, "train", d.max_rows)
+    return synthetic_problems(d, d.n_grpo, cfg.seed + 2, exclude=[p["question"] for p in held_out])
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    from .artifacts import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Path(path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run the notebook that makes it first.")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def prepare_eval_set(cfg) -> list[dict]:
+    """data/eval.jsonl: the held-out problems every later notebook reads (rewritten only when params change)."""
+    from . import artifacts
+
+    path, fingerprint = cfg.path("data", "eval.jsonl"), cfg.fingerprint("seed", "data", "evaluation")
+    if not artifacts.is_current(path, fingerprint):
+        write_jsonl(path, eval_problems(cfg))
+        artifacts.stamp(path, fingerprint)
+    return read_jsonl(path)

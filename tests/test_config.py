@@ -1,0 +1,78 @@
+"""Params validation: shipped files validate; broken ones fail fast, naming the file, key and value."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlvr_utils import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_params_validate(path):
+    cfg = config.load(path)
+    assert cfg.name == path.stem or cfg.name
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, key, hint", [
+    ("sft:\n  stepz: 3\n", "sft.stepz", "unknown key"),
+    ("grpo:\n  learning_rate: fast\n", "grpo.learning_rate", "'fast'"),
+    ("grpo:\n  per_device_train_batch_size: 60\n  num_generations: 8\n", "grpo", "multiple of num_generations=8"),
+    ("model:\n  base: ./no/such/folder\n", "model.base", "no such checkpoint folder"),
+    ("data:\n  grpo_source: gsm8k\n", "data.grpo_path", "must name a hub id or local file"),
+    ("evaluation:\n  n_problems: -5\n", "evaluation.n_problems", "greater than 0"),
+    ("grpo:\n  loss_type: ppo\n", "grpo.loss_type", "'dapo'"),
+])
+def test_bad_params_name_file_key_and_value(tmp_path, text, key, hint):
+    path = _write(tmp_path, text)
+    with pytest.raises(config.ParamsError) as err:
+        config.load(path)
+    message = str(err.value)
+    assert str(path) in message and key in message and hint in message
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path):
+    with pytest.raises(config.ParamsError, match="Allowed keys here: .*learning_rate"):
+        config.load(_write(tmp_path, "grpo:\n  lr: 1e-4\n"))
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    with pytest.raises(config.ParamsError, match="mapping"):
+        config.load(_write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(config.ParamsError, match="does not exist"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_cli_fails_fast_without_traceback(tmp_path):
+    path = _write(tmp_path, "sft:\n  steps: many\n")
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "rlvr_utils", "check-params", str(path)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert time.time() - start < 10
+    assert "sft.steps" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_notebook_injection_matches_file():
+    """papermill's -f convention injects the YAML's sections; they give the same params as the file."""
+    import yaml
+
+    path = ROOT / "params" / "ci.yaml"
+    injected = yaml.safe_load(path.read_text())
+    from_notebook = config.from_notebook({**injected, "params_file": str(path)})
+    assert from_notebook.fingerprint() == config.load(path).fingerprint()
+
+
+def test_fingerprint_tracks_only_named_sections():
+    a, b = config.Params(), config.Params(grpo={"steps": 7})
+    assert a.fingerprint("sft") == b.fingerprint("sft")
+    assert a.fingerprint("grpo") != b.fingerprint("grpo")

@@ -1,0 +1,45 @@
+"""pass@k against its definition, and bootstrap intervals that cover what they should."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from rlvr_utils import stats
+from rlvr_utils.evaluate import pass_at_k
+
+
+@pytest.mark.parametrize("n, c, k", [(5, 2, 1), (5, 2, 3), (8, 0, 4), (8, 8, 2), (10, 3, 10), (64, 5, 16)])
+def test_pass_at_k_is_the_unbiased_estimator(n, c, k):
+    expected = 1 - math.comb(n - c, k) / math.comb(n, k)
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_by_enumeration():
+    """Fraction of all k-subsets of n samples that contain a correct one."""
+    samples = [1, 0, 0, 1, 0, 0]
+    for k in range(1, 7):
+        subsets = list(itertools.combinations(samples, k))
+        assert pass_at_k(6, 2, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_pass_at_k_needs_enough_samples():
+    with pytest.raises(ValueError, match="pass@8"):
+        pass_at_k(4, 1, 8)
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    small = stats.bootstrap(rng.random(50) < 0.6, n_bootstrap=1000)
+    large = stats.bootstrap(rng.random(2000) < 0.6, n_bootstrap=1000)
+    for r in (small, large):
+        assert r["ci"][0] <= r["value"] <= r["ci"][1]
+    assert large["ci"][1] - large["ci"][0] < small["ci"][1] - small["ci"][0]
+    assert large["ci"][0] < 0.6 < large["ci"][1]
+
+
+def test_paired_difference_sees_a_consistent_gain():
+    a = np.array([1, 1, 1, 0] * 50, dtype=float)
+    b = np.array([1, 1, 0, 0] * 50, dtype=float)
+    d = stats.paired_difference(a, b, n_bootstrap=500)
+    assert d["value"] == pytest.approx(0.25) and d["ci"][0] > 0.15
