@@ -87,8 +87,9 @@ def numina_schema(row: dict) -> dict:
 def pretraining_corpus(data, n: int, seed: int, exclude: Iterable[str] = ()) -> list[str]:
     """Narrative documents for the base model: never the question / answer / #### format SFT teaches.
 
-    Half 'deferred' stories (events first, then the working: the model learns to read operands back out
-    of the text), a quarter 'local' stories (working right after each event), a quarter arithmetic facts.
+    Half 'deferred' stories (events, the question they raise, then the working: the model learns to read
+    operands back out of the text), a quarter 'local' stories (working right after each event), a quarter
+    arithmetic facts.
     """
     rng, held_out, docs = random.Random(seed), set(exclude), []
     while len(docs) < n:
@@ -99,8 +100,9 @@ def pretraining_corpus(data, n: int, seed: int, exclude: Iterable[str] = ()) -> 
         kind = rng.random()
         if kind < 0.5:
             events = [f"{s['events'][0]}."] + [f"Then {e}." for e in s["events"][1:]]
-            docs.append(f"{who} had {s['start']} {item}. " + " ".join(events) + " So "
-                        + " ".join(s["equations"]) + f" In the end {who} had {s['values'][-1]} {item}.")
+            docs.append(f"{who} had {s['start']} {item}. " + " ".join(events)
+                        + f" How many {item} did {who} have in the end? So " + " ".join(s["equations"])
+                        + f" In the end {who} had {s['values'][-1]} {item}.")
         elif kind < 0.75:
             parts = [f"{who} had {s['start']} {item}."]
             for i, (event, eq) in enumerate(zip(s["events"], s["equations"])):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,8 @@ def execute(params_file: str, only: list[str] | None = None, start: str | None =
     """Execute the selected notebooks; True when all succeeded."""
     import papermill as pm
 
+    # The YAML's sections are read by config.from_notebook, not declared in the parameters cell.
+    logging.getLogger("papermill").setLevel(logging.ERROR)
     params = load(params_file)  # fail on bad params before any computation
     raw = yaml.safe_load(resolve(params_file).read_text()) or {}
     out_dir = book_root / EXECUTED

@@ -92,16 +92,21 @@ def save_hub_base(cfg: Params) -> None:
 
 
 # --- SFT --------------------------------------------------------------------------------------------
-def sft_config(cfg: Params):
-    from trl import SFTConfig
-
+def sft_args(cfg: Params) -> dict:
+    """Keyword arguments of TRL's SFTConfig, from params."""
     s = cfg.sft
-    return SFTConfig(
+    return dict(
         max_steps=s.steps, per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate,
         gradient_accumulation_steps=s.gradient_accumulation_steps, warmup_steps=int(s.warmup_ratio * s.steps),
         lr_scheduler_type="cosine", max_length=s.max_length, completion_only_loss=True, bf16=s.bf16,
         deepspeed=str(_resolve(s.deepspeed)) if s.deepspeed else None, logging_steps=s.logging_steps,
         save_strategy="steps", save_steps=max(1, s.steps // 2), **_common_args(cfg, "sft"))
+
+
+def sft_config(cfg: Params):
+    from trl import SFTConfig
+
+    return SFTConfig(**sft_args(cfg))
 
 
 def train_sft(cfg: Params) -> list[dict]:
@@ -121,11 +126,10 @@ def train_sft(cfg: Params) -> list[dict]:
 
 
 # --- GRPO -------------------------------------------------------------------------------------------
-def grpo_config(cfg: Params):
-    from trl import GRPOConfig
-
+def grpo_args(cfg: Params) -> dict:
+    """Keyword arguments of TRL's GRPOConfig, from params: every GRPO knob the study names."""
     g = cfg.grpo
-    return GRPOConfig(
+    return dict(
         max_steps=g.steps, learning_rate=g.learning_rate, per_device_train_batch_size=g.per_device_train_batch_size,
         num_generations=g.num_generations, gradient_accumulation_steps=g.gradient_accumulation_steps,
         max_completion_length=g.max_completion_length, temperature=g.temperature, beta=g.beta,
@@ -133,6 +137,12 @@ def grpo_config(cfg: Params):
         use_vllm=g.use_vllm, vllm_mode=g.vllm_mode, bf16=g.bf16,
         deepspeed=str(_resolve(g.deepspeed)) if g.deepspeed else None, logging_steps=g.logging_steps,
         save_strategy="steps", save_steps=g.save_steps, **_common_args(cfg, "rlvr"))
+
+
+def grpo_config(cfg: Params):
+    from trl import GRPOConfig
+
+    return GRPOConfig(**grpo_args(cfg))
 
 
 def train_grpo(cfg: Params) -> list[dict]:

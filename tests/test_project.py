@@ -18,6 +18,11 @@ def test_notebook_is_stripped_and_parameterized(path):
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit without outputs"
     tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1 and "params_file" in "".join(tagged[0]["source"])
+    # papermill injects the YAML's sections (model, data, ...) as variables: read them before any import
+    # can shadow them (e.g. `from rlvr_utils import data`)
+    setup = "".join(code[code.index(tagged[0]) + 1]["source"])
+    before = setup.split("config.from_notebook(globals())")[0]
+    assert "config.from_notebook(globals())" in setup and before.strip() == "from rlvr_utils import config\n\ncfg =".strip()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -1,0 +1,95 @@
+"""End to end: every notebook on params/ci.yaml through the runner, then the Jupyter Book build."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from rlvr_utils import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _params(tmp_path) -> Path:
+    raw = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
+    raw["runs_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "ci.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _run(params: Path, book_root: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "rlvr_utils", "run", "--params", str(params), "--book-root", str(book_root), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("book")
+    params, book_root = _params(tmp), tmp / "site"
+    first = _run(params, book_root)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    return params, book_root, first
+
+
+def test_every_notebook_executes_and_the_book_builds(built_book):
+    params, book_root, first = built_book
+    names = [nb.stem for nb in runner.notebooks()]
+    assert names[:3] == ["00_base", "01_train_sft", "02_train_grpo"]
+    for name in names:
+        assert any(line.startswith(name) and line.rstrip().endswith(" s") for line in first.stdout.splitlines())
+        html = book_root / "_build" / "html" / "book" / "executed" / f"{name}.html"
+        assert html.exists(), f"{html} missing"
+    assert (book_root / "_build" / "html" / "index.html").exists()
+    assert (book_root / "_build" / "html" / "book" / "executed" / "reproducibility.html").exists()
+
+
+def test_executed_notebooks_have_figures_and_no_errors(built_book):
+    _, book_root, _ = built_book
+    for path in sorted((book_root / "book" / "executed").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.output_type == "error"], path.name
+        images = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert images, f"{path.name} shows no figure"
+
+
+def test_artifacts_of_the_run(built_book):
+    params, _, _ = built_book
+    run = Path(yaml.safe_load(params.read_text())["runs_dir"]) / "ci"
+    for stage in ("base", "sft", "rlvr"):
+        assert (run / "models" / stage / "model.safetensors").exists()
+        assert (run / "eval" / f"{stage}_greedy.jsonl").exists()
+    assert list((run / "models" / "rlvr_checkpoints").glob("step-*"))
+    metrics = json.loads((run / "metrics" / "eval.json").read_text())
+    assert set(metrics["greedy"]) == {"base", "sft", "rlvr"}
+
+
+def test_second_run_skips_everything(built_book):
+    params, book_root, _ = built_book
+    again = _run(params, book_root, "--no-book")
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = [l for l in again.stdout.splitlines() if l[:2].isdigit()]
+    assert lines and all("up to date, skipped" in l for l in lines)
+
+
+def test_failure_names_notebook_cell_and_partial_copy(tmp_path, monkeypatch, capsys):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name, code in [("00_ok", "x = 1"), ("01_broken", "raise ValueError('planted failure')"), ("02_after", "y = 2")]:
+        nb = nbformat.v4.new_notebook()
+        params = nbformat.v4.new_code_cell('params_file = "params/ci.yaml"')
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [params, nbformat.v4.new_code_cell(code)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, notebooks / f"{name}.ipynb")
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", notebooks)
+    ok = runner.execute(str(_params(tmp_path)), book_root=tmp_path / "site")
+    err = capsys.readouterr().err
+    assert not ok
+    assert "01_broken" in err and "ValueError: planted failure" in err
+    assert str(tmp_path / "site" / "book" / "executed" / "01_broken.ipynb") in err
+    assert not (tmp_path / "site" / "book" / "executed" / "02_after.ipynb").exists()

@@ -1,0 +1,68 @@
+"""Real-scale params on this CPU machine: they validate, and the launch line and TRL configs are what they say."""
+from pathlib import Path
+
+import pytest
+
+from rlvr_utils import config, rewards, train
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / "params" / "qwen2.5-1.5b.yaml"
+
+
+@pytest.fixture(scope="module")
+def real():
+    return config.load(REAL)
+
+
+def test_real_scale_is_the_studys_setting(real):
+    assert real.model.base == "Qwen/Qwen2.5-1.5B"
+    assert (real.data.sft_source, real.data.grpo_source) == ("numina_cot", "gsm8k")
+    g = real.grpo
+    assert (g.learning_rate, g.max_completion_length, g.use_vllm, g.vllm_mode) == (2e-6, 2000, True, "colocate")
+    assert rewards.reward_weights(real) == [1.0, 0.01]
+
+
+def test_grpo_config_carries_every_knob(real):
+    from trl import GRPOConfig
+
+    args = train.grpo_args(real)
+    assert args["deepspeed"] == str(ROOT / "params" / "deepspeed" / "zero2.json")
+    args["deepspeed"] = None  # building a DeepSpeed config needs the gpu extra; the path is checked above
+    g = GRPOConfig(**args)
+    p = real.grpo
+    assert (g.learning_rate, g.max_completion_length, g.num_generations, g.per_device_train_batch_size) == (
+        p.learning_rate, p.max_completion_length, p.num_generations, p.per_device_train_batch_size)
+    assert (g.beta, g.loss_type, g.temperature, g.use_vllm, g.vllm_mode, g.reward_weights) == (
+        p.beta, p.loss_type, p.temperature, p.use_vllm, p.vllm_mode, [1.0, 0.01])
+    assert g.scale_rewards == "none" and g.bf16 and g.max_steps == p.steps
+
+
+def test_sft_config_is_completion_only(real):
+    from trl import SFTConfig
+
+    args = train.sft_args(real)
+    args["deepspeed"] = None
+    s = SFTConfig(**args)
+    assert s.completion_only_loss and s.max_length == real.sft.max_length and s.learning_rate == real.sft.learning_rate
+
+
+def test_multi_gpu_stages_launch_through_accelerate(real):
+    assert train.needs_launcher(real, "sft") and train.needs_launcher(real, "rlvr")
+    cmd = train.launch_command(real, "rlvr", str(REAL))
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_processes") + 1] == "8"
+    assert cmd[cmd.index("--deepspeed_config_file") + 1].endswith("params/deepspeed/zero2.json")
+    assert cmd[-7:] == ["-m", "rlvr_utils", "train", "--stage", "rlvr", "--params", str(REAL)]
+
+
+def test_default_trains_in_process():
+    cfg = config.Params()
+    assert not train.needs_launcher(cfg, "sft") and not train.needs_launcher(cfg, "rlvr")
+
+
+@pytest.mark.parametrize("name", ["zero2.json", "zero3.json"])
+def test_deepspeed_configs_are_valid_json(name):
+    import json
+
+    stage = json.loads((ROOT / "params" / "deepspeed" / name).read_text())["zero_optimization"]["stage"]
+    assert stage == int(name[4])
