@@ -29,7 +29,9 @@ def _decoder(model: nn.Module):
     if family == "gpt2":
         return model.transformer.h, model.transformer.ln_f, model.lm_head
     if family == "gpt_neox":
-        return model.gpt_neox.layers, model.gpt_neox.final_layer_norm, model.embed_out
+        # transformers 5 renamed GPT-NeoX's `embed_out` to `lm_head`
+        head = model.lm_head if hasattr(model, "lm_head") else model.embed_out
+        return model.gpt_neox.layers, model.gpt_neox.final_layer_norm, head
     raise ValueError(
         f"model_type {family!r} is not supported; supported: llama, qwen2, qwen3, mistral, olmo2, gpt2, gpt_neox"
     )

@@ -68,6 +68,9 @@ class DataParams(Section):
     grpo_source: Literal["synthetic", "gsm8k"] = "synthetic"
     grpo_path: str | None = None
     eval_path: str | None = Field(None, description="GSM8K test split (hub id or file) when grpo_source is gsm8k")
+    prompt_template: str = Field("{question}", description="what the model sees; '{question}' is replaced. "
+                                 "The organism reads its story straight into the working; hub models do better "
+                                 "with 'Question: {question}\\nAnswer:'")
     min_steps: int = Field(2, ge=1, le=3, description="arithmetic steps per synthetic problem (difficulty)")
     max_steps: int = Field(2, ge=1, le=3)
     max_start: int = Field(20, ge=1)
@@ -77,6 +80,13 @@ class DataParams(Section):
     n_grpo: int = Field(4000, gt=0)
     n_eval: int = Field(500, gt=0)
     max_rows: int | None = Field(None, gt=0, description="cap on rows read from a real data set")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_question(cls, value):
+        if "{question}" not in value:
+            raise ValueError("must contain '{question}'")
+        return value
 
     @model_validator(mode="after")
     def _steps_ordered(self):
@@ -208,10 +218,8 @@ class ProbeParams(Section):
     n_bootstrap: int = Field(200, gt=0, description="bootstrap resamples of test problems")
     intermediate_label: Literal["value", "last_digit"] = Field(
         "value", description="decode the whole intermediate value, or only its last digit (many distinct values)")
-    control_window: int = Field(8, ge=1, description="tokens up to the probed position that make an example's "
-                                                     "control-task type (the expression just read)")
-    decodable_selectivity: float = Field(0.2, gt=0, lt=1, description="the answer is decodable from the first layer "
-                                         "whose selectivity's lower interval bound exceeds this")
+    decodable_margin: float = Field(0.2, gt=0, lt=1, description="the answer is decodable from the first layer whose "
+                                    "accuracy beats the majority class by more than this (lower interval bound)")
     lens_agreement: float = Field(0.5, gt=0, le=1, description="lens answer layer: first layer whose top-1 at the "
                                   "answer position matches the model's final top-1 on this share of problems")
     lens_batch_size: int = Field(16, gt=0)

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-PROMPT = "Question: {question}\nAnswer:"
 
 NAMES = ["Ida", "Raj", "Mia", "Leo", "Ana", "Tom", "Eva", "Sam", "Zoe", "Max"]
 ITEMS = ["apples", "marbles", "coins", "books", "stamps", "shells", "pens", "cards"]
@@ -23,8 +22,8 @@ GAIN_VERBS = ["found", "bought", "got"]
 LOSS_VERBS = ["lost", "gave away", "sold"]
 
 
-def prompt_for(question: str) -> str:
-    return PROMPT.format(question=question)
+def prompt_for(question: str, template: str) -> str:
+    return template.format(question=question)
 
 
 # --- the organism's synthetic task ----------------------------------------------------------------
@@ -49,15 +48,21 @@ def _story(rng: random.Random, data) -> dict:
             "values": values}
 
 
-def _question(s: dict) -> str:
+def _story_text(s: dict) -> str:
     events = [f"{s['events'][0]}."] + [f"Then {e}." for e in s["events"][1:]]
-    return (f"{s['name']} had {s['start']} {s['item']}. " + " ".join(events)
-            + f" How many {s['item']} did {s['name']} have in the end?")
+    return f"{s['name']} had {s['start']} {s['item']}. " + " ".join(events)
 
 
-def _row(s: dict, idx: int) -> dict:
+def _question(s: dict) -> str:
+    """The question comes first so that the story ends right where the working starts, as in the corpus:
+    with the question (or an 'Answer:' label) between story and working, this small a model fails to
+    read the operands back (SFT greedy accuracy 11% instead of 67% in the measurement behind this choice)."""
+    return f"How many {s['item']} did {s['name']} have in the end? " + _story_text(s)
+
+
+def _row(s: dict, idx: int, template: str) -> dict:
     question, final = _question(s), str(s["values"][-1])
-    return {"id": idx, "question": question, "prompt": prompt_for(question),
+    return {"id": idx, "question": question, "prompt": prompt_for(question, template),
             "answer": " " + " ".join(s["equations"]) + f"\n#### {final}", "final": final,
             "intermediates": [float(v) for v in s["values"]]}
 
@@ -70,10 +75,19 @@ def synthetic_problems(data, n: int, seed: int, exclude: Iterable[str] = ()) -> 
         q = _question(s)
         if q not in seen:
             seen.add(q)
-            rows.append(_row(s, len(rows)))
+            rows.append(_row(s, len(rows), data.prompt_template))
             if len(rows) == n:
                 return rows
     raise ValueError(f"data: could only make {len(rows)} distinct problems of the {n} asked; widen the ranges")
+
+
+def story_prompt(problem: dict) -> str:
+    """An organism problem as its pretraining corpus would tell it: the story, then ' So' before the working.
+    Other problems are returned as their prompt."""
+    question = problem["question"]
+    if question.startswith("How many") and "? " in question:
+        return question.split("? ", 1)[1] + " So"
+    return problem["prompt"]
 
 
 def numina_schema(row: dict) -> dict:
@@ -87,9 +101,8 @@ def numina_schema(row: dict) -> dict:
 def pretraining_corpus(data, n: int, seed: int, exclude: Iterable[str] = ()) -> list[str]:
     """Narrative documents for the base model: never the question / answer / #### format SFT teaches.
 
-    Half 'deferred' stories (events, the question they raise, then the working: the model learns to read
-    operands back out of the text), a quarter 'local' stories (working right after each event), a quarter
-    arithmetic facts.
+    Half 'deferred' stories (events first, then the working: the model learns to read operands back out
+    of the text), a quarter 'local' stories (working right after each event), a quarter arithmetic facts.
     """
     rng, held_out, docs = random.Random(seed), set(exclude), []
     while len(docs) < n:
@@ -99,10 +112,8 @@ def pretraining_corpus(data, n: int, seed: int, exclude: Iterable[str] = ()) -> 
         who, item = s["name"], s["item"]
         kind = rng.random()
         if kind < 0.5:
-            events = [f"{s['events'][0]}."] + [f"Then {e}." for e in s["events"][1:]]
-            docs.append(f"{who} had {s['start']} {item}. " + " ".join(events)
-                        + f" How many {item} did {who} have in the end? So " + " ".join(s["equations"])
-                        + f" In the end {who} had {s['values'][-1]} {item}.")
+            docs.append(_story_text(s) + " So "
+                        + " ".join(s["equations"]) + f" In the end {who} had {s['values'][-1]} {item}.")
         elif kind < 0.75:
             parts = [f"{who} had {s['start']} {item}."]
             for i, (event, eq) in enumerate(zip(s["events"], s["equations"])):
@@ -124,7 +135,7 @@ def _number(text: str) -> float | None:
         return None
 
 
-def gsm8k_row(raw: dict, idx: int) -> dict:
+def gsm8k_row(raw: dict, idx: int, template: str = "Question: {question}\nAnswer:") -> dict:
     """A GSM8K record ({question, answer ending in '#### N'}) as a problem row."""
     if "question" not in raw or "answer" not in raw or "####" not in raw["answer"]:
         raise ValueError(f"GSM8K row {idx}: expected keys 'question' and 'answer' ending in '#### N', "
@@ -133,16 +144,16 @@ def gsm8k_row(raw: dict, idx: int) -> dict:
     intermediates = [v for _, out in _CALC.findall(working) if (v := _number(out)) is not None]
     working = _CALC.sub("", working).strip()
     final = final.strip()
-    return {"id": idx, "question": raw["question"], "prompt": prompt_for(raw["question"]),
+    return {"id": idx, "question": raw["question"], "prompt": prompt_for(raw["question"], template),
             "answer": f" {working}\n#### {final}", "final": final, "intermediates": intermediates}
 
 
-def numina_row(raw: dict, idx: int) -> dict:
+def numina_row(raw: dict, idx: int, template: str = "Question: {question}\nAnswer:") -> dict:
     """A NuminaMath-CoT record ({problem, solution, messages}) as an SFT row (final from \\boxed{})."""
     if "problem" not in raw or "solution" not in raw:
         raise ValueError(f"NuminaMath-CoT row {idx}: expected keys 'problem' and 'solution', got {sorted(raw)}")
     boxed = re.findall(r"\\boxed\{([^{}]*)\}", raw["solution"])
-    return {"id": idx, "question": raw["problem"], "prompt": prompt_for(raw["problem"]),
+    return {"id": idx, "question": raw["problem"], "prompt": prompt_for(raw["problem"], template),
             "answer": " " + raw["solution"].strip(), "final": boxed[-1] if boxed else "", "intermediates": []}
 
 
@@ -165,12 +176,14 @@ def load_records(ref: str, split: str, max_rows: int | None = None, hub_config: 
     return list(ds)
 
 
-def load_gsm8k(ref: str, split: str = "train", max_rows: int | None = None) -> list[dict]:
-    return [gsm8k_row(r, i) for i, r in enumerate(load_records(ref, split, max_rows, hub_config="main"))]
+def load_gsm8k(ref: str, split: str = "train", max_rows: int | None = None,
+               template: str = "Question: {question}\nAnswer:") -> list[dict]:
+    return [gsm8k_row(r, i, template) for i, r in enumerate(load_records(ref, split, max_rows, hub_config="main"))]
 
 
-def load_numina(ref: str, split: str = "train", max_rows: int | None = None) -> list[dict]:
-    return [numina_row(r, i) for i, r in enumerate(load_records(ref, split, max_rows))]
+def load_numina(ref: str, split: str = "train", max_rows: int | None = None,
+                template: str = "Question: {question}\nAnswer:") -> list[dict]:
+    return [numina_row(r, i, template) for i, r in enumerate(load_records(ref, split, max_rows))]
 
 
 # --- the three problem sets of one run ------------------------------------------------------------
@@ -180,23 +193,23 @@ EVAL_SEED_OFFSET = 10_007  # held-out problems come from their own seed
 def eval_problems(cfg) -> list[dict]:
     d = cfg.data
     if d.grpo_source == "gsm8k":
-        return load_gsm8k(d.eval_path or d.grpo_path, "test", cfg.evaluation.n_problems)
+        return load_gsm8k(d.eval_path or d.grpo_path, "test", cfg.evaluation.n_problems, d.prompt_template)
     return synthetic_problems(d, max(d.n_eval, cfg.evaluation.n_problems), cfg.seed + EVAL_SEED_OFFSET)
 
 
 def sft_problems(cfg, held_out: list[dict]) -> list[dict]:
     d = cfg.data
     if d.sft_source == "numina_cot":
-        return load_numina(d.sft_path, "train", d.max_rows)
+        return load_numina(d.sft_path, "train", d.max_rows, d.prompt_template)
     if d.sft_source == "gsm8k":
-        return load_gsm8k(d.sft_path, "train", d.max_rows)
+        return load_gsm8k(d.sft_path, "train", d.max_rows, d.prompt_template)
     return synthetic_problems(d, d.n_sft, cfg.seed + 1, exclude=[p["question"] for p in held_out])
 
 
 def grpo_problems(cfg, held_out: list[dict]) -> list[dict]:
     d = cfg.data
     if d.grpo_source == "gsm8k":
-        return load_gsm8k(d.grpo_path, "train", d.max_rows)
+        return load_gsm8k(d.grpo_path, "train", d.max_rows, d.prompt_template)
     return synthetic_problems(d, d.n_grpo, cfg.seed + 2, exclude=[p["question"] for p in held_out])
 
 

@@ -42,13 +42,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return out
 
 
-def few_shot_prompt(question: str, shots: list[dict]) -> str:
-    return "".join(s["prompt"] + s["answer"] + "\n\n" for s in shots) + data.prompt_for(question)
+def few_shot_prompt(problem: dict, shots: list[dict]) -> str:
+    return "".join(s["prompt"] + s["answer"] + "\n\n" for s in shots) + problem["prompt"]
 
 
 def stage_prompts(problems: list[dict], stage: str, shots: list[dict]) -> list[str]:
     if stage == "base" and shots:
-        return [few_shot_prompt(p["question"], shots) for p in problems]
+        return [few_shot_prompt(p, shots) for p in problems]
     return [p["prompt"] for p in problems]
 
 

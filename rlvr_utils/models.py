@@ -20,3 +20,30 @@ def load(ref: str, cfg=None, device: str = "cpu"):
 
 def load_stage(cfg, stage: str, device: str = "cpu"):
     return load(cfg.model_ref(stage), cfg, device)
+
+
+_SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "intermediate_size")
+
+
+def check_compatible(cfg, stages=("base", "sft", "rlvr")) -> None:
+    """Base, SFT and RLVR must be one architecture with one vocabulary: the analyses compare them position by
+    position and weight by weight. Raises a ValueError naming what differs."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    trust = cfg.model.trust_remote_code
+    refs = {s: cfg.model_ref(s) for s in stages}
+    configs = {s: AutoConfig.from_pretrained(r, trust_remote_code=trust).to_dict() for s, r in refs.items()}
+    vocabs = {s: AutoTokenizer.from_pretrained(r, trust_remote_code=trust).get_vocab() for s, r in refs.items()}
+    first = stages[0]
+    problems = []
+    for stage in stages[1:]:
+        for key in _SHAPE_KEYS:
+            if configs[stage].get(key) != configs[first].get(key):
+                problems.append(f"{key}: {first}={configs[first].get(key)!r} but {stage}={configs[stage].get(key)!r}")
+        if vocabs[stage] != vocabs[first]:
+            differing = len(set(vocabs[stage].items()) ^ set(vocabs[first].items()))
+            problems.append(f"tokenizer vocabulary: {first} and {stage} differ in {differing} entries")
+    if problems:
+        where = ", ".join(f"{s}={r}" for s, r in refs.items())
+        raise ValueError(f"checkpoints are not one model at three stages ({where}):\n  - " + "\n  - ".join(problems))

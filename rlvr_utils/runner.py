@@ -71,7 +71,8 @@ def execute(params_file: str, only: list[str] | None = None, start: str | None =
     params = load(params_file)  # fail on bad params before any computation
     raw = yaml.safe_load(resolve(params_file).read_text()) or {}
     out_dir = book_root / EXECUTED
-    stamps_path = out_dir / "_stamps.json"
+    # Stamps live with the run's artifacts: deleting runs/<name> re-runs its notebooks.
+    stamps_path = params.run_dir / "executed_notebooks.json"
     stamps = json.loads(stamps_path.read_text()) if stamps_path.exists() else {}
     selected = set(_select(notebooks(), only, start))
     previous, rerun_chain = "", False

@@ -35,9 +35,14 @@ def is_trained(cfg: Params, stage: str) -> bool:
 
 def _common_args(cfg: Params, stage: str) -> dict:
     on_gpu = torch.cuda.is_available()
-    return dict(output_dir=str(cfg.path("trainer", stage)), seed=cfg.seed, data_seed=cfg.seed,
+    return dict(output_dir=str(_trainer_dir(cfg, stage)), seed=cfg.seed, data_seed=cfg.seed,
                 use_cpu=not on_gpu, report_to="none", save_total_limit=None, logging_first_step=True,
                 gradient_checkpointing=False, dataloader_num_workers=0)
+
+
+def _trainer_dir(cfg: Params, stage: str) -> Path:
+    """Trainer checkpoints of one stage under one set of params: a resumed run never picks up another's."""
+    return cfg.path("trainer", f"{stage}-{fingerprint(cfg, stage)}")
 
 
 def _last_checkpoint(output_dir: str) -> str | None:
@@ -52,6 +57,9 @@ def _finish(cfg: Params, stage: str, trainer, tokenizer, seconds: float) -> list
     history = trainer.state.log_history
     artifacts.write_json(cfg.path("metrics", f"train_{stage}.json"), {"seconds": seconds, "log_history": history})
     artifacts.stamp(cfg.path("models", stage), fingerprint(cfg, stage), seconds=seconds)
+    if stage == "rlvr":
+        _keep_intermediate_checkpoints(cfg, tokenizer)
+    shutil.rmtree(_trainer_dir(cfg, stage), ignore_errors=True)  # optimizer states: only needed to resume
     return history
 
 
@@ -158,14 +166,13 @@ def train_grpo(cfg: Params) -> list[dict]:
                           train_dataset=dataset, processing_class=tokenizer)
     start = time.time()
     trainer.train(resume_from_checkpoint=_last_checkpoint(trainer.args.output_dir))
-    history = _finish(cfg, "rlvr", trainer, tokenizer, time.time() - start)
-    _keep_intermediate_checkpoints(cfg, tokenizer)
-    return history
+    return _finish(cfg, "rlvr", trainer, tokenizer, time.time() - start)
 
 
 def _keep_intermediate_checkpoints(cfg: Params, tokenizer) -> None:
     """Model weights of GRPO's periodic checkpoints (no optimizer state) for training-dynamics plots."""
-    for ckpt in Path(cfg.path("trainer", "rlvr")).glob("checkpoint-*"):
+    shutil.rmtree(cfg.path("models", "rlvr_checkpoints"), ignore_errors=True)
+    for ckpt in _trainer_dir(cfg, "rlvr").glob("checkpoint-*"):
         step = int(ckpt.name.split("-")[1])
         with artifacts.atomic_dir(cfg.path("models", "rlvr_checkpoints", f"step-{step}")) as tmp:
             for f in ckpt.iterdir():

@@ -1,38 +1,13 @@
 """End to end: every notebook on params/ci.yaml through the runner, then the Jupyter Book build."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 import yaml
 
+from conftest import ci_params, run_book
 from rlvr_utils import runner
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _params(tmp_path) -> Path:
-    raw = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
-    raw["runs_dir"] = str(tmp_path / "runs")
-    path = tmp_path / "ci.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def _run(params: Path, book_root: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "rlvr_utils", "run", "--params", str(params), "--book-root", str(book_root), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-
-
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("book")
-    params, book_root = _params(tmp), tmp / "site"
-    first = _run(params, book_root)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    return params, book_root, first
 
 
 def test_every_notebook_executes_and_the_book_builds(built_book):
@@ -70,7 +45,7 @@ def test_artifacts_of_the_run(built_book):
 
 def test_second_run_skips_everything(built_book):
     params, book_root, _ = built_book
-    again = _run(params, book_root, "--no-book")
+    again = run_book(params, book_root, "--no-book")
     assert again.returncode == 0, again.stderr[-3000:]
     lines = [l for l in again.stdout.splitlines() if l[:2].isdigit()]
     assert lines and all("up to date, skipped" in l for l in lines)
@@ -87,7 +62,7 @@ def test_failure_names_notebook_cell_and_partial_copy(tmp_path, monkeypatch, cap
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, notebooks / f"{name}.ipynb")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", notebooks)
-    ok = runner.execute(str(_params(tmp_path)), book_root=tmp_path / "site")
+    ok = runner.execute(str(ci_params(tmp_path)), book_root=tmp_path / "site")
     err = capsys.readouterr().err
     assert not ok
     assert "01_broken" in err and "ValueError: planted failure" in err

@@ -1,0 +1,91 @@
+"""The rendered book in a real browser: every page loads with its images, working internal links, no error
+output and no console error. Screenshots of every page land in tests/output/screenshots/."""
+import functools
+import http.server
+import os
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync"]
+SHOTS = Path(__file__).parent / "output" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must install Debian's chromium ({CHROMIUM} missing): see .ci/run")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def site(built_book):
+    html = built_book[1] / "_build" / "html"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield html, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def _pages(html: Path) -> list[str]:
+    skip = {"genindex.html", "search.html"}
+    return sorted(str(p.relative_to(html)) for p in html.rglob("*.html")
+                  if p.name not in skip and "_static" not in p.parts and "_sources" not in p.parts)
+
+
+def test_every_page_renders_cleanly(browser, site):
+    html, base = site
+    pages = _pages(html)
+    assert "index.html" in pages and any("08_verdict" in p for p in pages)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    problems = []
+    for rel in pages:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        console = []
+        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: console.append(str(e)))
+        response = page.goto(base + rel, wait_until="load")
+        if response is None or response.status != 200:
+            problems.append(f"{rel}: HTTP {response and response.status}")
+        broken = page.eval_on_selector_all("img", "imgs => imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
+        problems += [f"{rel}: broken image {src}" for src in broken]
+        errors = page.eval_on_selector_all(".output.error, .output.traceback, .cell_output .traceback",
+                                           "els => els.map(e => e.innerText.slice(0, 200))")
+        problems += [f"{rel}: error output {e!r}" for e in errors]
+        for href in page.eval_on_selector_all("a[href]", "as => as.map(a => a.getAttribute('href'))"):
+            target = urlparse(urljoin(base + rel, href))
+            if target.netloc != urlparse(base).netloc or target.scheme not in ("http", "https"):
+                continue
+            path = html / target.path.lstrip("/")
+            if not (path.is_file() or (path / "index.html").is_file()):
+                problems.append(f"{rel}: broken link {href}")
+        problems += [f"{rel}: console error {c}" for c in console]
+        page.screenshot(path=str(SHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")), full_page=True)
+        page.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_chapters_show_their_figures(browser, site):
+    html, base = site
+    for rel in _pages(html):
+        if "executed/0" not in rel:
+            continue
+        page = browser.new_page()
+        page.goto(base + rel, wait_until="load")
+        n_images = page.eval_on_selector_all(".cell_output img", "imgs => imgs.length")
+        page.close()
+        assert n_images >= 1, f"{rel} shows no figure"
