@@ -274,8 +274,9 @@ class VerdictParams(Section):
 
     mlp_share_threshold: float = Field(0.5, ge=0, le=1, description="MLP share of the RLVR update's energy per "
                                        "parameter: below supports Routing, above Representation learning")
-    effective_rank_ratio_threshold: float = Field(0.5, ge=0, le=1, description="RLVR update's effective rank / "
-                                                  "largest possible rank: below (low-rank) supports Routing")
+    effective_rank_ratio_threshold: float = Field(0.25, ge=0, le=1, description="RLVR update's effective rank / "
+                                                  "largest possible rank: below (low-rank) supports Routing; a rank-r "
+                                                  "update gives at most r/n, Gaussian noise 0.8-0.98")
     subspace_angle_threshold: float = Field(10.0, ge=0, le=90, description="largest principal angle (degrees) "
                                             "between SFT and RLVR top-k weight subspaces: below (principal "
                                             "directions kept) supports Routing")

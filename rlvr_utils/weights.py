@@ -1,0 +1,461 @@
+"""Weight-difference norms and SVD spectra: what the SFT and RLVR updates look like in the weights.
+
+For each pair of checkpoints (SFT - base, RLVR - SFT, RLVR - base) and each tensor, the update
+delta = after - before is measured by its size (Frobenius norm, norm relative to the earlier weights,
+squared norm per parameter so that attention and MLP compare fairly), its sparsity (fraction of entries
+that moved by at most a tolerance, as in Mukherjee et al. 2025), its spectrum (singular values, stable
+rank, effective rank, energy in the top k) and by what it did to the weight matrix's own top-k singular
+subspaces and values (principal angles and spectrum change, as in Zhu et al. 2025).
+
+Routing predicts small, low-rank, attention-heavy RLVR updates that leave the principal directions of
+the weights in place; Representation learning predicts updates that reach the MLP matrices.
+
+Checkpoints are read tensor by tensor through safetensors (single-file or sharded), so at most one
+tensor per checkpoint is in memory at a time, whatever the model size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from scipy.linalg import subspace_angles
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+PAIRS: tuple[tuple[str, str], ...] = (("sft", "base"), ("rlvr", "sft"), ("rlvr", "base"))  # (after, before)
+GROUPS = ("attention", "mlp")
+MODULES = ("q", "k", "v", "o", "qkv", "gate", "up", "down")  # attention first, in the order data flows
+
+# (pattern in the tensor name, module, group) per family. llama/qwen2/qwen3/mistral/olmo2 share the first
+# block; gpt2 fuses q,k,v in c_attn and names both output projections c_proj (the parent tells them
+# apart; its Conv1D stores weights transposed, which swaps left and right singular vectors only);
+# gpt_neox fuses q,k,v in query_key_value.
+_MODULE_PATTERNS = [
+    (re.compile(p), module, group)
+    for p, module, group in (
+        (r"\.self_attn\.q_proj\.", "q", "attention"),
+        (r"\.self_attn\.k_proj\.", "k", "attention"),
+        (r"\.self_attn\.v_proj\.", "v", "attention"),
+        (r"\.self_attn\.o_proj\.", "o", "attention"),
+        (r"\.mlp\.gate_proj\.", "gate", "mlp"),
+        (r"\.mlp\.up_proj\.", "up", "mlp"),
+        (r"\.mlp\.down_proj\.", "down", "mlp"),
+        (r"\.attn\.c_attn\.", "qkv", "attention"),
+        (r"\.attn\.c_proj\.", "o", "attention"),
+        (r"\.mlp\.c_fc\.", "up", "mlp"),
+        (r"\.mlp\.c_proj\.", "down", "mlp"),
+        (r"\.attention\.query_key_value\.", "qkv", "attention"),
+        (r"\.attention\.dense\.", "o", "attention"),
+        (r"\.mlp\.dense_h_to_4h\.", "up", "mlp"),
+        (r"\.mlp\.dense_4h_to_h\.", "down", "mlp"),
+    )
+]
+_LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")
+_STEP_DIR = re.compile(r"^(?:step|checkpoint)-(\d+)$")
+
+
+# --- names ---------------------------------------------------------------------------------------
+def classify(name: str) -> tuple[int | None, str, str]:
+    """(layer, module, group) of a tensor name: group is 'attention' (q, k, v, o, or fused qkv),
+    'mlp' (gate, up, down) or 'other' (embeddings, norms, ...); layer is None outside the blocks."""
+    match = _LAYER.search(name)
+    layer = int(match.group(1)) if match else None
+    for pattern, module, group in _MODULE_PATTERNS:
+        if pattern.search(name):
+            return layer, module, group
+    return layer, "other", "other"
+
+
+# --- reading checkpoints -------------------------------------------------------------------------
+def local_folder(ref: str | Path) -> Path:
+    """A checkpoint folder on disk: `ref` itself, or the hub snapshot (safetensors and json only)."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download  # only real-scale runs name hub ids
+
+    return Path(snapshot_download(str(ref), allow_patterns=["*.safetensors", "*.json"]))
+
+
+def tensor_files(folder: str | Path) -> dict[str, Path]:
+    """Which safetensors file holds each tensor of a checkpoint folder (single file or sharded)."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"folder={str(folder)!r} holds no *.safetensors file: expected a Hugging Face checkpoint")
+    out = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            out.update({name: file for name in f.keys()})
+    return out
+
+
+def read_tensor(file: Path, name: str, device: str = "cpu") -> torch.Tensor:
+    """One tensor as float32. The file is closed again at once: safetensors hands out memory-mapped
+    views, and a handle kept open would keep every page read so far mapped into this process."""
+    with safe_open(file, framework="pt") as f:
+        tensor = f.get_tensor(name)
+    return tensor.to(device=device, dtype=torch.float32)
+
+
+def iter_tensors(folders: Mapping[str, str | Path], device: str = "cpu") -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+    """(name, {label: tensor}) for every tensor the checkpoints share, one tensor per checkpoint at a time.
+
+    Tensors present in only some checkpoints are skipped with a warning; a shape mismatch is an error.
+    """
+    if len(folders) < 2:
+        raise ValueError(f"folders needs at least two checkpoints to compare, got {list(folders)}")
+    files = {label: tensor_files(folder) for label, folder in folders.items()}
+    shared = sorted(set.intersection(*(set(f) for f in files.values())))
+    missing = sorted(set.union(*(set(f) for f in files.values())) - set(shared))
+    if missing:
+        log.warning("skipping %d tensors not present in every checkpoint, e.g. %s", len(missing), missing[:3])
+    if not shared:
+        raise ValueError(f"the checkpoints {dict(folders)} share no tensor names: are they the same architecture?")
+    for name in shared:
+        tensors = {label: read_tensor(files[label][name], name, device) for label in folders}
+        shapes = {label: tuple(t.shape) for label, t in tensors.items()}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"tensor {name!r} has different shapes across checkpoints: {shapes}")
+        yield name, tensors
+        del tensors  # before reading the next name, so that two names are never held at once
+
+
+def parameter_count(folder: str | Path) -> int:
+    """Number of parameters stored in a checkpoint, read from the safetensors headers only."""
+    total = 0
+    for name, file in tensor_files(folder).items():
+        with safe_open(file, framework="pt") as f:
+            total += math.prod(f.get_slice(name).get_shape())
+    return total
+
+
+def find_checkpoints(folder: str | Path) -> dict[int, Path]:
+    """Intermediate checkpoints `step-N` (or `checkpoint-N`) under `folder`, by step; {} when none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for path in folder.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and path.is_dir() and any(path.glob("*.safetensors")):
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+# --- spectral measures ---------------------------------------------------------------------------
+def _numerical_support(singular_values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Singular values above round-off (the numpy.linalg.matrix_rank cut-off), so that float noise in
+    an exactly low-rank update does not count as extra rank."""
+    s = singular_values.double()
+    if s.numel() == 0 or s.max() == 0:
+        return s[:0]
+    cutoff = s.max() * max(shape) * torch.finfo(torch.float32).eps
+    return s[s > cutoff]
+
+
+def stable_rank(singular_values: torch.Tensor) -> float:
+    """||A||_F^2 / ||A||_2^2: equals r for r equal singular values, less when they are unequal; 0 for A = 0."""
+    s = singular_values.double()
+    if s.numel() == 0 or s.max() == 0:
+        return 0.0
+    return float((s**2).sum() / s.max() ** 2)
+
+
+def effective_rank(singular_values: torch.Tensor, shape: Sequence[int] | None = None) -> float:
+    """Roy & Vetterli (2007): exp of the entropy of the singular values normalised to sum 1; 0 for A = 0.
+
+    `shape` (of the matrix) sets the round-off cut-off below which singular values are ignored.
+    """
+    s = singular_values.double()
+    s = _numerical_support(s, shape or (s.numel(),))
+    if s.numel() == 0:
+        return 0.0
+    p = s / s.sum()
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def top_k_energy(singular_values: torch.Tensor, k: int) -> float:
+    """Fraction of ||A||_F^2 in the k largest singular values (NaN for A = 0, where it is undefined)."""
+    s2 = singular_values.double() ** 2
+    total = s2.sum()
+    if total == 0:
+        return float("nan")
+    return float(torch.sort(s2, descending=True).values[:k].sum() / total)
+
+
+def largest_principal_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest principal angle in degrees between the column spans of `a` and `b` (0 = same subspace)."""
+    angles = subspace_angles(a.double().cpu().numpy(), b.double().cpu().numpy())
+    return float(np.degrees(angles.max()))
+
+
+def _top_subspaces(weight: torch.Tensor, k: int):
+    """Top-k left and right singular vectors and all singular values of a weight matrix."""
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    return u[:, :k].clone(), vh[:k].T.clone(), s
+
+
+# --- one tensor, one pair ------------------------------------------------------------------------
+def update_stats(before: torch.Tensor, after: torch.Tensor, tolerance: float, top_k: int, spectra: bool = True,
+                 spectrum_values: int = 64, before_svd=None, after_svd=None) -> dict:
+    """Measures of the update `after - before` of one tensor.
+
+    Always: n_params, delta_norm, before_norm, relative_norm, energy_per_param (squared update per
+    parameter), n_unchanged and sparsity (|delta| <= tolerance). With `spectra` and a matrix: the update's
+    singular values (the largest `spectrum_values`), stable_rank, effective_rank, its ratio to the largest
+    possible rank, top_k_energy, and the weight's own top-k subspace change (largest principal angle of
+    the left and right singular subspaces, degrees), top-k spectrum change (relative) and top_k_gap
+    (sigma_k / sigma_k+1 of the earlier weights, which says how well defined that subspace is).
+    `before_svd` / `after_svd` reuse `_top_subspaces` results when a tensor takes part in several pairs.
+    """
+    if tolerance < 0:
+        raise ValueError(f"tolerance={tolerance} must be >= 0")
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1")
+    delta = after - before
+    n = delta.numel()
+    delta_norm = float(torch.linalg.vector_norm(delta))
+    before_norm = float(torch.linalg.vector_norm(before))
+    out = {
+        "n_params": n,
+        "delta_norm": delta_norm,
+        "before_norm": before_norm,
+        "relative_norm": delta_norm / before_norm if before_norm > 0 else float("nan"),
+        "energy_per_param": delta_norm**2 / n,
+    }
+    with_spectra = spectra and delta.ndim == 2
+    s = torch.linalg.svdvals(delta) if with_spectra else None
+    # abs_ in place and count_nonzero (a sum of bools would cast them to int64): no full-size temporaries
+    n_unchanged = int(torch.count_nonzero(delta.abs_() <= tolerance))
+    del delta
+    out.update(n_unchanged=n_unchanged, sparsity=n_unchanged / n)
+    if not with_spectra:
+        return out
+    k = min(top_k, *before.shape)
+    u0, v0, s0 = before_svd or _top_subspaces(before, k)
+    u1, v1, s1 = after_svd or _top_subspaces(after, k)
+    top_before = torch.linalg.vector_norm(s0[:k])
+    out.update(
+        max_rank=min(before.shape),
+        stable_rank=stable_rank(s),
+        effective_rank=effective_rank(s, before.shape),
+        top_k_energy=top_k_energy(s, k),
+        subspace_angle_left=largest_principal_angle(u0[:, :k], u1[:, :k]),
+        subspace_angle_right=largest_principal_angle(v0[:, :k], v1[:, :k]),
+        spectrum_change=float(torch.linalg.vector_norm(s1[:k] - s0[:k]) / top_before) if top_before > 0 else float("nan"),
+        # sigma_k / sigma_k+1 of the earlier weights: near 1, the top-k subspace's edge is ill-defined and
+        # even a tiny update can turn it by a large angle
+        top_k_gap=float(s0[k - 1] / s0[k]) if k < len(s0) and s0[k] > 0 else float("nan"),
+        singular_values=s[:spectrum_values].tolist(),
+    )
+    out["effective_rank_ratio"] = out["effective_rank"] / out["max_rank"]
+    return out
+
+
+# --- whole checkpoints ---------------------------------------------------------------------------
+def compare(folders: Mapping[str, str | Path], pairs: Sequence[tuple[str, str]], tolerance: float = 1e-5,
+            top_k: int = 8, spectra: bool = True, spectrum_values: int = 64, device: str = "cpu",
+            progress: bool = True) -> list[dict]:
+    """One row per (pair, tensor) for checkpoints `folders` = {label: folder}; a pair is (after, before).
+
+    Spectral measures (`spectra`) are taken for attention and MLP matrices; each checkpoint's SVD of a
+    matrix is computed once and shared by the pairs it takes part in.
+    """
+    for after, before in pairs:
+        if after not in folders or before not in folders:
+            raise ValueError(f"pair ({after!r}, {before!r}) names a checkpoint not in folders={list(folders)}")
+    used = {label for pair in pairs for label in pair}
+    rows = []
+    start = time.perf_counter()
+    names = set(tensor_files(next(iter(folders.values()))))
+    for name, tensors in tqdm(iter_tensors({k: v for k, v in folders.items() if k in used}, device),
+                              total=len(names), desc="tensors", leave=False, disable=not progress):
+        layer, module, group = classify(name)
+        # spectra for attention and MLP matrices only: an embedding's SVD would cost the most and say the least
+        with_spectra = spectra and group in GROUPS and next(iter(tensors.values())).ndim == 2
+        svds = {}
+        if with_spectra:
+            k = min(top_k, *next(iter(tensors.values())).shape)
+            svds = {label: _top_subspaces(t, k) for label, t in tensors.items()}
+        for after, before in pairs:
+            stats = update_stats(tensors[before], tensors[after], tolerance, top_k, with_spectra, spectrum_values,
+                                 svds.get(before), svds.get(after))
+            rows.append({"pair": f"{after}-{before}", "name": name, "layer": layer, "module": module,
+                         "group": group, "shape": list(tensors[after].shape), **stats})
+        del tensors, svds
+    log.info("compared %d tensors x %d pairs in %.1f s", len(rows) // max(len(pairs), 1), len(pairs),
+             time.perf_counter() - start)
+    return rows
+
+
+def group_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """Per pair and group (attention, mlp, other, all): parameters, update energy per parameter, relative
+    norm, sparsity, and the MLP share of per-parameter energy (mlp / (mlp + attention))."""
+    df = pd.DataFrame(rows)
+    df = pd.concat([df, df.assign(group="all")])
+    df["delta_sq"] = df["delta_norm"] ** 2
+    df["before_sq"] = df["before_norm"] ** 2
+    g = df.groupby(["pair", "group"])[["n_params", "delta_sq", "before_sq", "n_unchanged"]].sum().reset_index()
+    g["energy_per_param"] = g["delta_sq"] / g["n_params"]
+    g["relative_norm"] = np.sqrt(g["delta_sq"] / g["before_sq"])
+    g["sparsity"] = g["n_unchanged"] / g["n_params"]
+    epp = g.pivot(index="pair", columns="group", values="energy_per_param")
+    share = epp["mlp"] / (epp["mlp"] + epp["attention"])
+    g["mlp_share"] = g["pair"].map(share)
+    return g.drop(columns=["delta_sq", "before_sq"])
+
+
+def _matrix_mean(rows: Sequence[dict], pair: str, *columns: str, moved_only: bool = False) -> float:
+    """Mean of per-matrix measures (pooled over `columns`) over the attention and MLP matrices of one pair;
+    `moved_only` skips matrices the update left exactly as they were (a zero update has no rank profile)."""
+    values = [row[c] for row in rows if row["pair"] == pair and row["group"] in GROUPS
+              and not (moved_only and row["delta_norm"] == 0)
+              for c in columns if row.get(c) is not None and math.isfinite(row[c])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """The 'summary' the verdict reads: {key: {"value", "ci", "description"}}; no CI applies to weights
+    (one training run, nothing to resample), so ci is None."""
+    g = group_table(rows).set_index(["pair", "group"])
+
+    def pick(pair, group, column):
+        return float(g.loc[(pair, group), column]) if (pair, group) in g.index else float("nan")
+
+    entries = {
+        "rlvr_update_mlp_share": (pick("rlvr-sft", "all", "mlp_share"),
+                                  "MLP share of the RLVR update's energy per parameter: mlp / (mlp + attention), "
+                                  "0.5 = equal per parameter"),
+        "sft_update_mlp_share": (pick("sft-base", "all", "mlp_share"),
+                                 "MLP share of the SFT update's energy per parameter (the same measure for SFT)"),
+        "rlvr_update_effective_rank_ratio": (_matrix_mean(rows, "rlvr-sft", "effective_rank_ratio", moved_only=True),
+                                             "mean over the attention and MLP matrices RLVR changed of its update's "
+                                             "effective rank / largest possible rank (1 = full rank)"),
+        "sft_update_effective_rank_ratio": (_matrix_mean(rows, "sft-base", "effective_rank_ratio", moved_only=True),
+                                            "the same ratio for the SFT update"),
+        "rlvr_update_sparsity": (pick("rlvr-sft", "all", "sparsity"),
+                                 "fraction of all parameters the RLVR update moved by at most the tolerance"),
+        "rlvr_relative_update_norm": (pick("rlvr-sft", "all", "relative_norm"),
+                                      "||RLVR - SFT|| / ||SFT|| over all parameters"),
+        "sft_relative_update_norm": (pick("sft-base", "all", "relative_norm"),
+                                     "||SFT - base|| / ||base|| over all parameters"),
+        "rlvr_top_subspace_angle": (_matrix_mean(rows, "rlvr-sft", "subspace_angle_left", "subspace_angle_right"),
+                                    "mean over attention and MLP matrices of the largest principal angle (degrees) "
+                                    "between the top-k singular subspaces (left and right) of SFT and RLVR weights"),
+        "sft_top_subspace_angle": (_matrix_mean(rows, "sft-base", "subspace_angle_left", "subspace_angle_right"),
+                                   "the same angle between base and SFT weights"),
+    }
+    return {key: {"value": _finite_or_none(value), "ci": None, "description": text}
+            for key, (value, text) in entries.items()}
+
+
+def dynamics(start: str | Path, checkpoints: Mapping[int, str | Path], tolerance: float = 1e-5,
+             device: str = "cpu") -> list[dict]:
+    """Update size along training: per step and group, the relative norm and energy per parameter of
+    (checkpoint at step - start). Norms only, no SVD, so it stays cheap for many checkpoints."""
+    out = []
+    for step, folder in tqdm(sorted(checkpoints.items()), desc="checkpoints", leave=False):
+        rows = compare({"start": start, "step": folder}, [("step", "start")], tolerance, spectra=False, device=device,
+                       progress=False)
+        for row in group_table(rows).to_dict("records"):
+            out.append({"step": step, "group": row["group"], "relative_norm": row["relative_norm"],
+                        "energy_per_param": row["energy_per_param"], "sparsity": row["sparsity"]})
+    return out
+
+
+def fingerprint(cfg) -> str:
+    """What weights.json depends on: the `weights` params and the checkpoint files themselves (name, size,
+    modification time), so that retrained checkpoints are analysed again even when no param changed."""
+    parts = [cfg.fingerprint("weights")]
+    folders = [Path(cfg.model_ref(stage)) for stage in ("base", "sft", "rlvr")]
+    folders += list(find_checkpoints(cfg.path("models", "rlvr_checkpoints")).values())
+    for folder in folders:
+        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        parts += [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files] or [str(folder)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def analyze(cfg) -> dict:
+    """Everything notebook 07 writes to metrics/weights.json for a run: per-matrix rows of the three
+    pairs, per-group totals, the training dynamics of intermediate GRPO checkpoints, and the summary."""
+    w = cfg.weights
+    folders = {stage: local_folder(cfg.model_ref(stage)) for stage in ("base", "sft", "rlvr")}
+    start = time.perf_counter()
+    rows = compare(folders, PAIRS, w.sparsity_tolerance, w.top_k, True, w.spectrum_values, w.device)
+    steps = find_checkpoints(cfg.path("models", "rlvr_checkpoints"))
+    if steps:
+        steps.setdefault(cfg.grpo.steps, folders["rlvr"])
+        steps.setdefault(0, folders["sft"])
+    log.info("weights: %d rows and %d checkpoints in %.1f s", len(rows), len(steps), time.perf_counter() - start)
+    return {
+        "summary": summarize(rows),
+        "pairs": [f"{a}-{b}" for a, b in PAIRS],
+        "tolerance": w.sparsity_tolerance,
+        "top_k": w.top_k,
+        "parameters": parameter_count(folders["base"]),
+        "groups": _records(group_table(rows)),
+        "matrices": _records(rows),
+        "dynamics": dynamics(folders["sft"], steps, w.sparsity_tolerance, w.device) if steps else [],
+    }
+
+
+def matrix_frame(result: dict) -> pd.DataFrame:
+    """Attention and MLP weight matrices of a weights.json result, one row per (pair, matrix), with
+    'subspace_angle' (mean of the left and right largest principal angles) and 'stable_rank_ratio'."""
+    df = pd.DataFrame(result["matrices"])
+    if "effective_rank" not in df:
+        return df.iloc[:0]
+    df = df[df["group"].isin(GROUPS) & df["effective_rank"].notna()].copy()
+    df["layer"] = df["layer"].astype(int)
+    df["module"] = pd.Categorical(df["module"], [m for m in MODULES if m in set(df["module"])], ordered=True)
+    df["subspace_angle"] = (df["subspace_angle_left"] + df["subspace_angle_right"]) / 2
+    df["stable_rank_ratio"] = df["stable_rank"] / df["max_rank"]
+    return df.reset_index(drop=True)
+
+
+def spectra_frame(result: dict) -> pd.DataFrame:
+    """Long table of the updates' singular values: pair, layer, module, group, index (1 = largest),
+    singular_value and normalised (divided by the largest), for spectrum plots."""
+    rows = []
+    for m in matrix_frame(result).itertuples():
+        top = m.singular_values[0] if m.singular_values else 0
+        rows += [{"pair": m.pair, "layer": m.layer, "module": m.module, "group": m.group, "index": i + 1,
+                  "singular_value": s, "normalised": s / top}
+                 for i, s in enumerate(m.singular_values) if top > 0]
+    out = pd.DataFrame(rows, columns=["pair", "layer", "module", "group", "index", "singular_value", "normalised"])
+    out["module"] = pd.Categorical(out["module"], [m for m in MODULES if m in set(out["module"])], ordered=True)
+    return out
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _records(records) -> list[dict]:
+    """Rows (a DataFrame or dicts) as JSON-safe dicts: NaN -> None, numpy scalars -> Python numbers."""
+    if isinstance(records, pd.DataFrame):
+        records = records.to_dict("records")
+    out = []
+    for rec in records:
+        clean = {}
+        for key, value in rec.items():
+            value = value.item() if isinstance(value, np.generic) else value
+            clean[key] = _finite_or_none(value) if isinstance(value, float) else value
+        out.append(clean)
+    return out

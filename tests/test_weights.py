@@ -1,0 +1,283 @@
+"""Weight-difference measures: planted updates with known answers, identities, family name maps, and
+memory that stays near one tensor per checkpoint."""
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from rlvr_utils import artifacts, config, weights
+
+TINY = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64)
+
+
+def _orthonormal(n, r, gen):
+    q, _ = torch.linalg.qr(torch.randn(n, r, generator=gen))
+    return q
+
+
+def _planted(singular_values, shape=(48, 40), seed=0):
+    """U diag(s) V^T with orthonormal U, V: a matrix whose singular values are exactly `singular_values`."""
+    gen = torch.Generator().manual_seed(seed)
+    r = len(singular_values)
+    return _orthonormal(shape[0], r, gen) @ torch.diag(torch.tensor(singular_values)) @ _orthonormal(shape[1], r, gen).T
+
+
+def _save_tiny(folder, seed=0, family="qwen2"):
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(family, **TINY)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(folder)
+    return model
+
+
+def _perturb(model, folder, groups, scale=1e-2, seed=1):
+    """Save `model` with every matrix of `groups` moved by Gaussian noise (others untouched)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if weights.classify(name)[2] in groups:
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(folder)
+    return model
+
+
+# --- spectral measures -----------------------------------------------------------------------------
+@pytest.mark.parametrize("r", [1, 3, 7])
+def test_rank_r_update_with_equal_singular_values_has_effective_and_stable_rank_r(r):
+    before = torch.randn(48, 40, generator=torch.Generator().manual_seed(5))
+    stats = weights.update_stats(before, before + _planted([0.3] * r), tolerance=1e-5, top_k=4)
+    assert stats["effective_rank"] == pytest.approx(r, abs=1e-3)
+    assert stats["stable_rank"] == pytest.approx(r, abs=1e-3)
+    assert stats["effective_rank_ratio"] == pytest.approx(r / 40, abs=1e-4)
+    assert stats["top_k_energy"] == pytest.approx(min(4, r) / r, abs=1e-4)
+
+
+def test_rank_r_update_with_unequal_singular_values_has_both_ranks_below_r():
+    before = torch.randn(48, 40, generator=torch.Generator().manual_seed(5))
+    stats = weights.update_stats(before, before + _planted([1.0, 0.5, 0.2, 0.1]), tolerance=1e-5, top_k=2)
+    assert 1 <= stats["stable_rank"] < 4 - 0.5
+    assert 1 <= stats["effective_rank"] < 4 - 0.5
+    # stable rank = sum s^2 / max s^2, known exactly here
+    assert stats["stable_rank"] == pytest.approx((1 + 0.25 + 0.04 + 0.01) / 1, rel=1e-4)
+
+
+def test_effective_rank_matches_a_naive_numpy_reference():
+    a = torch.randn(30, 20, generator=torch.Generator().manual_seed(3))
+    s = np.linalg.svd(a.double().numpy(), compute_uv=False)
+    p = s / s.sum()
+    expected = math.exp(-(p * np.log(p)).sum())
+    assert weights.effective_rank(torch.linalg.svdvals(a), a.shape) == pytest.approx(expected, rel=1e-5)
+
+
+def test_principal_angle_of_a_rotated_top_direction_is_the_rotation_angle():
+    gen = torch.Generator().manual_seed(0)
+    u, v = _orthonormal(24, 12, gen), _orthonormal(20, 12, gen)
+    s = torch.linspace(12, 1, 12)
+    theta = math.radians(30)
+    u_rot = u.clone()  # turn the top left singular vector towards one outside the top k=4
+    u_rot[:, 0] = math.cos(theta) * u[:, 0] + math.sin(theta) * u[:, 8]
+    u_rot[:, 8] = -math.sin(theta) * u[:, 0] + math.cos(theta) * u[:, 8]
+    before, after = u @ torch.diag(s) @ v.T, u_rot @ torch.diag(s) @ v.T
+    stats = weights.update_stats(before, after, tolerance=1e-5, top_k=4)
+    assert stats["subspace_angle_left"] == pytest.approx(30, abs=1e-2)
+    assert stats["subspace_angle_right"] == pytest.approx(0, abs=1e-2)
+    assert stats["spectrum_change"] == pytest.approx(0, abs=1e-5)
+
+
+def test_sparsity_counts_entries_within_the_tolerance():
+    before = torch.zeros(10, 10)
+    after = before.clone()
+    after.view(-1)[:30] = 1e-3  # 30 entries moved, 70 unchanged; 20 more moved by less than the tolerance
+    after.view(-1)[30:50] = 1e-6
+    stats = weights.update_stats(before, after, tolerance=1e-5, top_k=2, spectra=False)
+    assert stats["sparsity"] == pytest.approx(0.7)
+    assert stats["n_unchanged"] == 70
+    assert stats["energy_per_param"] == pytest.approx((30 * 1e-6 + 20 * 1e-12) / 100, rel=1e-4)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="tolerance"):
+        weights.update_stats(torch.ones(2, 2), torch.ones(2, 2), tolerance=-1, top_k=1)
+    with pytest.raises(ValueError, match="top_k"):
+        weights.update_stats(torch.ones(2, 2), torch.ones(2, 2), tolerance=0, top_k=0)
+
+
+# --- names -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family, attention, mlp", [
+    ("llama", {"q", "k", "v", "o"}, {"gate", "up", "down"}),
+    ("qwen2", {"q", "k", "v", "o"}, {"gate", "up", "down"}),
+    ("mistral", {"q", "k", "v", "o"}, {"gate", "up", "down"}),
+    ("olmo2", {"q", "k", "v", "o"}, {"gate", "up", "down"}),
+    ("gpt2", {"qkv", "o"}, {"up", "down"}),
+    ("gpt_neox", {"qkv", "o"}, {"up", "down"}),
+])
+def test_every_block_matrix_of_each_family_is_classified(family, attention, mlp):
+    extra = {"gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=64),
+             "gpt_neox": dict(rotary_pct=1.0)}.get(family, {})
+    cfg = AutoConfig.for_model(family, **{**TINY, **extra})
+    names = AutoModelForCausalLM.from_config(cfg).state_dict()
+    found = {}
+    for name, tensor in names.items():
+        layer, module, group = weights.classify(name)
+        if tensor.ndim == 2 and layer is not None:
+            found.setdefault((layer, group), set()).add(module)
+    for layer in range(2):
+        assert found[(layer, "attention")] == attention
+        assert found[(layer, "mlp")] == mlp
+    assert weights.classify("model.embed_tokens.weight") == (None, "other", "other")
+    assert weights.classify("transformer.h.3.attn.c_proj.weight") == (3, "o", "attention")
+    assert weights.classify("transformer.h.3.mlp.c_proj.weight") == (3, "down", "mlp")
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+def test_identical_checkpoints_give_zero_norm_full_sparsity_and_no_subspace_change(tmp_path):
+    _save_tiny(tmp_path / "sft")
+    _save_tiny(tmp_path / "rlvr")  # same seed: the same weights, written separately
+    rows = weights.compare({"sft": tmp_path / "sft", "rlvr": tmp_path / "rlvr"}, [("rlvr", "sft")])
+    assert rows and all(r["delta_norm"] == 0 and r["sparsity"] == 1 for r in rows)
+    summary = {k: v["value"] for k, v in weights.summarize(rows).items()}
+    assert summary["rlvr_relative_update_norm"] == 0 and summary["rlvr_update_sparsity"] == 1
+    assert summary["rlvr_top_subspace_angle"] < 1e-3
+    assert summary["rlvr_update_mlp_share"] is None  # 0 / 0: no update to share out
+    assert summary["rlvr_update_effective_rank_ratio"] is None
+    matrices = [r for r in rows if "subspace_angle_left" in r]
+    assert matrices
+    for r in matrices:
+        assert r["subspace_angle_left"] < 1e-3 and r["subspace_angle_right"] < 1e-3
+        assert r["spectrum_change"] == 0 and r["stable_rank"] == 0 and r["effective_rank"] == 0
+
+
+@pytest.mark.parametrize("groups, share", [({"mlp"}, 1.0), ({"attention"}, 0.0)])
+def test_a_planted_update_confined_to_one_group_is_attributed_to_it(tmp_path, groups, share):
+    model = _save_tiny(tmp_path / "base")
+    _perturb(model, tmp_path / "sft", groups, seed=1)
+    _perturb(model, tmp_path / "rlvr", groups, seed=2)
+    rows = weights.compare({s: tmp_path / s for s in ("base", "sft", "rlvr")}, weights.PAIRS, spectra=False)
+    table = weights.group_table(rows).set_index(["pair", "group"])
+    other = ({"attention", "mlp"} - groups).pop()
+    for pair in ("sft-base", "rlvr-sft", "rlvr-base"):
+        assert table.loc[(pair, other), "energy_per_param"] == 0
+        assert table.loc[(pair, "other"), "energy_per_param"] == 0
+        assert table.loc[(pair, "all"), "mlp_share"] == share
+    summary = weights.summarize(rows)
+    assert summary["rlvr_update_mlp_share"]["value"] == share
+    assert summary["sft_update_mlp_share"]["value"] == share
+
+
+def test_sharded_and_single_file_checkpoints_read_the_same(tmp_path):
+    model = _save_tiny(tmp_path / "single")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    assert weights.tensor_files(tmp_path / "sharded").keys() == weights.tensor_files(tmp_path / "single").keys()
+    assert weights.parameter_count(tmp_path / "sharded") == sum(p.numel() for p in model.parameters())
+    rows = weights.compare({"a": tmp_path / "single", "b": tmp_path / "sharded"}, [("b", "a")], spectra=False)
+    assert all(r["delta_norm"] == 0 for r in rows)
+
+
+def test_missing_checkpoint_files_and_unknown_pairs_are_clear_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="safetensors"):
+        weights.tensor_files(tmp_path / "empty")
+    with pytest.raises(ValueError, match="pair"):
+        weights.compare({"a": tmp_path / "empty", "b": tmp_path / "empty"}, [("rlvr", "a")])
+
+
+def test_find_checkpoints_orders_steps_and_ignores_other_folders(tmp_path):
+    for name in ("step-20", "step-3", "notes"):
+        (tmp_path / name).mkdir()
+        save_file({"w": torch.zeros(1)}, tmp_path / name / "model.safetensors")
+    (tmp_path / "step-9").mkdir()  # no weights: not a checkpoint
+    assert list(weights.find_checkpoints(tmp_path)) == [3, 20]
+    assert weights.find_checkpoints(tmp_path / "absent") == {}
+
+
+def test_analyze_writes_a_json_summary_and_training_dynamics(tmp_path):
+    cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path), "grpo": {"steps": 10, "per_device_train_batch_size": 8},
+                            "weights": {"top_k": 2, "spectrum_values": 5}})
+    models = cfg.path("models")
+    model = _save_tiny(models / "base")
+    _perturb(model, models / "sft", {"attention", "mlp", "other"}, seed=1)
+    _perturb(model, models / "rlvr_checkpoints" / "step-5", {"attention"}, scale=1e-3, seed=2)
+    _perturb(model, models / "rlvr", {"attention"}, scale=1e-3, seed=3)
+    result = weights.analyze(cfg)
+    path = artifacts.write_json(cfg.path("metrics", "weights.json"), result)
+    loaded = json.loads(path.read_text())  # strict JSON: no NaN sneaks through
+    assert set(loaded["summary"]) == {
+        "rlvr_update_mlp_share", "sft_update_mlp_share", "rlvr_update_effective_rank_ratio",
+        "sft_update_effective_rank_ratio", "rlvr_update_sparsity",
+        "rlvr_relative_update_norm", "sft_relative_update_norm", "rlvr_top_subspace_angle", "sft_top_subspace_angle"}
+    assert all(v["ci"] is None and v["description"] for v in loaded["summary"].values())
+    assert loaded["summary"]["rlvr_update_mlp_share"]["value"] == 0.0  # RLVR moved only attention
+    assert 0 < loaded["summary"]["sft_update_mlp_share"]["value"] < 1
+    assert loaded["parameters"] == sum(p.numel() for p in model.parameters())
+    assert {d["step"] for d in loaded["dynamics"]} == {0, 5, 10}
+    step0 = [d for d in loaded["dynamics"] if d["step"] == 0]
+    assert all(d["relative_norm"] == 0 for d in step0)
+    assert all(len(m["singular_values"]) <= 5 for m in loaded["matrices"] if "singular_values" in m)
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, re, sys
+    from rlvr_utils import weights
+
+    def status(key):
+        return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS mark after the imports
+    start = status("VmRSS")
+    for name, t in weights.iter_tensors({"a": sys.argv[1], "b": sys.argv[2]}):
+        weights.update_stats(t["a"], t["b"], tolerance=1e-5, top_k=1, spectra=False)
+        del t
+    print(json.dumps({"peak_increase": status("VmHWM") - start}))
+""")
+
+
+def test_reading_two_checkpoints_keeps_memory_near_one_tensor_at_a_time(tmp_path):
+    try:
+        open("/proc/self/clear_refs", "w").write("5")
+    except OSError:
+        pytest.skip("this system cannot reset the peak-RSS mark (/proc/self/clear_refs)")
+    n_tensors, shape = 6, (2048, 1024)
+    tensor_bytes = 4 * shape[0] * shape[1]  # 8 MiB each; both checkpoints together: 96 MiB
+    gen = torch.Generator().manual_seed(0)
+    a = {f"layers.{i}.w": torch.randn(shape, generator=gen) for i in range(n_tensors)}
+    (tmp_path / "a").mkdir()
+    save_file(a, tmp_path / "a" / "model.safetensors")
+    (tmp_path / "b").mkdir()  # sharded, through the index file
+    weight_map = {}
+    for shard, names in enumerate((list(a)[:3], list(a)[3:])):
+        file = f"model-{shard + 1:05d}-of-00002.safetensors"
+        save_file({k: a[k] + 0.01 for k in names}, tmp_path / "b" / file)
+        weight_map.update({k: file for k in names})
+    (tmp_path / "b" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    del a
+    # A fixed mmap threshold makes glibc return freed tensors to the system at once; by default it keeps
+    # a few freed tensors' worth cached (bounded, but it would blur what the reader itself keeps alive).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "a"), str(tmp_path / "b")],
+                         capture_output=True, text=True, check=True, env=env)
+    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_increase"]
+    # both tensors of the current name + their difference + a boolean mask + slack: under 5 tensors;
+    # reading everything first would hold all 12
+    assert peak < 5 * tensor_bytes, f"peak grew by {peak / 2**20:.0f} MiB"
+
+
+def test_fingerprint_changes_when_a_checkpoint_is_rewritten(tmp_path):
+    cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path)})
+    models = cfg.path("models")
+    model = _save_tiny(models / "base")
+    for stage in ("sft", "rlvr"):
+        model.save_pretrained(models / stage)
+    before = weights.fingerprint(cfg)
+    assert weights.fingerprint(cfg) == before
+    _perturb(model, models / "rlvr", {"mlp"})
+    assert weights.fingerprint(cfg) != before
