@@ -148,9 +148,9 @@ class EvalParams(Section):
     max_new_tokens: int = Field(64, gt=0)
     few_shot: int = Field(3, ge=0, description="worked examples in the base model's prompt")
     pass_k: list[int] = Field([1, 2, 4, 8, 16, 32, 64], min_length=1)
-    pass_problems: int = Field(200, gt=0, description="problems sampled for pass@k")
+    pass_problems: int = Field(100, gt=0, description="problems sampled for pass@k (max(pass_k) samples each)")
     temperature: float = Field(0.8, gt=0)
-    batch_size: int = Field(256, gt=0)
+    batch_size: int = Field(1024, gt=0, description="sequences generated at once (samples of one prompt count)")
     n_bootstrap: int = Field(2000, gt=0)
     confidence: float = Field(0.95, gt=0, lt=1)
 
@@ -235,7 +235,7 @@ class ProbeParams(Section):
 class PatchingParams(Section):
     """Cross-model and clean/corrupted activation patching, and component grafting (notebook 06)."""
 
-    n_problems: int = Field(64, gt=0, description="token-cache problems patched (those with a final answer)")
+    n_problems: int = Field(64, gt=0, description="problems patched: the first token-cache sequences with a final answer")
     sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out"]] = [
         "hook_resid_pre", "hook_attn_out", "hook_mlp_out",
     ]
@@ -249,11 +249,13 @@ class PatchingParams(Section):
     within_model: bool = Field(True, description="also clean/corrupted patching inside SFT and RLVR")
     corrupt_number: int = Field(-1, description="which number of the prompt to corrupt (python index; -1 = last)")
     batch_size: int = Field(16, gt=0, description="problems per forward pass")
-    patches_per_forward: int = Field(8, gt=0, description="patches run side by side in one forward pass")
+    patches_per_forward: int = Field(
+        2, gt=0, description="patches run side by side in one forward pass (each copies the batch): raise it on a "
+                             "GPU; on a CPU ~32 rows per pass was fastest (benchmarks/patching_batching.py)")
     graft_problems: int = Field(256, gt=0, description="held-out problems each grafted model is evaluated on")
     graft_ranges: list[Literal["all", "first_half", "second_half"]] = Field(
         ["all"], min_length=1,
-        description="layer ranges of attention-/MLP-only grafts ('first_half', 'second_half' cost one evaluation each)")
+        description="layer ranges of attention-/MLP-only grafts (each range costs two greedy evaluations)")
     n_bootstrap: int = Field(1000, gt=0)
 
 
@@ -316,6 +318,10 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _combinations(self):
+        if self.extract.completions_from != "gold" and self.extract.n_problems > self.evaluation.n_problems:
+            raise ValueError(f"extract.n_problems={self.extract.n_problems} must be <= evaluation.n_problems="
+                             f"{self.evaluation.n_problems}: completions from '{self.extract.completions_from}' "
+                             "are the greedy evaluation's")
         for key, value in (("sft.deepspeed", self.sft.deepspeed), ("grpo.deepspeed", self.grpo.deepspeed)):
             if value is not None and not resolve(value).is_file():
                 raise ValueError(f"{key}={value!r}: no such file ({resolve(value)})")

@@ -1,0 +1,361 @@
+"""CKA estimators against naive references, known values, invariances and the bias they exist to remove."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ortho_group
+
+from rlvr_utils import cka
+
+
+# --- naive references, written from the definitions -------------------------------------------------
+def naive_hsic(K, L, debiased):
+    n = len(K)
+    if not debiased:  # tr(K H L H) / (n-1)^2
+        H = np.eye(n) - np.ones((n, n)) / n
+        return np.trace(K @ H @ L @ H) / (n - 1) ** 2
+    Kt, Lt = K - np.diag(np.diag(K)), L - np.diag(np.diag(L))  # Song et al. 2012, eq. 5
+    one = np.ones(n)
+    return (np.trace(Kt @ Lt) + one @ Kt @ one * (one @ Lt @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * one @ Kt @ Lt @ one) / (n * (n - 3))
+
+
+def naive_cka(X, Y, debiased=False):
+    K, L = X @ X.T, Y @ Y.T
+    return naive_hsic(K, L, debiased) / np.sqrt(naive_hsic(K, K, debiased) * naive_hsic(L, L, debiased))
+
+
+def u_statistic_hsic(K, L):
+    """HSIC as the average over ordered distinct index quadruples: the definition of the unbiased estimator."""
+    total, count = 0.0, 0
+    for i, j, q, r in itertools.permutations(range(len(K)), 4):
+        total += K[i, j] * L[i, j] + K[i, j] * L[q, r] - 2 * K[i, j] * L[i, q]
+        count += 1
+    return total / count
+
+
+def correlated(n, dx, dy, seed=0, noise=1.0):
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n, 6))
+    X = Z @ rng.normal(size=(6, dx)) + noise * rng.normal(size=(n, dx)) + 3.0
+    Y = Z @ rng.normal(size=(6, dy)) + noise * rng.normal(size=(n, dy)) - 1.0
+    return X, Y
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, which is slow on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SHAPES = [(50, 8, 12), (10, 30, 20)]  # n > d (feature form) and n < d (Gram form)
+
+
+# --- identities and known values ----------------------------------------------------------------------
+@pytest.mark.parametrize("n,dx,dy", SHAPES)
+@pytest.mark.parametrize("debiased", [False, True])
+def test_self_similarity_is_one(n, dx, dy, debiased):
+    X, _ = correlated(n, dx, dy)
+    assert cka.linear_cka(X, X, debiased) == pytest.approx(1.0, abs=1e-12)
+    assert cka.rbf_cka(X, X, debiased=debiased) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("n,dx,dy", SHAPES)
+@pytest.mark.parametrize("debiased", [False, True])
+def test_agrees_with_naive_gram_implementation(n, dx, dy, debiased):
+    X, Y = correlated(n, dx, dy)
+    assert cka.linear_cka(X, Y, debiased) == pytest.approx(naive_cka(X, Y, debiased), abs=1e-6)
+    assert cka.cka_from_grams(X @ X.T, Y @ Y.T, debiased) == pytest.approx(naive_cka(X, Y, debiased), abs=1e-6)
+    # tensors in, same answer
+    assert cka.linear_cka(torch.tensor(X, dtype=torch.float32), torch.tensor(Y), debiased) == \
+        pytest.approx(naive_cka(X, Y, debiased), abs=1e-5)
+
+
+def test_feature_and_gram_forms_agree():
+    X, Y = correlated(80, 10, 7, noise=2.0)
+    for debiased in (False, True):
+        feature = cka.linear_cka(X, Y, debiased)  # n > d: feature form
+        gram = cka.cka_from_grams(X @ X.T, Y @ Y.T, debiased)
+        assert feature == pytest.approx(gram, abs=1e-10)
+
+
+def test_debiased_formula_is_the_u_statistic():
+    X, Y = correlated(7, 3, 4)
+    K, L = X @ X.T, Y @ Y.T
+    expected = u_statistic_hsic(K, L) / np.sqrt(u_statistic_hsic(K, K) * u_statistic_hsic(L, L))
+    assert cka.linear_cka(X, Y, debiased=True) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("n,dx,dy", SHAPES)
+@pytest.mark.parametrize("debiased", [False, True])
+def test_invariant_to_orthogonal_transform_scaling_and_shift(n, dx, dy, debiased):
+    X, Y = correlated(n, dx, dy, noise=2.0)
+    Q = ortho_group.rvs(dx, random_state=1)
+    base = cka.linear_cka(X, Y, debiased)
+    assert cka.linear_cka(X @ Q, Y, debiased) == pytest.approx(base, abs=1e-9)
+    assert cka.linear_cka(7.5 * X, 0.01 * Y, debiased) == pytest.approx(base, abs=1e-9)
+    assert cka.linear_cka(X + 100.0, Y, debiased) == pytest.approx(base, abs=1e-8)
+    rbf = cka.rbf_cka(X, Y, debiased=debiased)
+    assert cka.rbf_cka(3.0 * X @ Q, Y, debiased=debiased) == pytest.approx(rbf, abs=1e-9)
+
+
+def test_not_invariant_to_arbitrary_linear_maps():
+    X, Y = correlated(60, 5, 5, noise=2.0)
+    A = np.diag([10.0, 1, 1, 1, 0.1])
+    assert abs(cka.linear_cka(X @ A, Y) - cka.linear_cka(X, Y)) > 1e-3
+
+
+def test_debiased_removes_the_small_n_inflation():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(64, 512)), rng.normal(size=(64, 512))  # independent: true CKA is 0
+    assert cka.linear_cka(X, Y) > 0.8
+    assert abs(cka.linear_cka(X, Y, debiased=True)) < 0.05
+
+
+def test_rbf_approaches_linear_for_wide_kernels():
+    X, Y = correlated(40, 6, 5, noise=2.0)
+    assert cka.rbf_cka(X, Y, sigma=200.0) == pytest.approx(cka.linear_cka(X, Y), abs=1e-3)
+    with pytest.raises(ValueError, match="sigma"):
+        cka.rbf_cka(X, Y, sigma=0)
+
+
+def test_cka_matrix_matches_pairwise():
+    rng = np.random.default_rng(3)
+    for n, d in ((40, 6), (5, 9)):
+        Xs = [rng.normal(size=(n, d)) for _ in range(3)]
+        Ys = [X @ rng.normal(size=(d, d)) + rng.normal(size=(n, d)) for X in Xs[:2]]
+        for debiased in (False, True):
+            expected = [[cka.linear_cka(X, Y, debiased) for Y in Ys] for X in Xs]
+            np.testing.assert_allclose(cka.cka_matrix(Xs, Ys, debiased), expected, atol=1e-12)
+
+
+# --- tiny n and bad input -------------------------------------------------------------------------------
+def test_tiny_n_is_finite_or_a_clear_error():
+    rng = np.random.default_rng(0)
+    for n, debiased in ((4, True), (2, False), (3, False)):
+        X, Y = rng.normal(size=(n, 5)), rng.normal(size=(n, 3))
+        assert np.isfinite(cka.linear_cka(X, Y, debiased))
+        assert np.isfinite(cka.rbf_cka(X, Y, debiased=debiased))
+    with pytest.raises(ValueError, match="at least 4 samples, got n=3"):
+        cka.linear_cka(rng.normal(size=(3, 5)), rng.normal(size=(3, 5)), debiased=True)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        cka.linear_cka(rng.normal(size=(1, 5)), rng.normal(size=(1, 5)))
+    constant = np.ones((10, 4))
+    for debiased in (False, True):
+        assert cka.linear_cka(constant, rng.normal(size=(10, 4)), debiased) == 0.0
+        assert cka.linear_cka(np.ones((50, 4)), rng.normal(size=(50, 4)), debiased) == 0.0
+
+
+def test_bad_input_names_the_argument():
+    X = np.zeros((5, 3))
+    with pytest.raises(ValueError, match="same number of rows"):
+        cka.linear_cka(X, np.zeros((6, 3)))
+    with pytest.raises(ValueError, match="Y contains NaN"):
+        cka.linear_cka(X, np.full((5, 3), np.nan))
+    with pytest.raises(ValueError, match="X must be a 2-d array"):
+        cka.linear_cka(np.zeros(5), X)
+    with pytest.raises(ValueError, match="weights"):
+        cka.linear_cka(X, X, weights=[1, 2])
+
+
+# --- weights, bootstrap, permutation, minibatch ----------------------------------------------------------------
+@pytest.mark.parametrize("n,dx,dy", SHAPES)
+def test_integer_weights_equal_repeated_rows_for_the_biased_estimator(n, dx, dy):
+    X, Y = correlated(n, dx, dy)
+    w = np.random.default_rng(1).integers(0, 4, size=n)
+    w[:2] = 1
+    idx = np.repeat(np.arange(n), w)
+    assert cka.linear_cka(X, Y, weights=w) == pytest.approx(cka.linear_cka(X[idx], Y[idx]), abs=1e-9)
+
+
+@pytest.mark.parametrize("n,dx,dy", SHAPES)
+def test_weighted_debiased_excludes_pairs_of_copies(n, dx, dy):
+    """Reference: repeat rows, then zero every Gram entry pairing two copies of one row (not just the diagonal)."""
+    X, Y = correlated(n, dx, dy)
+    w = np.random.default_rng(2).integers(0, 3, size=n)
+    w[:4] = 1
+    idx = np.repeat(np.arange(n), w)
+    same = idx[:, None] == idx[None, :]
+
+    def hsic(K, L):
+        K, L, N, one = np.where(same, 0, K), np.where(same, 0, L), len(K), np.ones(len(K))
+        return (np.sum(K * L) + K.sum() * L.sum() / ((N - 1) * (N - 2)) - 2 / (N - 2) * one @ K @ L @ one) / (N * (N - 3))
+
+    # rows are centred at the mean of the distinct rows (excluding copy pairs makes the estimator
+    # only approximately shift-invariant, so the reference must centre the same way)
+    Xr, Yr = (X - X.mean(0))[idx], (Y - Y.mean(0))[idx]
+    K, L = Xr @ Xr.T, Yr @ Yr.T
+    expected = hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+    assert cka.linear_cka(X, Y, debiased=True, weights=w) == pytest.approx(expected, abs=1e-9)
+
+
+def resampled_reference(X, Y, index, counts, debiased):
+    """Build the resample explicitly: copies of each problem's rows; for the debiased estimator zero every
+    Gram entry pairing a row with itself or rows of two copies of the same problem."""
+    rows, problem, copy = [], [], []
+    for p, c in enumerate(counts.astype(int)):
+        for k in range(c):
+            members = np.flatnonzero(index == p)
+            rows += members.tolist()
+            problem += [p] * len(members)
+            copy += [k] * len(members)
+    rows, problem, copy = np.array(rows), np.array(problem), np.array(copy)
+    Xr, Yr = (X - X.mean(0))[rows], (Y - Y.mean(0))[rows]
+    if not debiased:
+        return cka.linear_cka(Xr, Yr)
+    forbidden = (problem[:, None] == problem[None, :]) & (copy[:, None] != copy[None, :])
+    forbidden |= np.eye(len(rows), dtype=bool)
+
+    def hsic(K, L):
+        K, L, N, one = np.where(forbidden, 0, K), np.where(forbidden, 0, L), len(K), np.ones(len(K))
+        return (np.sum(K * L) + K.sum() * L.sum() / ((N - 1) * (N - 2)) - 2 / (N - 2) * one @ K @ L @ one) / (N * (N - 3))
+
+    K, L = Xr @ Xr.T, Yr @ Yr.T
+    return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+
+
+@pytest.mark.parametrize("n_problems,rows,d", [(12, 5, 6), (10, 1, 30), (6, 2, 20)])  # feature form; Gram form
+@pytest.mark.parametrize("debiased", [False, True])
+def test_bootstrap_resamples_problems(n_problems, rows, d, debiased, monkeypatch):
+    X, Y = correlated(n_problems * rows, d, d + 2, noise=2.0)
+    groups = np.repeat(np.arange(n_problems) * 7 + 3, rows)  # problem ids, rows of a problem together
+    samples = cka.bootstrap_cka(X, Y, groups, n_bootstrap=8, debiased=debiased, seed=5)
+    counts, index = cka.problem_counts(groups, 8, seed=5)
+    expected = [resampled_reference(X, Y, index, c, debiased) for c in counts]
+    np.testing.assert_allclose(samples, expected, atol=1e-9)
+    assert (counts.sum(1) == n_problems).all()  # each resample draws n_problems problems
+    assert len(np.unique(samples)) > 1
+    if rows == 1:  # one row per problem: the same as weighting rows
+        np.testing.assert_allclose(samples, [cka.linear_cka(X, Y, debiased, weights=c[index]) for c in counts],
+                                   atol=1e-9)
+    monkeypatch.setattr(cka, "_GROUPED_BYTES", 0)  # the low-memory path gives the same numbers
+    np.testing.assert_allclose(cka.bootstrap_cka(X, Y, groups, n_bootstrap=8, debiased=debiased, seed=5), samples,
+                               atol=1e-9)
+
+
+def test_bootstrap_is_not_inflated_by_repeated_problems():
+    """Independent X and Y whose tokens cluster by problem: copying a problem's rows into a plain debiased
+    estimate pairs each problem with itself and reads structure that is not there; the resampling
+    estimator stays centred on the point estimate."""
+    rng = np.random.default_rng(0)
+    n_problems, rows, d = 40, 6, 64
+    groups = np.repeat(np.arange(n_problems), rows)
+    X = rng.normal(size=(n_problems, d))[groups] + 0.3 * rng.normal(size=(n_problems * rows, d))
+    Y = rng.normal(size=(n_problems, d))[groups] + 0.3 * rng.normal(size=(n_problems * rows, d))
+    point = cka.linear_cka(X, Y, debiased=True)
+    samples = cka.bootstrap_cka(X, Y, groups, n_bootstrap=40, debiased=True)
+    assert abs(samples.mean() - point) < 0.03
+    copied = []
+    for draw in np.random.default_rng(1).integers(0, n_problems, size=(10, n_problems)):
+        idx = np.concatenate([np.flatnonzero(groups == p) for p in draw])
+        copied.append(cka.linear_cka(X[idx], Y[idx], debiased=True))
+    assert np.mean(copied) - point > 0.1
+
+
+def test_permutation_baseline():
+    X, Y = correlated(60, 5, 5, noise=0.5)
+    values = cka.permutation_cka(X, Y, n_permutations=30, debiased=True, seed=4)
+    rng = np.random.default_rng(4)
+    expected = [cka.linear_cka(X, Y[rng.permutation(60)], debiased=True) for _ in range(30)]
+    np.testing.assert_allclose(values, expected, atol=1e-10)
+    assert abs(values.mean()) < 0.1 < cka.linear_cka(X, Y, debiased=True)
+    Xs, Ys = X[:8], np.hstack([Y[:8]] * 3)  # Gram form path
+    values = cka.permutation_cka(Xs, Ys, n_permutations=5, debiased=False, seed=2)
+    rng = np.random.default_rng(2)
+    np.testing.assert_allclose(values, [cka.linear_cka(Xs, Ys[rng.permutation(8)]) for _ in range(5)], atol=1e-10)
+
+
+def test_minibatch_cka():
+    X, Y = correlated(2000, 6, 9, noise=2.0)
+    assert cka.minibatch_cka([(X, Y)]) == pytest.approx(cka.linear_cka(X, Y, debiased=True), abs=1e-12)
+    batches = [(X[i:i + 100], Y[i:i + 100]) for i in range(0, 2000, 100)]
+    assert cka.minibatch_cka(batches) == pytest.approx(cka.linear_cka(X, Y, debiased=True), abs=0.02)
+    # the biased per-batch average is pulled up by small batches; the debiased one is not
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(2000, 64)), rng.normal(size=(2000, 64))
+    small = [(A[i:i + 40], B[i:i + 40]) for i in range(0, 2000, 40)]
+    assert abs(cka.minibatch_cka(small)) < 0.02 < 0.5 < cka.minibatch_cka(small, debiased=False)
+    with pytest.raises(ValueError, match="no batches"):
+        cka.minibatch_cka([])
+
+
+# --- the run-level comparison on a real (tiny) activation store ----------------------------------------------------
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlvr_utils import activations as act
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 64, size=int(rng.integers(8, 14))).tolist() for _ in range(24)]
+    cache = act.TokenCache(seqs, [4] * 24, list(range(24)), "gold", 0)
+    folder = tmp_path_factory.mktemp("activations")
+    config = AutoConfig.for_model("qwen2", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1)
+    for stage, seed in (("base", 0), ("sft", 0), ("rlvr", 1)):  # sft is a copy of base
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config).eval()
+        act.extract(model, cache, folder, stage, positions=["completion"], shard_size=10)
+    return act.ActivationStore(folder)
+
+
+def test_compare_stages(store):
+    result = cka.compare_stages(store, "completion", n_bootstrap=30, n_permutations=4)
+    summary = result["summary"]
+    for pair in ("base_sft", "base_rlvr", "sft_rlvr"):
+        for site in ("attn_out", "mlp_out", "resid_post"):
+            entry = summary[f"cka_{pair}_{site}"]
+            assert entry["ci"][0] <= entry["value"] <= entry["ci"][1] and entry["description"]
+    assert summary["cka_base_sft_mlp_out"]["value"] == pytest.approx(1.0, abs=1e-9)  # identical models
+    assert summary["cka_base_sft_mlp_out"]["ci"] == pytest.approx([1.0, 1.0], abs=1e-9)
+    assert summary["cka_base_rlvr_resid_post"]["value"] < 0.99  # different random models
+    cell = next(c for c in result["cells"] if c["pair"] == "base_rlvr" and c["site"] == "hook_mlp_out" and c["layer"] == 1)
+    X, _ = store.read("base", "blocks.1.hook_mlp_out", "completion")
+    Y, rows = store.read("rlvr", "blocks.1.hook_mlp_out", "completion")
+    assert cell["value"] == pytest.approx(cka.linear_cka(X, Y, debiased=True), abs=1e-12)
+    assert cell["ci"] == pytest.approx(list(np.quantile(cka.bootstrap_cka(X, Y, rows, 30), [0.025, 0.975])), abs=1e-12)
+    mean_diff = np.mean([summary[f"cka_base_rlvr_mlp_out"]["value"] - summary[f"cka_base_rlvr_attn_out"]["value"]])
+    assert summary["cka_base_rlvr_mlp_minus_attn"]["value"] == pytest.approx(mean_diff)
+    matrix = np.array(next(c["matrix"] for c in result["cross_layer"] if c["pair"] == "base_sft"))
+    np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-9)
+    shuffled = [p for p in result["inflation"]["points"] if p["pairing"] == "shuffled" and p["n"] == 8]
+    assert np.mean([p["cka"] for p in shuffled if p["estimator"] == "biased"]) > \
+        np.mean([p["cka"] for p in shuffled if p["estimator"] == "debiased"])
+    text = cka.summary_markdown(result)
+    assert "base vs rlvr" in text and f"{summary['cka_sft_rlvr_mlp_out']['value']:.4f}" in text
+
+
+def test_figures_have_titles_and_labels(store):
+    import matplotlib
+
+    matplotlib.use("Agg")  # tests only; notebooks show figures inline
+    result = cka.compare_stages(store, "completion", sites=["hook_mlp_out", "hook_resid_post"], n_bootstrap=5,
+                                n_permutations=2)
+    for fig in (cka.plot_components(result), cka.plot_cross_layer(result), cka.plot_inflation(result)):
+        assert fig._suptitle is not None or fig.axes[0].get_title()
+        for ax in fig.axes:
+            if ax.get_label() != "<colorbar>":
+                assert ax.get_xlabel() and ax.get_title()
+    with pytest.raises(ValueError, match="not extracted"):
+        cka.compare_stages(store, "last_prompt", n_bootstrap=5, n_permutations=2)
+
+
+def test_run_cka_writes_metrics_and_skips_when_current(store, tmp_path, monkeypatch):
+    from rlvr_utils import config
+
+    cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path), "cka": {"n_bootstrap": 5, "n_permutations": 2}})
+    result = cka.run_cka(cfg, store)
+    saved = json.loads(cfg.path("metrics", "cka.json").read_text())
+    assert saved["summary"] == result["summary"] and "cka_sft_rlvr_mlp_out" in saved["summary"]
+    monkeypatch.setattr(cka, "compare_stages", lambda *a, **k: pytest.fail("up to date: must not recompute"))
+    assert cka.run_cka(cfg, store)["summary"] == saved["summary"]
+    cfg.cka.n_bootstrap = 6
+    with pytest.raises(pytest.fail.Exception):
+        cka.run_cka(cfg, store)
