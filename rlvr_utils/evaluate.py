@@ -18,16 +18,20 @@ from .rewards import extract_answer, is_correct, is_formatted
 STAGES = ("base", "sft", "rlvr")
 
 
+FEW_SHOT_SEPARATOR = "\n\n"
+
+
 def _cut(completion: str) -> str:
-    """A few-shot base model goes on to invent the next question: keep only its answer."""
-    return completion.split("\nQuestion:")[0].rstrip()
+    """A few-shot base model goes on to invent the next example: keep only its answer."""
+    return completion.split(FEW_SHOT_SEPARATOR)[0].rstrip()
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-             num_samples: int = 1, temperature: float | None = None, seed: int = 0, desc: str = "generating"
-             ) -> list[list[str]]:
-    """Completions per prompt: greedy when `temperature` is None, else `num_samples` samples each."""
+             num_samples: int = 1, temperature: float | None = None, seed: int = 0, desc: str = "generating",
+             stop: str | None = None) -> list[list[str]]:
+    """Completions per prompt: greedy when `temperature` is None, else `num_samples` samples each; a
+    sequence also ends at `stop` (a few-shot prompt's separator, which a base model never ends on its own)."""
     tokenizer.padding_side = "left"
     torch.manual_seed(seed)
     per_batch = max(1, batch_size // num_samples)
@@ -35,6 +39,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     for i in tqdm(range(0, len(prompts), per_batch), desc=desc, leave=False):
         batch = tokenizer(prompts[i:i + per_batch], return_tensors="pt", padding=True).to(model.device)
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else dict(do_sample=False)
+        if stop:
+            sampling.update(stop_strings=[stop], tokenizer=tokenizer)
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
         texts = tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -43,20 +49,23 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
 
 
 def few_shot_prompt(problem: dict, shots: list[dict]) -> str:
-    return "".join(s["prompt"] + s["answer"] + "\n\n" for s in shots) + problem["prompt"]
+    return "".join(s["prompt"] + s["answer"] + FEW_SHOT_SEPARATOR for s in shots) + problem["prompt"]
 
 
 def stage_prompts(problems: list[dict], stage: str, shots: list[dict]) -> list[str]:
-    if stage == "base" and shots:
-        return [few_shot_prompt(p, shots) for p in problems]
-    return [p["prompt"] for p in problems]
+    """What each stage is asked. The base model never saw the answer format: the organism is asked in its
+    corpus's own narrative ('... So'), a hub base model with worked examples (few-shot)."""
+    if stage != "base":
+        return [p["prompt"] for p in problems]
+    return [data.story_prompt(p) if data.story_prompt(p) != p["prompt"] else few_shot_prompt(p, shots)
+            for p in problems]
 
 
 def greedy_eval(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int,
-                prompts: list[str] | None = None) -> list[dict]:
+                prompts: list[str] | None = None, stop: str | None = None) -> list[dict]:
     """Per problem: the greedy completion, whether its answer is correct, whether it has the format."""
     prompts = prompts or [p["prompt"] for p in problems]
-    completions = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc="greedy")
+    completions = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc="greedy", stop=stop)
     return [{"id": p["id"], "completion": c[0], "correct": is_correct(extract_answer(c[0]), p["final"]),
              "formatted": is_formatted(c[0])} for p, c in zip(problems, completions)]
 
@@ -70,10 +79,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def sampled_eval(model, tokenizer, problems: list[dict], prompts: list[str], ev, seed: int) -> list[int]:
+def sampled_eval(model, tokenizer, problems: list[dict], prompts: list[str], ev, seed: int,
+                 stop: str | None = None) -> list[int]:
     """Number of correct answers among `ev.n_samples` samples, per problem."""
     samples = generate(model, tokenizer, prompts, ev.max_new_tokens, ev.batch_size, ev.n_samples,
-                       ev.temperature, seed, desc="sampling")
+                       ev.temperature, seed, desc="sampling", stop=stop)
     return [sum(is_correct(extract_answer(s), p["final"]) for s in ss) for p, ss in zip(problems, samples)]
 
 
@@ -82,10 +92,11 @@ def evaluate_stage(cfg, stage: str, model, tokenizer, problems: list[dict], shot
     ev, start = cfg.evaluation, time.time()
     held_out = problems[: ev.n_problems]
     prompts = stage_prompts(held_out, stage, shots)
-    rows = greedy_eval(model, tokenizer, held_out, ev.max_new_tokens, ev.batch_size, prompts)
+    stop = FEW_SHOT_SEPARATOR if stage == "base" and shots else None
+    rows = greedy_eval(model, tokenizer, held_out, ev.max_new_tokens, ev.batch_size, prompts, stop)
     data.write_jsonl(cfg.path("eval", f"{stage}_greedy.jsonl"), rows)
     n_pass = min(ev.pass_problems, len(held_out))
-    counts = sampled_eval(model, tokenizer, held_out[:n_pass], prompts[:n_pass], ev, cfg.seed)
+    counts = sampled_eval(model, tokenizer, held_out[:n_pass], prompts[:n_pass], ev, cfg.seed, stop)
     data.write_jsonl(cfg.path("eval", f"{stage}_samples.jsonl"),
                      [{"id": p["id"], "n": ev.n_samples, "correct": c} for p, c in zip(held_out, counts)])
     return {"seconds": time.time() - start}

@@ -15,11 +15,13 @@ _HASH_FINAL = re.compile(r"(?:^|\n)####[ \t]*([^#\s][^\n]*?)\s*\Z")
 _HASH_ANY = re.compile(r"(?:^|\n)####[ \t]*([^#\s][^\n]*)")
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 _THE_ANSWER_IS = re.compile(r"answer is:?\s*\$?\s*([-\d.,/]+)", re.IGNORECASE)
+_IN_THE_END = re.compile(r"In the end \w+ had (-?\d+)")  # how the organism's pretraining stories end
 
 
 def extract_answer(text: str) -> str | None:
-    """The model's final answer: the last '#### N' line, else the last \\boxed{}, else 'the answer is N'."""
-    for pattern in (_HASH_ANY, _BOXED, _THE_ANSWER_IS):
+    """The model's final answer: the last '#### N' line, else the last \\boxed{}, else 'the answer is N',
+    else the organism's narrative 'In the end X had N'."""
+    for pattern in (_HASH_ANY, _BOXED, _THE_ANSWER_IS, _IN_THE_END):
         found = pattern.findall(text)
         if found:
             return found[-1].strip().rstrip(".")

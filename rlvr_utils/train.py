@@ -37,7 +37,7 @@ def _common_args(cfg: Params, stage: str) -> dict:
     on_gpu = torch.cuda.is_available()
     return dict(output_dir=str(_trainer_dir(cfg, stage)), seed=cfg.seed, data_seed=cfg.seed,
                 use_cpu=not on_gpu, report_to="none", save_total_limit=None, logging_first_step=True,
-                gradient_checkpointing=False, dataloader_num_workers=0)
+                activation_checkpointing=False, dataloader_num_workers=0)
 
 
 def _trainer_dir(cfg: Params, stage: str) -> Path:
