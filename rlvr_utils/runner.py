@@ -148,7 +148,7 @@ def build_book(book_root: Path = PROJECT_ROOT) -> Path:
         raise SystemExit(f"book not built: chapters not executed yet: {', '.join(missing)} "
                          f"(run without --only, or with --from)")
     start = time.time()
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(book_root), "--warningiserror", "--quiet"]
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(book_root), "--warningiserror", "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
