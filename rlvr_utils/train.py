@@ -93,10 +93,10 @@ def pretrain_base(cfg: Params) -> list[dict]:
     return _finish(cfg, "base", trainer, tokenizer, time.time() - start)
 
 
-def save_hub_base(cfg: Params) -> None:
-    """Real scale: the base model is a hub id or folder; nothing is trained, its reference is recorded."""
-    artifacts.write_json(cfg.path("metrics", "train_base.json"), {"seconds": 0.0, "log_history": [],
-                                                                  "model": cfg.model.base})
+def record_given(cfg: Params, stage: str) -> None:
+    """A checkpoint named by params (hub id or folder) is not trained: record which one it is."""
+    artifacts.write_json(cfg.path("metrics", f"train_{stage}.json"), {"seconds": 0.0, "log_history": [],
+                                                                      "model": cfg.model_ref(stage)})
 
 
 # --- SFT --------------------------------------------------------------------------------------------
@@ -209,10 +209,10 @@ def launch_command(cfg: Params, stage: str, params_file: str) -> list[str]:
 
 def run_stage(cfg: Params, stage: str, force: bool = False) -> str:
     """Train one stage unless its checkpoint is up to date; returns what was done, for the notebook."""
-    if stage == "base" and cfg.model.base != "organism":
-        save_hub_base(cfg)
-        return f"base model is {cfg.model.base}: nothing to train"
-    if stage in ("sft", "rlvr") and cfg.model.analyze_only:
+    given = {"base": cfg.model.base != "organism", "sft": cfg.model.sft is not None,
+             "rlvr": cfg.model.rlvr is not None}[stage]
+    if given:
+        record_given(cfg, stage)
         return f"{stage} checkpoint given by params ({cfg.model_ref(stage)}): nothing to train"
     if is_trained(cfg, stage) and not force:
         return f"{stage} checkpoint is up to date ({cfg.path('models', stage)}): skipped"

@@ -66,3 +66,29 @@ def test_deepspeed_configs_are_valid_json(name):
 
     stage = json.loads((ROOT / "params" / "deepspeed" / name).read_text())["zero_optimization"]["stage"]
     assert stage == int(name[4])
+
+
+def test_same_seed_gives_the_same_models_and_metrics(tmp_path):
+    """All three stages and the evaluation, twice with one seed: bit-for-bit the same weights and metrics."""
+    from rlvr_utils import evaluate
+
+    def run(runs_dir):
+        cfg = config.Params(
+            runs_dir=str(runs_dir), name="repeat",
+            organism={"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "vocab_size": 200,
+                      "corpus_documents": 300, "pretrain_steps": 6, "pretrain_batch_size": 8, "warmup_steps": 1},
+            data={"n_sft": 64, "n_grpo": 32, "n_eval": 8},
+            sft={"steps": 3, "batch_size": 8}, grpo={"steps": 2, "per_device_train_batch_size": 8,
+                                                     "num_generations": 4, "max_completion_length": 16},
+            evaluation={"n_problems": 8, "pass_k": [1, 2], "pass_problems": 4, "max_new_tokens": 16, "n_bootstrap": 50})
+        for stage in ("base", "sft", "rlvr"):
+            train.run_stage(cfg, stage)
+            evaluate.run(cfg, stage)
+        return cfg, evaluate.summarize(cfg)
+
+    first, metrics_a = run(tmp_path / "a")
+    second, metrics_b = run(tmp_path / "b")
+    for stage in ("base", "sft", "rlvr"):
+        a = (first.path("models", stage) / "model.safetensors").read_bytes()
+        assert a == (second.path("models", stage) / "model.safetensors").read_bytes(), stage
+    assert metrics_a == metrics_b

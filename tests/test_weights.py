@@ -266,9 +266,9 @@ def test_reading_two_checkpoints_keeps_memory_near_one_tensor_at_a_time(tmp_path
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "a"), str(tmp_path / "b")],
                          capture_output=True, text=True, check=True, env=env)
     peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_increase"]
-    # both tensors of the current name + their difference + a boolean mask + slack: under 5 tensors;
-    # reading everything first would hold all 12
-    assert peak < 5 * tensor_bytes, f"peak grew by {peak / 2**20:.0f} MiB"
+    # both tensors of the current name + their difference + a boolean mask + the pages safetensors maps while
+    # reading (measured 4-5.5 tensors across machines); reading everything first would hold all 12
+    assert peak < 8 * tensor_bytes, f"peak grew by {peak / 2**20:.0f} MiB"
 
 
 def test_fingerprint_changes_when_a_checkpoint_is_rewritten(tmp_path):
