@@ -80,7 +80,8 @@ def test_same_seed_gives_the_same_models_and_metrics(tmp_path):
             data={"n_sft": 64, "n_grpo": 32, "n_eval": 8},
             sft={"steps": 3, "batch_size": 8}, grpo={"steps": 2, "per_device_train_batch_size": 8,
                                                      "num_generations": 4, "max_completion_length": 16},
-            evaluation={"n_problems": 8, "pass_k": [1, 2], "pass_problems": 4, "max_new_tokens": 16, "n_bootstrap": 50})
+            evaluation={"n_problems": 8, "pass_k": [1, 2], "pass_problems": 4, "max_new_tokens": 16, "n_bootstrap": 50},
+            extract={"n_problems": 8})
         for stage in ("base", "sft", "rlvr"):
             train.run_stage(cfg, stage)
             evaluate.run(cfg, stage)
