@@ -4,9 +4,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Unit tests use tiny tensors: a second thread only adds OpenMP synchronisation, which is many times
+    slower on a shared 2-core machine. The end-to-end runs are subprocesses and keep torch's default."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def ci_params(tmp_path: Path) -> Path:

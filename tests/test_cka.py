@@ -46,14 +46,6 @@ def correlated(n, dx, dy, seed=0, noise=1.0):
     return X, Y
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which is slow on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 SHAPES = [(50, 8, 12), (10, 30, 20)]  # n > d (feature form) and n < d (Gram form)
 

@@ -21,14 +21,6 @@ FAMILIES = {"qwen2": SMALL, "llama": SMALL, "olmo2": SMALL,
                              num_attention_heads=4, max_position_embeddings=64)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second thread only waits for the first (and for other jobs on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(family="qwen2", seed=0):
     torch.manual_seed(seed)

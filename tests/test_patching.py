@@ -11,14 +11,6 @@ from rlvr_utils import architecture, config, data, grafting, organism, patching
 
 VOCAB = 64
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread avoids OpenMP spin-waiting when the CPU is shared (20x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 SITES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
 
 

@@ -14,14 +14,6 @@ from rlvr_utils import activations, probes
 from rlvr_utils.config import ProbeParams
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second thread only waits for the first (and for other jobs on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def planted(n_problems=150, per_problem=2, d=16, k=3, strength=3.0, seed=0):
     """Gaussian activations with a class-dependent direction added: linearly decodable by construction."""
