@@ -377,7 +377,7 @@ def _looks_local(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or resolve(ref).exists() or ref.count("/") != 1
 
 
-def _format_error(err: ValidationError, source: str, raw: dict) -> str:
+def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"Invalid params in {source}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
@@ -409,7 +409,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
     try:
         params = Params(**raw)
     except ValidationError as err:
-        raise ParamsError(_format_error(err, source, raw)) from None
+        raise ParamsError(_format_error(err, source)) from None
     params.source = source
     return params
 
