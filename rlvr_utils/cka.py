@@ -690,3 +690,46 @@ def _smallest_n_inflation(result: dict) -> dict | None:
         return float(np.mean([p["cka"] for p in points if p["n"] == n and p["estimator"] == estimator]))
 
     return {"n": n, "biased": mean("biased"), "debiased": mean("debiased")}
+
+
+# --- training dynamics --------------------------------------------------------------------------------------
+def run_dynamics(cfg, cache) -> list[dict]:
+    """Debiased CKA between SFT and each of GRPO's intermediate checkpoints, per layer and component, on the
+    same tokens and positions as the main comparison: how the change grows with training steps. The
+    checkpoints' activations go to runs/<name>/activations_dynamics/ with the same extraction (resumable,
+    skipped when current). Rows: step, layer, site, cka. Empty when the run kept no checkpoints."""
+    from .activations import ActivationStore, checkpoint_fingerprint, extract
+    from .models import load
+
+    folders = sorted(cfg.path("models", "rlvr_checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    main, out_dir = ActivationStore(cfg.path("activations")), cfg.path("activations_dynamics")
+    e, c = cfg.extract, cfg.cka
+    rows = []
+    for folder in folders:
+        model, _ = load(str(folder), cfg)
+        extract(model, cache, out_dir, folder.name, sites=c.sites, layers=e.layers, positions=[c.position],
+                batch_size=e.batch_size, shard_size=e.shard_size, fingerprint=checkpoint_fingerprint(folder),
+                dtype=e.dtype)
+        store = ActivationStore(out_dir)
+        for site_name in store.meta(folder.name)["site_names"]:
+            X, _ = main.read("sft", site_name, c.position)
+            Y, _ = store.read(folder.name, site_name, c.position)
+            rows.append({"step": int(folder.name.split("-")[1]), "layer": int(site_name.split(".")[1]),
+                         "site": _short(site_name.split(".")[2]),
+                         "cka": linear_cka(np.asarray(X), np.asarray(Y), debiased=c.debiased)})
+    return rows
+
+
+def plot_dynamics(rows: list[dict]):
+    """CKA of SFT with each GRPO checkpoint against the training step, one line per component (mean over
+    layers, the band spanning the layers)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=pd.DataFrame(rows), x="step", y="cka", hue="site", marker="o", errorbar=("pi", 100), ax=ax)
+    ax.set(xlabel="GRPO step", ylabel="debiased CKA with SFT",
+           title="How far RLVR's representations move from SFT during training (band: range over layers)")
+    ax.legend(title="component")
+    return fig

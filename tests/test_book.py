@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 import yaml
 
 from conftest import ci_params, run_book
@@ -68,3 +69,21 @@ def test_failure_names_notebook_cell_and_partial_copy(tmp_path, monkeypatch, cap
     assert "01_broken" in err and "ValueError: planted failure" in err
     assert str(tmp_path / "site" / "book" / "executed" / "01_broken.ipynb") in err
     assert not (tmp_path / "site" / "book" / "executed" / "02_after.ipynb").exists()
+
+
+def test_cka_dynamics_ends_at_the_rlvr_model(built_book):
+    """GRPO's last saved checkpoint is the RLVR model: its CKA with SFT equals the main comparison's."""
+    import numpy as np
+
+    from rlvr_utils import config
+    from rlvr_utils import cka as cka_analysis
+    from rlvr_utils.activations import TokenCache
+
+    cfg = config.load(built_book[0])
+    rows = cka_analysis.run_dynamics(cfg, TokenCache.load(cfg.path("tokens")))
+    last = max(r["step"] for r in rows)
+    assert last == cfg.grpo.steps and {r["step"] for r in rows} == set(range(cfg.grpo.save_steps, last + 1, cfg.grpo.save_steps))
+    summary = json.loads(cfg.path("metrics", "cka.json").read_text())["summary"]
+    for site in ("attn_out", "mlp_out"):
+        final = np.mean([r["cka"] for r in rows if r["step"] == last and r["site"] == site])
+        assert final == pytest.approx(summary[f"cka_sft_rlvr_{site}"]["value"], abs=1e-6)
