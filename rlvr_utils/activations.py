@@ -36,6 +36,7 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from . import artifacts
+from .data import read_jsonl
 from .architecture import SITES, blocks, site_name
 
 log = logging.getLogger(__name__)
@@ -469,12 +470,6 @@ def _join_shards(folder: Path, shard_dir: Path, n_shards: int, keys: list[str]) 
 
 
 # --- one run: the notebook 03 steps ------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the notebook that makes it first")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _file_digest(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
@@ -488,7 +483,7 @@ def run_token_cache(cfg) -> TokenCache:
 
     source = cfg.extract.completions_from
     eval_path = cfg.path("data", "eval.jsonl")
-    problems = _read_jsonl(eval_path)[: cfg.extract.n_problems]
+    problems = read_jsonl(eval_path)[: cfg.extract.n_problems]
     completions_path = None if source == "gold" else cfg.path("eval", f"{source}_greedy.jsonl")
     inputs = [source, cfg.extract.n_problems, _file_digest(eval_path) if eval_path.exists() else None,
               _file_digest(completions_path) if completions_path and completions_path.exists() else None]
@@ -500,7 +495,7 @@ def run_token_cache(cfg) -> TokenCache:
 
     completions = None
     if completions_path is not None:
-        completions = {int(r["id"]): r["completion"] for r in _read_jsonl(completions_path)}
+        completions = {int(r["id"]): r["completion"] for r in read_jsonl(completions_path)}
         kept = [p for p in problems if p["id"] in completions]
         if len(kept) < len(problems):
             log.warning("%s covers %d of the first %d held-out problems: using those %d",

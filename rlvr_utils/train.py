@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import artifacts, data, organism, rewards
-from .config import Params
+from .config import Params, resolve
 
 STAGE_SECTIONS = {  # the params an artifact depends on: change one and the stage re-runs
     "base": ("seed", "model", "organism", "data"),
@@ -107,7 +107,7 @@ def sft_args(cfg: Params) -> dict:
         max_steps=s.steps, per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate,
         gradient_accumulation_steps=s.gradient_accumulation_steps, warmup_steps=int(s.warmup_ratio * s.steps),
         lr_scheduler_type="cosine", max_length=s.max_length, completion_only_loss=True, bf16=s.bf16,
-        deepspeed=str(_resolve(s.deepspeed)) if s.deepspeed else None, logging_steps=s.logging_steps,
+        deepspeed=str(resolve(s.deepspeed)) if s.deepspeed else None, logging_steps=s.logging_steps,
         save_strategy="steps", save_steps=max(1, s.steps // 2), **_common_args(cfg, "sft"))
 
 
@@ -143,7 +143,7 @@ def grpo_args(cfg: Params) -> dict:
         max_completion_length=g.max_completion_length, temperature=g.temperature, beta=g.beta,
         loss_type=g.loss_type, scale_rewards=g.scale_rewards, reward_weights=rewards.reward_weights(cfg),
         use_vllm=g.use_vllm, vllm_mode=g.vllm_mode, bf16=g.bf16,
-        deepspeed=str(_resolve(g.deepspeed)) if g.deepspeed else None, logging_steps=g.logging_steps,
+        deepspeed=str(resolve(g.deepspeed)) if g.deepspeed else None, logging_steps=g.logging_steps,
         save_strategy="steps", save_steps=g.save_steps, **_common_args(cfg, "rlvr"))
 
 
@@ -185,12 +185,6 @@ def _keep_intermediate_checkpoints(cfg: Params, tokenizer) -> None:
 TRAINERS = {"base": pretrain_base, "sft": train_sft, "rlvr": train_grpo}
 
 
-def _resolve(path: str) -> Path:
-    from .config import resolve
-
-    return resolve(path)
-
-
 def needs_launcher(cfg: Params, stage: str) -> bool:
     section = {"sft": cfg.sft, "rlvr": cfg.grpo}.get(stage)
     return section is not None and (section.num_processes > 1 or section.deepspeed is not None)
@@ -201,7 +195,7 @@ def launch_command(cfg: Params, stage: str, params_file: str) -> list[str]:
     section = {"sft": cfg.sft, "rlvr": cfg.grpo}[stage]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(section.num_processes)]
     if section.deepspeed:
-        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(_resolve(section.deepspeed))]
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(resolve(section.deepspeed))]
     if section.bf16:
         cmd += ["--mixed_precision", "bf16"]
     return cmd + ["-m", "rlvr_utils", "train", "--stage", stage, "--params", str(params_file)]
