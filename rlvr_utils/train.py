@@ -138,7 +138,8 @@ def grpo_args(cfg: Params) -> dict:
     """Keyword arguments of TRL's GRPOConfig, from params: every GRPO knob the study names."""
     g = cfg.grpo
     return dict(
-        max_steps=g.steps, learning_rate=g.learning_rate, per_device_train_batch_size=g.per_device_train_batch_size,
+        max_steps=g.steps, learning_rate=g.learning_rate, warmup_steps=int(g.warmup_ratio * g.steps),
+        per_device_train_batch_size=g.per_device_train_batch_size,
         num_generations=g.num_generations, gradient_accumulation_steps=g.gradient_accumulation_steps,
         max_completion_length=g.max_completion_length, temperature=g.temperature, beta=g.beta,
         loss_type=g.loss_type, scale_rewards=g.scale_rewards, reward_weights=rewards.reward_weights(cfg),

@@ -35,6 +35,7 @@ def test_grpo_config_carries_every_knob(real):
     assert (g.beta, g.loss_type, g.temperature, g.use_vllm, g.vllm_mode, g.reward_weights) == (
         p.beta, p.loss_type, p.temperature, p.use_vllm, p.vllm_mode, [1.0, 0.01])
     assert g.scale_rewards == "none" and g.bf16 and g.max_steps == p.steps
+    assert g.get_warmup_steps(g.max_steps) == 50  # warmup_ratio 0.1 of 500 steps
 
 
 def test_sft_config_is_completion_only(real):
