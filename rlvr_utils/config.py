@@ -116,8 +116,8 @@ class RewardWeights(Section):
 
 class GRPOParams(Section):
     steps: int = Field(300, gt=0)
-    learning_rate: float = Field(2e-5, gt=0, description="organism: 1e-4 (or no warmup) first lowers greedy "
-                                                         "accuracy by 10-35 points, see book/methods.md")
+    learning_rate: float = Field(2e-5, gt=0, description="organism: at 1e-4 without warmup greedy accuracy "
+                                                         "drops 25-36 points by step 60, see book/methods.md")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     per_device_train_batch_size: int = Field(64, gt=0, description="completions per device per step")
     num_generations: int = Field(8, ge=2, description="completions per prompt (the GRPO group)")

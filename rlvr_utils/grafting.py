@@ -250,7 +250,7 @@ def plot_shares(result: dict):
     ax.set_xlabel("share of the RLVR - SFT accuracy gain recovered (95% bootstrap CI)")
     ax.set_ylabel("RLVR weights grafted into SFT")
     gain, n = result["gain"], len(result["donor"]["correct"])
-    ax.set_title(f"Grafting RLVR components into SFT\n(RLVR - SFT accuracy gain {gain['value']:+.1%} on {n} problems)")
+    ax.set_title(f"Grafting RLVR components into SFT\n(RLVR - SFT accuracy gain {100 * gain['value']:+.1f} points on {n} problems)")
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig

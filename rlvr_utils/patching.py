@@ -709,7 +709,8 @@ def reading(results: dict) -> str:
     lo, hi = gain["ci"] if gain["ci"] else (float("nan"), float("nan"))
     lines = [
         f"On {graft['n_problems']} held-out problems RLVR answers {graft['donor']['value']:.1%} correctly and SFT "
-        f"{graft['receiver']['value']:.1%}: a gain of {gain['value']:+.1%} (95% CI [{lo:+.1%}, {hi:+.1%}]).",
+        f"{graft['receiver']['value']:.1%}: a gain of {100 * gain['value']:+.1f} points (95% CI [{100 * lo:+.1f}, "
+        f"{100 * hi:+.1f}]).",
         f"Grafting RLVR's attention (every layer, with its input norms) into SFT recovers a share "
         f"{fmt('graft_attn_share')} of that gain; grafting its MLPs recovers {fmt('graft_mlp_share')}; both together "
         f"{fmt('graft_attn_mlp_share')}.",
