@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlvr_utils import activations as act
+from rlvr_utils import organism
 from rlvr_utils.architecture import SITES, final_norm, site_name
 
-VOCAB = 96
+VOCAB = 300  # the organism's byte-level tokenizer: 256 bytes, its special token, a few merges
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
 FAMILIES = {
@@ -36,14 +36,9 @@ def tiny_model(family: str, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
     corpus = ["Ida had 19 apples. Ida found 2 more apples. How many apples did Ida have?",
               " 19 + 2 = 21. 21 + 6 = 27.\n#### 27", "0 1 2 3 4 5 6 7 8 9 - ?"] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<unk>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+    return organism.build_tokenizer(corpus, VOCAB)
 
 
 def problems(n: int = 6):

@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import f1_score
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils import activations, probes
+from rlvr_utils import activations, organism, probes
 from rlvr_utils.config import ProbeParams
 
 
@@ -133,15 +132,9 @@ def test_cross_validation_picks_weaker_regularisation_for_a_strong_signal():
 # --- targets in token sequences ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
     corpus = ["Question: Ida had 19 apples. Ida found 2 more apples.\nAnswer:",
               " 19 + 2 = 21. 21 - 6 = 15.\n#### 15", "0 1 2 3 4 5 6 7 8 9 - ? $ = #"] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<unk>"],
-                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+    return organism.build_tokenizer(corpus, 300)
 
 
 def problems(n=8):
