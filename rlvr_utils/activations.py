@@ -274,7 +274,7 @@ class ActivationStore:
     def meta(self, model_name: str) -> dict:
         path = self.folder / model_name / "meta.json"
         if not path.exists():
-            raise FileNotFoundError(f"no activations for model {model_name!r} in {self.folder}: run 03_extract first")
+            raise FileNotFoundError(f"no activations for model {model_name!r} in {self.folder}: run 04_extract first")
         return artifacts.read_json(path)
 
     def index(self, model_name: str, selection: str) -> np.ndarray:

@@ -425,7 +425,7 @@ def _layers(store, stages) -> list[int]:
     caches = {m["token_cache"] for m in metas}
     if len(caches) != 1:
         raise ValueError(f"stages {list(stages)} were extracted from different token caches {sorted(caches)}: "
-                         "re-run 03_extract so every model sees the same tokens")
+                         "re-run 04_extract so every model sees the same tokens")
     if not layers:
         raise ValueError(f"stages {list(stages)} share no extracted layer")
     return layers

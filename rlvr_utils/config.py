@@ -205,7 +205,7 @@ class CKAParams(Section):
 
 
 class ProbeParams(Section):
-    """Linear probes with Hewitt & Liang control tasks, and the logit lens (05_probes)."""
+    """Linear probes with Hewitt & Liang control tasks, and the logit lens (06_probes)."""
 
     targets: list[Literal["intermediate", "answer_last_digit", "correct"]] = [
         "intermediate", "answer_last_digit", "correct",
@@ -276,6 +276,20 @@ class WeightParams(Section):
     device: str = Field("cpu", description="where the SVDs run ('cuda' speeds up real-scale models)")
 
 
+class VariantParams(Section):
+    """Checkpoints beside base, SFT and RLVR that every measurement is run on (notebook 03): the nulls and
+    controls that show whether an instrument tells a known Routing change from a known Representation
+    change, and reads "no evidence" for a random change of the same size."""
+
+    nulls: int = Field(5, ge=0, description="null 'RLVR' models: SFT plus a random-direction update with RLVR's "
+                       "Frobenius norm in every tensor (seeds seed+1000+k); the verdict needs at least 2")
+    identical: bool = Field(True, description="an 'RLVR' identical to SFT (a copy): must read 'no evidence'")
+    controls: list[Literal["attn_only", "mlp_only"]] = Field(
+        ["attn_only", "mlp_only"], description="positive controls: GRPO with the same recipe from SFT with every "
+        "MLP weight frozen (attn_only, a known Routing change) or every attention weight frozen (mlp_only, a "
+        "known Representation change)")
+
+
 class VerdictParams(Section):
     """Decision rules of the evidence table (notebook 08): one threshold per row. A row supports the side
     its interval lies on; an interval that contains the threshold is inconclusive."""
@@ -318,6 +332,7 @@ class Params(Section):
     probes: ProbeParams = ProbeParams()
     patching: PatchingParams = PatchingParams()
     weights: WeightParams = WeightParams()
+    variants: VariantParams = VariantParams()
     verdict: VerdictParams = VerdictParams()
 
     source: str = Field("<defaults>", exclude=True, description="where these params came from (for messages)")
@@ -346,16 +361,17 @@ class Params(Section):
         return resolve(self.runs_dir) / self.name
 
     def model_dir(self, stage: str) -> Path:
-        """Folder of the base / sft / rlvr checkpoint this run uses (trained here or named by params)."""
+        """Folder of a checkpoint this run uses: base / sft / rlvr (trained here or named by params) or a
+        variant built in notebook 03 (null_0, identical, attn_only, ...), always under models/."""
         named = {"base": self.model.base if self.model.base != ORGANISM else None,
-                 "sft": self.model.sft, "rlvr": self.model.rlvr}[stage]
+                 "sft": self.model.sft, "rlvr": self.model.rlvr}.get(stage)
         if named is not None and stage != "base":
             return resolve(named) if _looks_local(named) else Path(named)
         return self.run_dir / "models" / stage
 
     def model_ref(self, stage: str) -> str:
         """What `from_pretrained` should load for a stage: a local folder or a hub id."""
-        named = {"base": self.model.base, "sft": self.model.sft, "rlvr": self.model.rlvr}[stage]
+        named = {"base": self.model.base, "sft": self.model.sft, "rlvr": self.model.rlvr}.get(stage)
         if named is None or named == ORGANISM:
             return str(self.run_dir / "models" / stage)
         return str(resolve(named)) if _looks_local(named) else named

@@ -248,7 +248,7 @@ def test_extract_resumes_from_finished_shards(tmp_path, monkeypatch):
 
 
 def test_store_reports_missing_model(tmp_path):
-    with pytest.raises(FileNotFoundError, match="03_extract"):
+    with pytest.raises(FileNotFoundError, match="04_extract"):
         act.ActivationStore(tmp_path).read("sft", "blocks.0.hook_mlp_out", "completion")
 
 
