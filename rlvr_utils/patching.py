@@ -569,7 +569,7 @@ def within_model(cfg, models: dict, tokenizer, cache, progress: bool = True) -> 
 
 
 def summary(results: dict) -> dict:
-    """The keys 09_verdict reads: graft shares and mean patching effects, each {value, ci, description}."""
+    """The keys 10_verdict reads: graft shares and mean patching effects, each {value, ci, description}."""
     out = {}
     rows = {row["graft"]: row for row in results["grafting"]["rows"]}
     for key, graft_name, what in (("graft_attn_share", "attention", "attention (with its input norm)"),

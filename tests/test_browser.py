@@ -50,7 +50,7 @@ def _pages(html: Path) -> list[str]:
 def test_every_page_renders_cleanly(browser, site):
     html, base = site
     pages = _pages(html)
-    assert "book/intro.html" in pages and any("09_verdict" in p for p in pages)
+    assert "book/intro.html" in pages and any("10_verdict" in p for p in pages)
     landing = browser.new_page()
     landing.goto(base + "index.html")
     landing.wait_for_url("**/book/intro.html")
