@@ -11,9 +11,15 @@ Every parameter belongs to exactly one component (`component_map`):
     final_norm  the norm before the unembedding
     unembed     an untied unembedding (lm_head / embed_out)
 so grafting every component reproduces the donor and grafting none the receiver.
+
+A share of the gain is reported only when the gain itself is distinguishable from zero (its paired
+bootstrap interval excludes 0); otherwise the row says "gain not distinguishable from zero".
+`swapped` grafts in place for the duration of a `with` block (patching uses it to run a donor's component
+on the receiver's own input without copying the model).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from torch import nn
 
 from . import architecture, stats
 
+GAIN_NOTE = "gain not distinguishable from zero"
 COMPONENTS = ("embed", "attn", "mlp", "final_norm", "unembed")
 LAYER_COMPONENTS = ("attn", "mlp")
 
@@ -117,6 +124,35 @@ def graft(receiver: nn.Module, donor: nn.Module, components: Iterable[str],
     return hybrid
 
 
+@contextlib.contextmanager
+def swapped(receiver: nn.Module, donor: nn.Module, components: Iterable[str], layers: Iterable[int] | None = None):
+    """`receiver` itself holds the donor's `components` (at `layers`) inside the block, its own weights after."""
+    components = set(components)
+    unknown = components - set(COMPONENTS)
+    if unknown:
+        raise ValueError(f"components {sorted(unknown)} unknown; choose from {COMPONENTS}")
+    layers = None if layers is None else set(layers)
+    donor_params = dict(donor.named_parameters(remove_duplicate=False))
+    cmap = component_map(receiver)
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, param in receiver.named_parameters(remove_duplicate=False):
+                component, layer = cmap[name]
+                if component in components and (layer is None or layers is None or layer in layers):
+                    source = donor_params.get(name)
+                    if source is None or source.shape != param.shape:
+                        raise ValueError(f"donor and receiver differ in architecture at {name!r}")
+                    if name not in saved:
+                        saved[name] = (param, param.detach().clone())
+                    param.copy_(source)
+        yield receiver
+    finally:
+        with torch.no_grad():
+            for param, original in saved.values():
+                param.copy_(original)
+
+
 def layer_range(n_layers: int, which: str) -> tuple[int, ...]:
     """'all', 'first_half' or 'second_half' of the layers."""
     half = n_layers // 2
@@ -142,10 +178,12 @@ def gain_share(receiver_correct, donor_correct, graft_correct, n_bootstrap: int 
                confidence: float = 0.95, seed: int = 0) -> dict:
     """Share of the donor's accuracy gain over the receiver that a graft recovers,
     (acc_graft - acc_receiver) / (acc_donor - acc_receiver), with a paired bootstrap over problems
-    (the same resampled problems for all three). NaN when the donor gains nothing."""
+    (the same resampled problems for all three). NaN with a "note" when the gain's own paired interval
+    contains 0: a ratio over a denominator that may be zero measures nothing."""
     table = np.column_stack([np.asarray(x, dtype=float) for x in (receiver_correct, donor_correct, graft_correct)])
-    if table[:, 0].mean() == table[:, 1].mean():  # no gain to share
-        return {"value": float("nan"), "ci": None}
+    gain = stats.paired_difference(table[:, 1], table[:, 0], n_bootstrap, confidence, seed)
+    if not (gain["ci"][0] > 0 or gain["ci"][1] < 0):
+        return {"value": float("nan"), "ci": None, "note": GAIN_NOTE}
 
     def share(rows):
         receiver, donor, hybrid = rows.mean(axis=0)
@@ -179,7 +217,7 @@ def graft_table(receiver: nn.Module, donor: nn.Module, grafts: Sequence[Graft],
         hybrid = graft(receiver, donor, g.components, g.layers)
         correct = timed(g.name, hybrid)
         del hybrid
-        rows.append({"graft": g.name, "components": list(g.components),
+        rows.append({"graft": g.name, "components": list(g.components), "n_problems": len(correct),
                      "layers": None if g.layers is None else list(g.layers),
                      "accuracy": stats.bootstrap(correct.astype(float), np.mean, **boot),
                      "share": gain_share(receiver_correct, donor_correct, correct, **boot),
@@ -221,7 +259,8 @@ def table_frame(result: dict):
     rows = [{"model": "SFT (receiver)", "accuracy": value(result["receiver"]), "accuracy CI": ci(result["receiver"]),
              "share of gain": 0.0, "share CI": ""}]
     rows += [{"model": f"SFT + RLVR {row['graft']}", "accuracy": value(row["accuracy"]),
-              "accuracy CI": ci(row["accuracy"]), "share of gain": value(row["share"]), "share CI": ci(row["share"])}
+              "accuracy CI": ci(row["accuracy"]), "share of gain": value(row["share"]),
+              "share CI": row["share"].get("note") or ci(row["share"])}
              for row in result["rows"]]
     rows.append({"model": "RLVR (donor)", "accuracy": value(result["donor"]), "accuracy CI": ci(result["donor"]),
                  "share of gain": 1.0, "share CI": ""})
@@ -250,7 +289,9 @@ def plot_shares(result: dict):
     ax.set_xlabel("share of the RLVR - SFT accuracy gain recovered (95% bootstrap CI)")
     ax.set_ylabel("RLVR weights grafted into SFT")
     gain, n = result["gain"], len(result["donor"]["correct"])
-    ax.set_title(f"Grafting RLVR components into SFT\n(RLVR - SFT accuracy gain {100 * gain['value']:+.1f} points on {n} problems)")
+    note = "" if gain.get("ci") and (gain["ci"][0] > 0 or gain["ci"][1] < 0) else f": {GAIN_NOTE}, no share is reported"
+    ax.set_title(f"Grafting RLVR components into SFT\n(RLVR - SFT accuracy gain {100 * gain['value']:+.1f} points on "
+                 f"{n} problems{note})")
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig

@@ -1,31 +1,45 @@
-"""Activation patching: run a receiver model, replace one site's activations with a donor's, and measure
-how far the answer's logit difference moves from the receiver's value towards the donor's.
+"""Activation patching and direct effects: which component of which layer carries a donor model's behaviour
+into a receiver model.
 
-Two uses share one engine (`sweep`):
-- cross-model patching: receiver and donor are two checkpoints (SFT and RLVR) run on the same tokens.
-  Donor RLVR into receiver SFT asks whether a component is *sufficient* to carry RLVR's behaviour; donor
-  SFT into receiver RLVR asks whether it is *necessary* (Heimersheim and Nanda 2024).
-- within-model patching: one model, a clean prompt (donor) and a corrupted prompt (receiver) that differ
-  in one digit token, so both have the same length (symmetric token replacement, Zhang and Nanda 2023).
+Metric. Teacher forcing on the shared token cache: the mean log-probability (nats) of the final answer's
+actual tokens, each scored at the position that predicts it (`answer_span`; any tokenizer, digits merged
+or not). Receiver and donor read the same tokens, so the target is one definition for both directions and
+needs no foil. Clean/corrupted patching inside one model scores logit(clean digit) - logit(corrupted digit)
+at the position where the completion copies the changed number.
 
-Metric. At a target position, logit difference LD = logit(correct) - logit(foil), where the foil is by
-default the receiver's own top-scoring wrong token. The normalised effect of a patch on one problem is
-    (LD_patched - LD_receiver) / (LD_donor - LD_receiver),
-0 = receiver unchanged, 1 = the donor's behaviour fully recovered. Where donor and receiver already agree,
-|LD_donor - LD_receiver| < min_gap, the ratio is noise over a tiny denominator: such problems are left
-out of every mean (`normalised_effects` gives them NaN) and the number kept is reported.
+Two effects per layer l and component c (attention or MLP, each with its input norm, as in `grafting`):
+- total effect (activation patching): the receiver is run with c's output at layer l replaced, at every
+  position up to the answer, by the donor's; later components recompute on the changed stream. A change
+  upstream travels through later components, so a changed first-layer MLP also reads as a large total effect
+  of later attention layers.
+- direct effect (path patching, Wang et al. 2022; Goldowsky-Dill et al. 2023): the same replacement with
+  every later component frozen at its receiver value. The final residual is then the receiver's plus the
+  output difference, so the effect is computed without a forward pass: add the difference to the receiver's
+  final residual, apply the receiver's final norm and unembedding, score.
+Which donor output? `donor_outputs="same_input"` (the default) runs the donor's component on the
+receiver's own input at that layer (its weights swapped into the receiver for one forward pass,
+`grafting.swapped`); `"own_run"` takes the output from the donor's own forward pass, whose input already
+differs when anything upstream changed. Planted tests (tests/test_patching.py) decide: with only the first
+layer's MLP changed, own-run direct effects also credit every later attention layer (their inputs moved);
+same-input direct effects are exactly 0 for every unchanged component and credit the MLP. Same-input is
+what the per-variant measures use; own-run is reported beside it, labelled.
+
+Normalisation. A normalised effect is computed on the aggregate metric, (mean patched - mean receiver) /
+(mean donor - mean receiver) (Heimersheim and Nanda 2024), with a paired bootstrap over problems; it is
+reported only when the denominator's interval excludes 0. No problem is dropped; every report says how many
+problems it rests on.
 
 Sites use TransformerLens names (`blocks.{l}.hook_attn_out` ...). Several patches run in one forward pass:
 the batch is repeated once per patch and each copy's rows are patched differently.
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
 import random
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -34,10 +48,12 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from . import architecture, artifacts, stats
+from . import architecture, artifacts, grafting, stats
 
 SITES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
-POSITIONS_BUILTIN = ("all", "target")  # every position up to the target / the target position only
+COMPONENT_SITES = {"attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+POSITIONS_BUILTIN = ("all", "target")  # every position up to the last scored one / the scored positions
+DONOR_OUTPUTS = ("same_input", "own_run")
 
 
 # --- what to patch ----------------------------------------------------------------------------------
@@ -77,58 +93,76 @@ def layer_patches(n_layers: int, sites: Iterable[str], positions: Iterable[str] 
 
 @dataclass
 class PatchBatch:
-    """One batch of problems. `target` is the position whose next-token logits are scored (the position
-    *predicting* the answer digit); `correct` the token that should come next there. `donor_input_ids`
-    (same shape) is for within-model patching; cross-model patching runs both models on `input_ids`."""
+    """One batch of problems. `score` marks the positions whose next token is scored (teacher forcing: the
+    token that really follows in `input_ids`). With `correct` and `foil` given, the metric is instead
+    logit(correct) - logit(foil) at the single scored position of each row (clean/corrupted patching).
+    `donor_input_ids` (same shape) is for within-model patching; cross-model patching runs both models on
+    `input_ids`."""
 
     input_ids: torch.Tensor  # (batch, seq), right-padded
     attention_mask: torch.Tensor  # (batch, seq)
-    target: torch.Tensor  # (batch,)
-    correct: torch.Tensor  # (batch,)
-    foil: torch.Tensor | None = None  # (batch,); None: the receiver's top wrong token
+    score: torch.Tensor  # (batch, seq) bool
+    correct: torch.Tensor | None = None  # (batch,)
+    foil: torch.Tensor | None = None  # (batch,)
     donor_input_ids: torch.Tensor | None = None
     positions: dict[str, torch.Tensor] = field(default_factory=dict)  # extra named (batch, seq) masks
     problem_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         batch, seq = self.input_ids.shape
-        if self.attention_mask.shape != (batch, seq):
-            raise ValueError(f"attention_mask has shape {tuple(self.attention_mask.shape)}, expected {(batch, seq)}")
-        if self.donor_input_ids is not None and self.donor_input_ids.shape != (batch, seq):
-            raise ValueError(f"donor_input_ids has shape {tuple(self.donor_input_ids.shape)}, expected "
-                             f"{(batch, seq)}: clean and corrupted prompts must have the same token count")
-        for name, value in (("target", self.target), ("correct", self.correct), ("foil", self.foil)):
-            if value is not None and value.shape != (batch,):
-                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({batch},)")
-        if ((self.target < 0) | (self.target >= seq)).any():
-            raise ValueError(f"target positions must lie in 0..{seq - 1}, got {self.target.tolist()}")
+        for name, value in (("attention_mask", self.attention_mask), ("score", self.score),
+                            ("donor_input_ids", self.donor_input_ids)):
+            if value is not None and value.shape != (batch, seq):
+                extra = ": clean and corrupted prompts must have the same token count" if name == "donor_input_ids" else ""
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {(batch, seq)}{extra}")
+        self.score = self.score.bool()
+        counts = self.score.sum(1)
+        if (counts == 0).any():
+            raise ValueError(f"rows {torch.nonzero(counts == 0)[:, 0].tolist()} score no position")
+        rows, pos = self.score.nonzero(as_tuple=True)
+        if (pos + 1 >= seq).any() or not self.attention_mask[rows, (pos + 1).clamp(max=seq - 1)].bool().all():
+            raise ValueError("a scored position's next token must be a real (unpadded) token of the row")
+        if (self.correct is None) != (self.foil is None):
+            raise ValueError("give both correct and foil (logit difference) or neither (teacher-forced log-prob)")
+        if self.correct is not None:
+            if (counts != 1).any():
+                raise ValueError("the logit-difference metric needs exactly one scored position per row")
+            for name, value in (("correct", self.correct), ("foil", self.foil)):
+                if value.shape != (batch,):
+                    raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({batch},)")
         for name in self.positions:
             if name in POSITIONS_BUILTIN:
                 raise ValueError(f"position set name {name!r} is reserved; built-in: {POSITIONS_BUILTIN}")
+
+    @property
+    def last(self) -> torch.Tensor:
+        """(batch,) the last scored position of each row."""
+        index = torch.arange(self.score.shape[1], device=self.score.device)[None, :]
+        return torch.where(self.score, index, -1).max(1).values
 
     def position_mask(self, name: str) -> torch.Tensor:
         """(batch, seq) bool: where a patch on the position set `name` writes."""
         index = torch.arange(self.input_ids.shape[1], device=self.input_ids.device)[None, :]
         if name == "all":
-            return (index <= self.target[:, None]) & self.attention_mask.bool()
+            return (index <= self.last[:, None]) & self.attention_mask.bool()
         if name == "target":
-            return index == self.target[:, None]
+            return self.score
         if name not in self.positions:
             raise ValueError(f"positions={name!r} is not 'all', 'target' or one of this batch's "
                              f"{sorted(self.positions)}")
         return self.positions[name].bool()
 
     def trimmed(self) -> "PatchBatch":
-        """The batch cut after the last target: later tokens cannot influence it (causal attention)."""
-        end = int(self.target.max()) + 1
+        """The batch cut after the last scored token: later tokens cannot influence it (causal attention)."""
+        end = int(self.last.max()) + 2
         cut = lambda t: None if t is None else t[:, :end]  # noqa: E731
-        return PatchBatch(cut(self.input_ids), cut(self.attention_mask), self.target, self.correct, self.foil,
+        return PatchBatch(cut(self.input_ids), cut(self.attention_mask), cut(self.score), self.correct, self.foil,
                           cut(self.donor_input_ids), {k: cut(v) for k, v in self.positions.items()},
                           self.problem_ids)
 
     def to(self, device) -> "PatchBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return PatchBatch(move(self.input_ids), move(self.attention_mask), move(self.target), move(self.correct),
+        return PatchBatch(move(self.input_ids), move(self.attention_mask), move(self.score), move(self.correct),
                           move(self.foil), move(self.donor_input_ids),
                           {k: move(v) for k, v in self.positions.items()}, self.problem_ids)
 
@@ -153,19 +187,24 @@ def _with_tensor(output, tensor):
     return (tensor,) + tuple(output[1:]) if isinstance(output, tuple) else tensor
 
 
+def _input_hook(module: nn.Module, fn):
+    """A pre-hook calling fn(first input) -> replacement or None."""
+    def pre_hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        new = fn(hidden)
+        if new is None:
+            return None
+        if args:
+            return (new,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
 def _hook(model: nn.Module, layer: int, site: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
     """Register `fn(activation) -> replacement or None` at a site; returns the handle."""
     module, is_input = _site_module(model, layer, site)
     if is_input:
-        def pre_hook(_module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            new = fn(hidden)
-            if new is None:
-                return None
-            if args:
-                return (new,) + tuple(args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new}
-        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        return _input_hook(module, fn)
 
     def post_hook(_module, _args, output):
         new = fn(_tensor(output))
@@ -182,16 +221,40 @@ def _hooks(handles: list) -> Iterator[None]:
             h.remove()
 
 
-def _target_logits(model: nn.Module, input_ids, attention_mask, target) -> torch.Tensor:
-    """(batch, vocab) next-token logits at each row's target position (only those are projected)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=target[:, None], use_cache=False)
-    return out.logits[:, 0, :].float()
+def _final_residual(model: nn.Module, input_ids, attention_mask, handles=()) -> torch.Tensor:
+    """(batch, seq, d) residual stream entering the final norm, with extra hook `handles` active."""
+    kept = {}
+
+    def keep(t):
+        kept["resid"] = t.detach()
+    handles = list(handles) + [_input_hook(architecture.final_norm(model), keep)]
+    with _hooks(handles):
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+    return kept["resid"]
+
+
+def readout(model: nn.Module, resid: torch.Tensor) -> torch.Tensor:
+    """Logits of final residuals (any leading shape): the model's final norm, then its unembedding."""
+    return architecture.unembedding(model)(architecture.final_norm(model)(resid)).float()
+
+
+def score(model: nn.Module, resid: torch.Tensor, batch: PatchBatch) -> torch.Tensor:
+    """Per-row metric (k, batch) of final residuals (k, batch, seq, d) decoded by `model`'s read-out:
+    mean teacher-forced log-probability of the scored next tokens, or the logit difference correct - foil."""
+    rows, pos = batch.score.nonzero(as_tuple=True)
+    logits = readout(model, resid[:, rows, pos])  # (k, P, vocab): only the scored positions are projected
+    if batch.correct is not None:  # one scored position per row, in row order
+        return logits[..., batch.correct].diagonal(dim1=-2, dim2=-1) - logits[..., batch.foil].diagonal(dim1=-2, dim2=-1)
+    nxt = batch.input_ids[rows, pos + 1]
+    logp = torch.log_softmax(logits, -1).gather(-1, nxt.expand(logits.shape[0], -1)[..., None])[..., 0]
+    total = torch.zeros(logits.shape[0], batch.score.shape[0], device=logp.device).index_add_(1, rows, logp)
+    return total / batch.score.sum(1)
 
 
 @torch.no_grad()
 def record(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-           sites: Iterable[tuple[int, str]], target: torch.Tensor | None = None):
-    """Activations at (layer, site) pairs: ({(layer, site): (batch, seq, hidden)}, target logits or None)."""
+           sites: Iterable[tuple[int, str]]) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor]:
+    """({(layer, site): (batch, seq, hidden)}, final residual (batch, seq, hidden))."""
     acts: dict[tuple[int, str], torch.Tensor] = {}
 
     def keep(key):
@@ -200,17 +263,13 @@ def record(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
         return fn
 
     handles = [_hook(model, layer, site, keep((layer, site))) for layer, site in set(sites)]
-    with _hooks(handles):
-        if target is None:
-            model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
-            return acts, None
-        return acts, _target_logits(model, input_ids, attention_mask, target)
+    return acts, _final_residual(model, input_ids, attention_mask, handles)
 
 
 @torch.no_grad()
 def run_patched(model: nn.Module, batch: PatchBatch, patches: Sequence[Patch],
                 donor_acts: dict[tuple[int, str], torch.Tensor]) -> torch.Tensor:
-    """Target logits of `model` under each patch: (len(patches), batch, vocab).
+    """Per-row metric of `model` under each patch: (len(patches), batch).
 
     The batch is repeated once per patch (copy j = rows j*B..(j+1)*B-1); a site's hook replaces the
     activation with the donor's only on the rows and positions of the patches that name it.
@@ -235,27 +294,14 @@ def run_patched(model: nn.Module, batch: PatchBatch, patches: Sequence[Patch],
         return fn
 
     handles = [_hook(model, layer, site, replace((layer, site))) for layer, site in writes]
-    with _hooks(handles):
-        logits = _target_logits(model, batch.input_ids.repeat(k, 1), batch.attention_mask.repeat(k, 1),
-                                batch.target.repeat(k))
-    return logits.view(k, n_rows, -1)
+    resid = _final_residual(model, batch.input_ids.repeat(k, 1), batch.attention_mask.repeat(k, 1), handles)
+    return score(model, resid.view(k, n_rows, seq, -1), batch)
 
 
-def logit_difference(logits: torch.Tensor, correct: torch.Tensor, foil: torch.Tensor) -> torch.Tensor:
-    """logit(correct) - logit(foil) over the last (vocab) axis."""
-    return (logits.gather(-1, correct.expand(logits.shape[:-1])[..., None])
-            - logits.gather(-1, foil.expand(logits.shape[:-1])[..., None]))[..., 0]
-
-
-def top_wrong_token(logits: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-    """The highest-scoring token other than `correct`, per row."""
-    return logits.scatter(-1, correct[:, None], float("-inf")).argmax(-1)
-
-
-# --- the sweep ----------------------------------------------------------------------------------------
+# --- the sweeps ---------------------------------------------------------------------------------------
 @dataclass
 class SweepResult:
-    """Logit differences per problem: unpatched receiver, donor, and the receiver under each patch."""
+    """Per-problem metric of the unpatched receiver, the donor, and the receiver under each patch."""
 
     patches: list[Patch]
     receiver: np.ndarray  # (n,)
@@ -264,25 +310,10 @@ class SweepResult:
     problem_ids: list[int]
     seconds: float = 0.0
 
-    def normalised_effects(self, min_gap: float) -> np.ndarray:
-        """(n, len(patches)) normalised effects; rows where |donor - receiver| < min_gap are NaN."""
-        return normalised_effect(self.patched, self.receiver[:, None], self.donor[:, None], min_gap)
-
-
-def normalised_effect(patched, receiver, donor, min_gap: float) -> np.ndarray:
-    """(patched - receiver) / (donor - receiver); NaN where |donor - receiver| < min_gap (not informative)."""
-    if min_gap < 0:
-        raise ValueError(f"min_gap={min_gap} must be >= 0")
-    patched, receiver, donor = (np.asarray(x, dtype=float) for x in (patched, receiver, donor))
-    gap = donor - receiver
-    keep = np.abs(gap) >= max(min_gap, np.finfo(float).tiny)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(keep, (patched - receiver) / np.where(keep, gap, 1.0), np.nan)
-
 
 def sweep(receiver: nn.Module, donor: nn.Module, batches: Iterable[PatchBatch], patches: Sequence[Patch],
           patches_per_forward: int = 8, progress: bool = True, description: str = "patching") -> SweepResult:
-    """Logit differences of `receiver` patched with `donor` activations, for every patch and problem.
+    """Metric of `receiver` patched with `donor` activations, for every patch and problem (total effects).
 
     For cross-model patching pass two models and batches without `donor_input_ids`; for within-model
     patching pass the same model twice and batches whose `donor_input_ids` hold the clean prompts.
@@ -300,80 +331,199 @@ def sweep(receiver: nn.Module, donor: nn.Module, batches: Iterable[PatchBatch], 
         for batch in batches:
             batch = batch.trimmed().to(device)
             donor_ids = batch.input_ids if batch.donor_input_ids is None else batch.donor_input_ids
-            acts, donor_logits = record(donor, donor_ids, batch.attention_mask, needed, batch.target)
-            receiver_logits = _target_logits(receiver, batch.input_ids, batch.attention_mask, batch.target)
-            foil = batch.foil if batch.foil is not None else top_wrong_token(receiver_logits, batch.correct)
-            rec.append(logit_difference(receiver_logits, batch.correct, foil))
-            don.append(logit_difference(donor_logits, batch.correct, foil))
-            per_patch = []
+            acts, donor_resid = record(donor, donor_ids, batch.attention_mask, needed)
+            receiver_resid = _final_residual(receiver, batch.input_ids, batch.attention_mask)
+            rec.append(score(receiver, receiver_resid[None], batch)[0])
+            don.append(score(donor, donor_resid[None], batch)[0])
+            per_patch = [torch.zeros(0, len(batch.score), device=device)]
             for chunk in chunks:
-                logits = run_patched(receiver, batch, chunk, acts)
-                per_patch.append(logit_difference(logits, batch.correct, foil))  # (k, B)
+                per_patch.append(run_patched(receiver, batch, chunk, acts))  # (k, B)
                 bar.update()
             pat.append(torch.cat(per_patch).T)
-            ids += list(batch.problem_ids) or [None] * len(batch.target)
+            ids += list(batch.problem_ids) or [None] * len(batch.score)
     return SweepResult(patches, torch.cat(rec).cpu().numpy(), torch.cat(don).cpu().numpy(),
                        torch.cat(pat).cpu().numpy(), ids, time.perf_counter() - start)
 
 
-def summarize(result: SweepResult, min_gap: float, n_bootstrap: int = 200, confidence: float = 0.95,
-              seed: int = 0) -> list[dict]:
-    """Per patch: mean normalised effect over the informative problems with a bootstrap interval."""
-    effects = result.normalised_effects(min_gap)
-    kept = ~np.isnan(effects[:, 0]) if len(effects) else np.zeros(0, bool)
-    out = []
-    for j, patch in enumerate(result.patches):
-        row = {"site": patch.site, "layers": list(patch.layers), "positions": patch.positions, "n_kept": int(kept.sum())}
-        row.update(_mean_ci(effects[kept, j], n_bootstrap, confidence, seed))
-        out.append(row)
-    return out
+@dataclass
+class DirectResult:
+    """Per problem: receiver and donor metric, and per (layer, component) the direct effect (nats of the
+    metric) with same-input and own-run donor outputs, and the metric of the receiver with that one
+    component's weights swapped for the donor's (`graft`, a same-input total effect)."""
+
+    components: list[tuple[int, str]]  # (layer, 'attn' | 'mlp')
+    receiver: np.ndarray  # (n,)
+    donor: np.ndarray  # (n,)
+    direct: np.ndarray  # (n, len(components)), same-input donor outputs
+    direct_own_run: np.ndarray  # (n, len(components))
+    graft: np.ndarray  # (n, len(components)): metric of the receiver with the component swapped
+    problem_ids: list[int]
+    seconds: float = 0.0
 
 
-def mean_effect(result: SweepResult, which: Callable[[Patch], bool], min_gap: float, n_bootstrap: int = 200,
-                confidence: float = 0.95, seed: int = 0) -> dict:
-    """The normalised effect averaged over the patches `which` selects (e.g. every single-layer attn_out
-    patch), per problem first, then over problems with a bootstrap interval."""
-    cols = [j for j, p in enumerate(result.patches) if which(p)]
-    if not cols:
-        raise ValueError("`which` selected no patch of this result")
-    per_problem = result.normalised_effects(min_gap)[:, cols].mean(axis=1)
-    return _mean_ci(per_problem[~np.isnan(per_problem)], n_bootstrap, confidence, seed)
+@torch.no_grad()
+def direct_effects(receiver: nn.Module, donor: nn.Module, batches: Iterable[PatchBatch], progress: bool = True,
+                   description: str = "direct effects") -> DirectResult:
+    """Direct effect of each layer's attention and MLP of `donor` on `receiver`'s metric (cross-model: both
+    models read `input_ids`). Costs one forward pass of each model and one per (layer, component) for the
+    same-input outputs."""
+    n_layers = len(architecture.blocks(receiver))
+    components = [(layer, c) for layer in range(n_layers) for c in COMPONENT_SITES]
+    sites = [(layer, COMPONENT_SITES[c]) for layer, c in components]
+    device = next(receiver.parameters()).device
+    batches = list(batches)
+    out = {k: [] for k in ("receiver", "donor", "direct", "direct_own_run", "graft")}
+    ids = []
+    start = time.perf_counter()
+    for batch in tqdm(batches, desc=description, disable=not progress):
+        batch = batch.trimmed().to(device)
+        if batch.donor_input_ids is not None:
+            raise ValueError("direct effects compare two models on the same tokens: donor_input_ids must be None")
+        rec_acts, rec_resid = record(receiver, batch.input_ids, batch.attention_mask, sites)
+        don_acts, don_resid = record(donor, batch.input_ids, batch.attention_mask, sites)
+        rec_metric = score(receiver, rec_resid[None], batch)[0]
+        same, graft = [], []
+        for (layer, c), site in zip(components, sites):
+            # the donor's component (and its input norm) on the receiver's own input at this layer
+            with grafting.swapped(receiver, donor, [c], [layer]):
+                acts, hybrid_resid = record(receiver, batch.input_ids, batch.attention_mask, [site])
+            same.append(acts[site] - rec_acts[site])
+            graft.append(score(receiver, hybrid_resid[None], batch)[0])
+        own = [don_acts[site] - rec_acts[site] for site in sites]
+        for key, deltas in (("direct", same), ("direct_own_run", own)):
+            # later components frozen: final residual = receiver's + the component's output difference
+            patched = score(receiver, rec_resid[None] + torch.stack(deltas), batch)
+            out[key].append((patched - rec_metric).T)
+        out["graft"].append(torch.stack(graft).T)
+        out["receiver"].append(rec_metric)
+        out["donor"].append(score(donor, don_resid[None], batch)[0])
+        ids += list(batch.problem_ids) or [None] * len(batch.score)
+    arrays = {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
+    return DirectResult(components, problem_ids=ids, seconds=time.perf_counter() - start, **arrays)
 
 
-def _mean_ci(values: np.ndarray, n_bootstrap: int, confidence: float, seed: int) -> dict:
+# --- estimates with intervals -----------------------------------------------------------------------------
+def mean_ci(values, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Mean over problems with a bootstrap interval; NaN without problems."""
+    values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return {"value": float("nan"), "ci": None}
     return stats.bootstrap(values, np.mean, n_bootstrap, confidence, seed)
 
 
-# --- targets: where the answer is predicted, and corrupted prompts ---------------------------------
-def _token_texts(tokenizer, sequences: Iterable[Sequence[int]]) -> dict[int, str]:
-    """Each distinct token's text, decoded once."""
-    distinct = {t for seq in sequences for t in seq}
-    return {t: tokenizer.decode([t]) for t in distinct}
+def distinguishable(estimate: dict) -> bool:
+    """True when an interval exists and excludes 0."""
+    ci = estimate.get("ci")
+    return ci is not None and (ci[0] > 0 or ci[1] < 0)
 
 
-def _is_digit(text: str) -> bool:
-    return len(text) == 1 and text.isdigit()
+def normalised(patched, receiver, donor, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """(mean patched - mean receiver) / (mean donor - mean receiver) on the aggregate metric, paired bootstrap
+    over problems (0 = the receiver unchanged, 1 = the donor's behaviour). NaN with a "note" when the
+    denominator's own interval contains 0."""
+    table = np.column_stack([np.asarray(x, dtype=float) for x in (patched, receiver, donor)])
+    gap = mean_ci(table[:, 2] - table[:, 1], n_bootstrap, confidence, seed)
+    if not distinguishable(gap):
+        return {"value": float("nan"), "ci": None, "note": "donor - receiver gap not distinguishable from zero"}
+
+    def ratio(rows):
+        patched_mean, receiver_mean, donor_mean = rows.mean(axis=0)
+        return (patched_mean - receiver_mean) / (donor_mean - receiver_mean) if donor_mean != receiver_mean else np.nan
+
+    return stats.bootstrap(table, ratio, n_bootstrap, confidence, seed)
 
 
-def answer_target(sequence: Sequence[int], prompt_length: int, texts: dict[int, str],
-                  marker: str = "####") -> int | None:
-    """Index of the token predicting the first digit of the final answer: the first digit after the
-    last `marker` in the completion (digits are single tokens). None when the completion has no such
-    answer."""
-    pieces = [texts[t] for t in sequence[prompt_length:]]
-    starts = np.cumsum([0] + [len(p) for p in pieces[:-1]]).tolist()
-    text = "".join(pieces)
+def patch_rows(result: SweepResult, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> list[dict]:
+    """Per patch: total effect in nats (mean patched - mean receiver) and its normalised value."""
+    boot = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    return [{"site": p.site, "layers": list(p.layers), "positions": p.positions, "n_problems": len(result.receiver),
+             "effect": mean_ci(result.patched[:, j] - result.receiver, **boot),
+             "normalised": normalised(result.patched[:, j], result.receiver, result.donor, **boot)}
+            for j, p in enumerate(result.patches)]
+
+
+def direct_rows(result: DirectResult, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> list[dict]:
+    """Per (layer, component): same-input and own-run direct effects and the one-component graft effect,
+    in nats and normalised by the donor - receiver gap."""
+    boot = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    rec, don = result.receiver, result.donor
+    rows = []
+    for j, (layer, c) in enumerate(result.components):
+        row = {"layer": layer, "component": c, "n_problems": len(rec)}
+        for key, values in (("direct", result.direct[:, j]), ("direct_own_run", result.direct_own_run[:, j]),
+                            ("graft", result.graft[:, j] - rec)):
+            row[key] = mean_ci(values, **boot)
+            row[f"{key}_normalised"] = normalised(rec + values, rec, don, **boot)
+        rows.append(row)
+    return rows
+
+
+def component_totals(result: DirectResult, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """The per-variant measures: attention and MLP direct effects summed over layers, and the total effect
+    (donor metric - receiver metric), each {value, ci} in nats, bootstrap over problems."""
+    boot = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    out = {}
+    for c in COMPONENT_SITES:
+        cols = [j for j, (_, comp) in enumerate(result.components) if comp == c]
+        out[f"{c}_direct_effect"] = mean_ci(result.direct[:, cols].sum(1), **boot)
+    out["total_effect"] = mean_ci(result.donor - result.receiver, **boot)
+    return out
+
+
+def component_shares(result: DirectResult, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Attention and MLP direct effects summed over layers as shares of the donor - receiver gap (aggregate
+    normalisation; NaN when the gap is not distinguishable from zero)."""
+    boot = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    out = {}
+    for c in COMPONENT_SITES:
+        cols = [j for j, (_, comp) in enumerate(result.components) if comp == c]
+        out[f"{c}_direct_share"] = normalised(result.receiver + result.direct[:, cols].sum(1), result.receiver,
+                                              result.donor, **boot)
+    return out
+
+
+# --- targets: the answer's tokens, and corrupted prompts ------------------------------------------------
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def token_offsets(tokenizer, ids: Sequence[int]) -> tuple[str, np.ndarray]:
+    """(decoded text of `ids`, start character of each token in it), exact for byte-level BPE, SentencePiece
+    and digit-level tokenizers (prefix decoding where single-token decoding does not add up)."""
+    text = tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
+    lengths = [len(tokenizer.decode([i], clean_up_tokenization_spaces=False)) for i in ids]
+    if sum(lengths) != len(text):  # a character split over tokens, or spaces added on decoding
+        prefix = [len(tokenizer.decode(list(ids[:k + 1]), clean_up_tokenization_spaces=False)) for k in range(len(ids))]
+        lengths = np.diff([0] + prefix).tolist()
+    return text, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int) if len(ids) else np.zeros(0, int)
+
+
+def check_tokenizer(tokenizer) -> None:
+    """ValueError unless the tokenizer decodes its own encoding of arithmetic text back to the same text:
+    the answer's tokens are located through decoded text."""
+    probe = "21 + 6 = 27.\n#### 1,027.5"
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    back = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    if back.strip() != probe:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} ({getattr(tokenizer, 'name_or_path', '')!r}) "
+                         f"does not decode its own tokens back to the text ({probe!r} -> {back!r}): patching and "
+                         "lens targets cannot be located in its token sequences")
+
+
+def answer_span(sequence: Sequence[int], prompt_length: int, tokenizer, marker: str = "####") -> tuple[int, int] | None:
+    """[first, last] indices of the tokens that write the final answer: the first number after the last
+    `marker` in the completion. A token that merges the answer with neighbouring characters (' 10',
+    '=27') counts as an answer token. None when the completion has no such number."""
+    text, starts = token_offsets(tokenizer, sequence[prompt_length:])
     at = text.rfind(marker)
     if at < 0:
         return None
-    match = re.match(r"[\s$-]*\d", text[at + len(marker):])
+    match = re.match(r"[\s$]*(" + _NUMBER.pattern + ")", text[at + len(marker):])
     if match is None:
         return None
-    char = at + len(marker) + match.end() - 1
-    digit_token = prompt_length + bisect.bisect_right(starts, char) - 1
-    return digit_token - 1
+    first_char = at + len(marker) + match.start(1)
+    last_char = at + len(marker) + match.end(1) - 1
+    token_at = lambda char: int(np.searchsorted(starts, char, side="right") - 1)  # noqa: E731
+    return prompt_length + token_at(first_char), prompt_length + token_at(last_char)
 
 
 def digit_token(tokenizer, digit: str) -> int:
@@ -385,33 +535,49 @@ def digit_token(tokenizer, digit: str) -> int:
 
 
 def answer_batches(sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int], problem_ids: Sequence[int],
-                   tokenizer, pad_token_id: int, batch_size: int, finals: dict[int, str] | None = None,
-                   marker: str = "####", limit: int | None = None) -> list[PatchBatch]:
-    """Cross-model patching batches from prompt+completion token sequences (the shared token cache).
-
-    The target is the position predicting the first digit of the final answer; the correct token is the
-    first digit of the gold answer `finals[problem_id]` when given, else the token the sequence has there.
-    Sequences without a final answer are skipped; at most `limit` problems are kept.
-    """
+                   tokenizer, pad_token_id: int, batch_size: int, marker: str = "####",
+                   limit: int | None = None) -> list[PatchBatch]:
+    """Cross-model batches from prompt+completion token sequences (the shared token cache): each row scores
+    the final answer's tokens where they are predicted (teacher forcing). Sequences without a final answer
+    are skipped; at most `limit` problems are kept."""
     _check_batch_size(batch_size)
-    texts = _token_texts(tokenizer, sequences)
-    digits = {str(d): digit_token(tokenizer, str(d)) for d in range(10)}
+    check_tokenizer(tokenizer)
     rows = []
     for seq, plen, pid in zip(sequences, prompt_lengths, problem_ids):
-        target = answer_target(seq, plen, texts, marker)
-        if target is None:
+        span = answer_span(seq, plen, tokenizer, marker)
+        if span is None:
             continue
-        if finals is not None:
-            first = re.search(r"\d", str(finals[pid]))
-            if first is None:
-                continue
-            correct = digits[first.group()]
-        else:
-            correct = seq[target + 1]
-        rows.append((seq, target, correct, pid))
+        rows.append((seq, span, pid))
         if limit is not None and len(rows) == limit:
             break
-    return [_make_batch(rows[i:i + batch_size], pad_token_id) for i in range(0, len(rows), batch_size)]
+    batches = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        input_ids, mask = _pad([r[0] for r in chunk], pad_token_id)
+        scored = torch.zeros_like(mask, dtype=torch.bool)
+        for b, (_, (first, last), _) in enumerate(chunk):
+            scored[b, first - 1:last] = True  # position p predicts token p + 1
+        batches.append(PatchBatch(input_ids, mask, scored, problem_ids=[r[2] for r in chunk]))
+    return batches
+
+
+def _is_digit(text: str) -> bool:
+    return len(text) == 1 and text.isdigit()
+
+
+def _token_texts(tokenizer, sequences: Iterable[Sequence[int]]) -> dict[int, str]:
+    """Each distinct token's text, decoded once."""
+    distinct = {t for seq in sequences for t in seq}
+    return {t: tokenizer.decode([t]) for t in distinct}
+
+
+def check_single_digits(texts: dict[int, str]) -> None:
+    """ValueError when a token writes a digit together with other characters ('10', ' 7'): clean/corrupted
+    patching swaps one digit token for another."""
+    merged = sorted(t for t in texts.values() if any(ch.isdigit() for ch in t) and not _is_digit(t))
+    if merged:
+        raise ValueError(f"the tokenizer merges digits with other characters (tokens {merged[:5]}): clean/corrupted "
+                         "patching needs every digit to be its own token; set patching.within_model: false")
 
 
 def corrupt_number(sequence: Sequence[int], prompt_length: int, texts: dict[int, str], digit_ids: dict[str, int],
@@ -451,6 +617,7 @@ def corrupted_batches(sequences: Sequence[Sequence[int]], prompt_lengths: Sequen
     Adds the position set 'corrupted' (the changed token)."""
     _check_batch_size(batch_size)
     texts = _token_texts(tokenizer, sequences)
+    check_single_digits(texts)
     digits = {str(d): digit_token(tokenizer, str(d)) for d in range(10)}
     rng = random.Random(seed)
     rows = []
@@ -458,17 +625,22 @@ def corrupted_batches(sequences: Sequence[Sequence[int]], prompt_lengths: Sequen
         c = corrupt_number(seq, plen, texts, digits, which, rng)
         if c is None:
             continue
-        rows.append((c["corrupted"], c["target"], c["clean_token"], pid, c["corrupt_token"], seq, c["changed"]))
+        rows.append(c | {"clean": seq, "pid": pid})
         if limit is not None and len(rows) == limit:
             break
     batches = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        clean = _pad([r[5] for r in chunk], pad_token_id)
-        changed = torch.zeros_like(clean, dtype=torch.bool)
-        changed[torch.arange(len(chunk)), torch.tensor([r[6] for r in chunk])] = True
-        batches.append(_make_batch([r[:4] for r in chunk], pad_token_id, foil=torch.tensor([r[4] for r in chunk]),
-                                   donor_input_ids=clean, positions={"corrupted": changed}))
+        clean, mask = _pad([r["clean"] for r in chunk], pad_token_id)
+        corrupted, _ = _pad([r["corrupted"] for r in chunk], pad_token_id)
+        at = torch.arange(len(chunk))
+        changed = torch.zeros_like(mask, dtype=torch.bool)
+        changed[at, torch.tensor([r["changed"] for r in chunk])] = True
+        scored = torch.zeros_like(mask, dtype=torch.bool)
+        scored[at, torch.tensor([r["target"] for r in chunk])] = True
+        batches.append(PatchBatch(corrupted, mask, scored, torch.tensor([r["clean_token"] for r in chunk]),
+                                  torch.tensor([r["corrupt_token"] for r in chunk]), donor_input_ids=clean,
+                                  positions={"corrupted": changed}, problem_ids=[r["pid"] for r in chunk]))
     return batches
 
 
@@ -487,17 +659,11 @@ def _digit_runs(is_digit: list[bool], start: int, end: int) -> list[tuple[int, i
     return runs
 
 
-def _pad(seqs, pad_token_id: int) -> torch.Tensor:
-    return pad_sequence([torch.tensor(s) for s in seqs], batch_first=True, padding_value=pad_token_id)
-
-
-def _make_batch(rows, pad_token_id: int, **extra) -> PatchBatch:
-    """rows of (sequence, target, correct, problem_id) -> a right-padded PatchBatch."""
-    lengths = torch.tensor([len(r[0]) for r in rows])
-    input_ids = _pad([r[0] for r in rows], pad_token_id)
-    mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
-    return PatchBatch(input_ids, mask, torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows]),
-                      problem_ids=[r[3] for r in rows], **extra)
+def _pad(seqs, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(right-padded ids, attention mask)."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    ids = pad_sequence([torch.tensor(list(s)) for s in seqs], batch_first=True, padding_value=pad_token_id)
+    return ids, (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -505,53 +671,58 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
 
 
-# --- notebook 06: the study's patching experiments -----------------------------------------------------
-DIRECTIONS = {  # name -> (donor, receiver)
-    "rlvr_into_sft": ("rlvr", "sft"),  # sufficiency: does RLVR's component make SFT behave like RLVR?
-    "sft_into_rlvr": ("sft", "rlvr"),  # necessity: does SFT's component undo RLVR's behaviour?
-}
+# --- notebook 08: the study's patching experiments -----------------------------------------------------
 WITHIN_POSITIONS = ("corrupted", "target")  # 'all' would restore resid_pre trivially (only one token differs)
-SECTIONS = ("seed", "model", "organism", "data", "sft", "grpo", "evaluation", "extract", "patching")
+SECTIONS = ("seed", "model", "organism", "data", "sft", "grpo", "evaluation", "extract", "patching", "variants")
 
 
 def fingerprint(cfg) -> str:
     """What metrics/patching.json depends on: the checkpoints, the token cache, evaluation and patching."""
-    return cfg.fingerprint(*SECTIONS)
+    from . import activations, variants
+
+    refs = [activations.checkpoint_fingerprint(cfg.model_ref(name)) for name in ("sft", *variants.treatments(cfg))]
+    return cfg.fingerprint(*SECTIONS) + "-" + stats_hash(refs)
 
 
-def _report(result: SweepResult, cfg, receiver_name: str = "receiver", donor_name: str = "donor") -> dict:
-    """JSON-ready view of a sweep: logit differences, per-patch effects, per-site means over layers."""
-    pc, boot = cfg.patching, dict(n_bootstrap=cfg.patching.n_bootstrap, confidence=cfg.evaluation.confidence,
-                                  seed=cfg.seed)
-    effects = result.normalised_effects(pc.min_logit_gap)
-    single = lambda site, pos: lambda p: p.site == site and len(p.layers) == 1 and p.positions == pos  # noqa: E731
-    positions = list(dict.fromkeys(p.positions for p in result.patches))
-    return {
-        "n_problems": len(result.receiver),
-        "n_kept": int((~np.isnan(effects[:, 0])).sum()) if effects.size else 0,
-        f"{receiver_name}_logit_diff": stats.bootstrap(result.receiver, np.mean, **boot),
-        f"{donor_name}_logit_diff": stats.bootstrap(result.donor, np.mean, **boot),
-        "seconds": result.seconds,
-        "patches": summarize(result, pc.min_logit_gap, **boot),
-        "layer_mean": {pos: {site: mean_effect(result, single(site, pos), pc.min_logit_gap, **boot)
-                             for site in dict.fromkeys(p.site for p in result.patches)}
-                       for pos in positions},
-    }
+def stats_hash(items) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:12]
 
 
-def cross_model(cfg, models: dict, tokenizer, cache, problems: list[dict], progress: bool = True) -> dict:
-    """Both directions of SFT <-> RLVR patching at every layer and site (and all layers at once)."""
+def compare(receiver: nn.Module, donor: nn.Module, batches: list[PatchBatch], patches: Sequence[Patch], cfg,
+            progress: bool = True, name: str = "donor") -> dict:
+    """Total effects (activation patching) and direct effects of `donor` in `receiver`, JSON-ready."""
     pc = cfg.patching
-    finals = {p["id"]: p["final"] for p in problems}
+    boot = dict(n_bootstrap=pc.n_bootstrap, confidence=cfg.evaluation.confidence, seed=cfg.seed)
+    total = sweep(receiver, donor, batches, patches, pc.patches_per_forward, progress, f"patching {name}")
+    direct = direct_effects(receiver, donor, batches, progress, f"direct effects {name}")
+    return {"n_problems": len(direct.receiver), "metric": "mean log-probability of the answer tokens (nats)",
+            "receiver_metric": mean_ci(direct.receiver, **boot), "donor_metric": mean_ci(direct.donor, **boot),
+            **component_totals(direct, **boot), **component_shares(direct, **boot),
+            "patches": patch_rows(total, **boot), "components": direct_rows(direct, **boot),
+            "seconds": total.seconds + direct.seconds}
+
+
+def cross_model(cfg, models: dict, tokenizer, cache, progress: bool = True) -> dict:
+    """Every treatment into SFT (direct effects: the per-variant measures; total-effect patching for RLVR only),
+    and SFT into RLVR (necessity), on the answer tokens."""
+    pc = cfg.patching
     batches = answer_batches(cache.sequences, cache.prompt_lengths, cache.problem_ids, tokenizer,
-                             cache.pad_token_id, pc.batch_size, finals, pc.answer_marker, pc.n_problems)
+                             cache.pad_token_id, pc.batch_size, pc.answer_marker, pc.n_problems)
     if not batches:
         raise ValueError(f"no token-cache sequence has a final answer after {pc.answer_marker!r}")
     patches = layer_patches(len(architecture.blocks(models["sft"])), pc.sites, pc.positions, all_layers=True)
-    out = {}
-    for name, (donor, receiver) in DIRECTIONS.items():
-        result = sweep(models[receiver], models[donor], batches, patches, pc.patches_per_forward, progress, name)
-        out[name] = {"donor": donor, "receiver": receiver, **_report(result, cfg)}
+    # total-effect sweeps (one forward pass per patch) only for the study pair; every treatment gets direct
+    # effects (2 per layer), which is what the verdict reads: 9 treatments x 256 organism problems stay minutes
+    out = {f"{name}_into_sft": {"donor": name, "receiver": "sft",
+                                **compare(models["sft"], model, batches, patches if name == "rlvr" else [], cfg,
+                                          progress, name)}
+           for name, model in models.items() if name != "sft"}
+    if "rlvr" in models:
+        out["sft_into_rlvr"] = {"donor": "sft", "receiver": "rlvr",
+                                **compare(models["rlvr"], models["sft"], batches, patches, cfg, progress, "sft into rlvr")}
     return out
 
 
@@ -563,13 +734,26 @@ def within_model(cfg, models: dict, tokenizer, cache, progress: bool = True) -> 
     if not batches:
         raise ValueError(f"no prompt has a number #{pc.corrupt_number} that its completion writes again")
     patches = layer_patches(len(architecture.blocks(models["sft"])), pc.sites, WITHIN_POSITIONS)
-    return {name: _report(sweep(models[name], models[name], batches, patches, pc.patches_per_forward, progress,
-                                f"clean/corrupted {name}"), cfg, "corrupted", "clean")
-            for name in ("sft", "rlvr")}
+    boot = dict(n_bootstrap=pc.n_bootstrap, confidence=cfg.evaluation.confidence, seed=cfg.seed)
+    out = {}
+    for name in ("sft", "rlvr"):
+        result = sweep(models[name], models[name], batches, patches, pc.patches_per_forward, progress,
+                       f"clean/corrupted {name}")
+        out[name] = {"n_problems": len(result.receiver), "metric": "logit(clean digit) - logit(corrupted digit)",
+                     "corrupted": mean_ci(result.receiver, **boot), "clean": mean_ci(result.donor, **boot),
+                     "patches": patch_rows(result, **boot), "seconds": result.seconds}
+    return out
+
+
+def variants_block(cross: dict) -> dict:
+    """{treatment: {attn_direct_effect, mlp_direct_effect, total_effect}} for the verdict."""
+    keys = ("attn_direct_effect", "mlp_direct_effect", "total_effect")
+    return {report["donor"]: {k: _value_ci(report[k]) for k in keys}
+            for name, report in cross.items() if report["receiver"] == "sft"}
 
 
 def summary(results: dict) -> dict:
-    """The keys 10_verdict reads: graft shares and mean patching effects, each {value, ci, description}."""
+    """The keys 10_verdict reads: graft shares and direct-effect shares, each {value, ci, description}."""
     out = {}
     rows = {row["graft"]: row for row in results["grafting"]["rows"]}
     for key, graft_name, what in (("graft_attn_share", "attention", "attention (with its input norm)"),
@@ -578,17 +762,20 @@ def summary(results: dict) -> dict:
         if graft_name in rows:
             out[key] = {**_value_ci(rows[graft_name]["share"]),
                         "description": f"share of the RLVR-SFT greedy accuracy gain recovered by grafting RLVR's "
-                                       f"{what} of every layer into SFT (paired bootstrap over problems)"}
-    for direction, (donor, receiver) in DIRECTIONS.items():
-        report = results["cross_model"][direction]
-        means = report["layer_mean"].get("all") or next(iter(report["layer_mean"].values()))
-        for site, short in (("hook_attn_out", "attn_out"), ("hook_mlp_out", "mlp_out"), ("hook_resid_pre", "resid_pre")):
-            if site in means:
-                out[f"patch_{short}_effect_{direction}"] = {
-                    **_value_ci(means[site]),
-                    "description": f"mean over layers of the normalised effect of patching {donor.upper()}'s {short} "
-                                   f"into {receiver.upper()} on the answer's logit difference (0 = {receiver.upper()} "
-                                   f"unchanged, 1 = {donor.upper()}'s behaviour)"}
+                                       f"{what} of every layer into SFT (paired bootstrap over problems; NaN when "
+                                       "the gain is not distinguishable from zero)"}
+    for direction in ("rlvr_into_sft", "sft_into_rlvr"):
+        report = results["cross_model"].get(direction)
+        if report is None:
+            continue
+        donor, receiver = report["donor"].upper(), report["receiver"].upper()
+        for c, short in (("attn", "attn_out"), ("mlp", "mlp_out")):
+            out[f"patch_{short}_effect_{direction}"] = {
+                **_value_ci(report[f"{c}_direct_share"]),
+                "description": f"direct effect of {donor}'s {short} (same input, later components frozen), summed "
+                               f"over layers, as a share of the {donor} - {receiver} gap in the answer tokens' mean "
+                               f"log-probability ({report['n_problems']} problems; NaN when the gap is not "
+                               "distinguishable from zero)"}
     return out
 
 
@@ -610,149 +797,229 @@ def _nan(x) -> bool:
     return isinstance(x, float) and np.isnan(x)
 
 
+def available_treatments(cfg) -> list[str]:
+    """Treatments (`variants.treatments`) whose checkpoint exists; RLVR is always included (required)."""
+    from . import variants
+
+    return [name for name in variants.treatments(cfg)
+            if name == variants.STUDY or (cfg.model_dir(name) / "config.json").exists()]
+
+
 def run(cfg, force: bool = False, progress: bool = True, evaluate: Callable | None = None) -> str:
-    """Notebook 06's analysis: cross-model and clean/corrupted patching, and grafting; writes
-    metrics/patching.json unless it is up to date. `evaluate` (model -> correct per problem) replaces
-    greedy evaluation of the grafts, for tests."""
-    from . import activations, data, grafting, models as loader
+    """Notebook 08's analysis: cross-model patching and direct effects of every treatment into SFT (and SFT
+    into RLVR), clean/corrupted patching, grafting; writes metrics/patching.json unless it is up to date.
+    `evaluate` (model -> correct per problem) replaces greedy evaluation of the grafts, for tests."""
+    from . import activations, data, models as loader, variants
 
     path = cfg.path("metrics", "patching.json")
-    if not force and artifacts.is_current(path, fingerprint(cfg)):
+    inputs = [*(cfg.model_ref(n) for n in ("sft", *variants.treatments(cfg))), cfg.path("data", "eval.jsonl"),
+              cfg.path("tokens")]  # content-checked by the stamp
+    if not force and artifacts.is_current(path, fingerprint(cfg), inputs):
         return f"{path} is up to date: skipped"
     start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    names = available_treatments(cfg)
     models, tokenizer = {}, None
-    for stage in ("sft", "rlvr"):
-        models[stage], tokenizer = loader.load_stage(cfg, stage, device)
+    for name in ("sft", *names):
+        models[name], tokenizer = loader.load(cfg.model_ref(name), cfg, device)
+    missing = sorted(set(variants.treatments(cfg)) - set(names))
+    if missing:
+        print(f"no checkpoint for treatments {missing}: left out")
     problems = data.read_jsonl(cfg.path("data", "eval.jsonl"))
     cache = activations.TokenCache.load(cfg.path("tokens"))
-    texts = _token_texts(tokenizer, cache.sequences)
-    answered = sum(answer_target(s, p, texts, cfg.patching.answer_marker) is not None
+    answered = sum(answer_span(s, p, tokenizer, cfg.patching.answer_marker) is not None
                    for s, p in zip(cache.sequences, cache.prompt_lengths))
     print(f"token cache ({cache.source} completions): {answered} of {len(cache)} sequences have a final answer")
     if answered == 0:  # e.g. an untrained model wrote the completions: patch on the gold solutions instead
         cache = activations.build_token_cache(tokenizer, problems[:cfg.patching.n_problems], None, "gold")
         print("no final answer to patch on: using the gold solutions of the held-out problems instead")
     results = {"settings": cfg.patching.model_dump(mode="json"), "token_source": cache.source}
-    steps = [("cross_model", lambda: cross_model(cfg, models, tokenizer, cache, problems, progress))]
+
+    def within():
+        try:
+            return within_model(cfg, models, tokenizer, cache, progress)
+        except ValueError as error:  # e.g. a tokenizer that merges digits: say why, keep the rest
+            print(f"clean/corrupted patching skipped: {error}")
+            return {"skipped": str(error)}
+
+    steps = [("cross_model", lambda: cross_model(cfg, models, tokenizer, cache, progress))]
     if cfg.patching.within_model:
-        steps.append(("within_model", lambda: within_model(cfg, models, tokenizer, cache, progress)))
+        steps.append(("within_model", within))
     steps.append(("grafting", lambda: grafting.run(cfg, models["sft"], models["rlvr"], tokenizer, problems, evaluate)))
     for name, step in steps:
         began = time.perf_counter()
         print(f"{name.replace('_', ' ')} ...", flush=True)
         results[name] = step()
         print(f"{name.replace('_', ' ')} done in {time.perf_counter() - began:.1f} s", flush=True)
+    results["variants"] = variants_block(results["cross_model"])
     results["summary"] = summary(results)
     results["seconds"] = time.perf_counter() - start
     artifacts.write_json(path, _finite(results))
-    artifacts.stamp(path, fingerprint(cfg), seconds=results["seconds"])
+    artifacts.stamp(path, fingerprint(cfg), inputs, seconds=results["seconds"])
     return f"wrote {path} in {results['seconds']:.1f} s"
 
 
-# --- figures ---------------------------------------------------------------------------------------------
+# --- figures and reading ---------------------------------------------------------------------------------
 SITE_LABELS = {"hook_resid_pre": "resid_pre", "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out",
                "hook_resid_post": "resid_post"}
+COMPONENT_COLORS = {"attn": "#1f77b4", "mlp": "#ff7f0e"}
 
 
-def effects_frame(report: dict, positions: str | None = None):
-    """Mean normalised effects as a layer x site table (pandas); 'all layers' is the last row.
-    With `positions` None, columns are site@positions for every position set of the report."""
+def layer_frame(report: dict):
+    """Per layer and component (pandas, long form): total effect (activation patching at every position up to
+    the answer, later components recompute), direct effect (same input, later components frozen), direct
+    effect with own-run donor outputs; nats with intervals."""
     import pandas as pd
 
-    rows = [p for p in report["patches"] if positions is None or p["positions"] == positions]
-    frame = pd.DataFrame([{
-        "layer": str(p["layers"][0]) if len(p["layers"]) == 1 else "all layers",
-        "column": SITE_LABELS[p["site"]] + ("" if positions else f"@{p['positions']}"),
-        "effect": p["value"]} for p in rows])
-    table = frame.pivot(index="layer", columns="column", values="effect")
-    order = sorted((i for i in table.index if i != "all layers"), key=int) + [i for i in table.index if i == "all layers"]
-    return table.loc[order, list(dict.fromkeys(frame["column"]))]
+    records = []
+    for p in report["patches"]:
+        comp = {"hook_attn_out": "attn", "hook_mlp_out": "mlp"}.get(p["site"])
+        if comp and len(p["layers"]) == 1 and p["positions"] == "all":
+            records.append({"layer": p["layers"][0], "component": comp, "effect": "total", **_flat(p["effect"])})
+    for r in report["components"]:
+        records.append({"layer": r["layer"], "component": r["component"], "effect": "direct", **_flat(r["direct"])})
+        records.append({"layer": r["layer"], "component": r["component"], "effect": "direct (own run)",
+                        **_flat(r["direct_own_run"])})
+    return pd.DataFrame(records)
 
 
-def plot_heatmaps(reports: dict[str, dict], titles: dict[str, str], positions: str | None = None,
-                  suptitle: str = ""):
-    """One heatmap (layer x site, normalised effect) per report, side by side."""
+def _flat(estimate: dict) -> dict:
+    ci = estimate.get("ci") or [np.nan, np.nan]
+    value = estimate.get("value")
+    return {"value": np.nan if value is None else value, "lo": np.nan if ci[0] is None else ci[0],
+            "hi": np.nan if ci[1] is None else ci[1]}
+
+
+def plot_layers(report: dict, title: str, effects=("total", "direct")):
+    """One panel per effect kind: per layer, the attention and MLP effect (nats, 95% interval) on the answer
+    tokens' mean log-probability; the donor - receiver gap as a dashed line for scale."""
     import matplotlib.pyplot as plt
+
+    frame = layer_frame(report)
+    fig, axes = plt.subplots(1, len(effects), figsize=(4.6 * len(effects), 3.6), squeeze=False, sharey=True)
+    gap = report["total_effect"]["value"]
+    for ax, kind in zip(axes[0], effects):
+        rows = frame[frame.effect == kind]
+        for offset, (comp, part) in zip((-0.18, 0.18), rows.groupby("component", sort=False)):
+            ax.bar(part.layer + offset, part.value, width=0.36, color=COMPONENT_COLORS[comp], label=comp)
+            ax.errorbar(part.layer + offset, part.value, yerr=np.abs(np.vstack([part.value - part.lo, part.hi - part.value])),
+                        fmt="none", ecolor="black", capsize=2, lw=0.8)
+        ax.axhline(0, color="black", lw=0.8)
+        if gap is not None:
+            ax.axhline(gap, color="#d62728", ls="--", lw=1, label="donor − receiver")
+        ax.set(title=f"{kind} effect", xlabel="layer", ylabel="Δ mean log p(answer tokens) [nats]")
+        ax.set_xticks(sorted(frame.layer.unique()))
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{title} ({report['n_problems']} problems)")
+    fig.tight_layout()
+    return fig
+
+
+def variants_frame(results: dict):
+    """One row per treatment: attention and MLP direct effects summed over layers and the total effect."""
+    import pandas as pd
+
+    rows = []
+    for name, measures in results["variants"].items():
+        n = results["cross_model"][f"{name}_into_sft"]["n_problems"]
+        for key, entry in measures.items():
+            rows.append({"treatment": name, "measure": key, "n_problems": n, **_flat(entry)})
+    return pd.DataFrame(rows)
+
+
+def plot_variants(results: dict):
+    """Per treatment (donor into SFT): attention and MLP direct effects summed over layers, and the total
+    effect, with 95% intervals."""
+    import matplotlib.pyplot as plt
+
+    frame = variants_frame(results)
+    names = list(dict.fromkeys(frame.treatment))
+    measures = {"attn_direct_effect": ("attention direct", COMPONENT_COLORS["attn"]),
+                "mlp_direct_effect": ("MLP direct", COMPONENT_COLORS["mlp"]), "total_effect": ("total", "#7f7f7f")}
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.8))
+    for offset, (key, (label, color)) in zip((-0.25, 0.0, 0.25), measures.items()):
+        part = frame[frame.measure == key].set_index("treatment").loc[names]
+        y = np.arange(len(names)) + offset
+        ax.barh(y, part.value, height=0.24, color=color, label=label)
+        ax.errorbar(part.value, y, xerr=np.abs(np.vstack([part.value - part.lo, part.hi - part.value])), fmt="none",
+                    ecolor="black", capsize=2, lw=0.8)
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("Δ mean log p(answer tokens) in SFT [nats] (95% bootstrap CI)")
+    ax.set_title("Each treatment's components patched into SFT: direct effects summed over layers")
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_heatmaps(reports: dict[str, dict], titles: dict[str, str], suptitle: str = ""):
+    """Clean/corrupted patching: one heatmap (layer x site@positions, normalised effect) per model."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
     import seaborn as sns
 
-    tables = {name: effects_frame(report, positions) for name, report in reports.items()}
+    def table(report):
+        frame = pd.DataFrame([{"layer": str(p["layers"][0]), "column": f"{SITE_LABELS[p['site']]}@{p['positions']}",
+                               "effect": _flat(p["normalised"])["value"]}
+                              for p in report["patches"] if len(p["layers"]) == 1])
+        out = frame.pivot(index="layer", columns="column", values="effect")
+        return out.loc[sorted(out.index, key=int), list(dict.fromkeys(frame["column"]))]
+
+    tables = {name: table(r) for name, r in reports.items()}
     width = max(3.0, 0.75 * max(t.shape[1] for t in tables.values())) + 1.5
     height = 0.45 * max(t.shape[0] for t in tables.values()) + 1.8
     fig, axes = plt.subplots(1, len(reports), figsize=(width * len(reports), height), squeeze=False)
     for ax, (name, report) in zip(axes[0], reports.items()):
         sns.heatmap(tables[name].astype(float), ax=ax, annot=True, fmt=".2f", cmap="RdBu_r", center=0, vmin=-1,
                     vmax=1, annot_kws={"fontsize": 8}, cbar_kws={"label": "normalised effect"})
-        ax.set_title(f"{titles.get(name, name)}\n({report['n_kept']} of {report['n_problems']} problems informative)")
-        ax.set_xlabel("patched site" + ("" if positions else " @ positions"))
+        ax.set_title(f"{titles.get(name, name)} ({report['n_problems']} problems)")
+        ax.set_xlabel("patched site @ positions")
         ax.set_ylabel("layer")
-        if positions is None:
-            ax.set_xticks(ax.get_xticks(), ax.get_xticklabels(), rotation=35, ha="right")
+        ax.set_xticks(ax.get_xticks(), ax.get_xticklabels(), rotation=35, ha="right")
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
 
 
+def _fmt(entry: dict | None, digits: int = 2) -> str:
+    if not entry or entry.get("value") is None:
+        return (entry or {}).get("note", "n/a")
+    ci = "" if not entry.get("ci") else f" [{entry['ci'][0]:.{digits}f}, {entry['ci'][1]:.{digits}f}]"
+    return f"**{entry['value']:+.{digits}f}**{ci}"
+
+
 def reading(results: dict) -> str:
     """A short reading of this run's numbers (markdown) for the notebook's closing summary."""
-    s, graft = results["summary"], results["grafting"]
-
-    def fmt(key):
-        e = s.get(key)
-        if e is None or e["value"] is None:
-            return "n/a"
-        ci = "" if e["ci"] is None else f" (95% CI [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}])"
-        return f"**{e['value']:.2f}**{ci}"
-
+    graft, s = results["grafting"], results["summary"]
     gain = graft["gain"]
-    lo, hi = gain["ci"] if gain["ci"] else (float("nan"), float("nan"))
-    lines = [
+    lo, hi = gain["ci"] if gain.get("ci") else (float("nan"), float("nan"))
+    parts = [
         f"On {graft['n_problems']} held-out problems RLVR answers {graft['donor']['value']:.1%} correctly and SFT "
         f"{graft['receiver']['value']:.1%}: a gain of {100 * gain['value']:+.1f} points (95% CI [{100 * lo:+.1f}, "
-        f"{100 * hi:+.1f}]).",
-        f"Grafting RLVR's attention (every layer, with its input norms) into SFT recovers a share "
-        f"{fmt('graft_attn_share')} of that gain; grafting its MLPs recovers {fmt('graft_mlp_share')}; both together "
-        f"{fmt('graft_attn_mlp_share')}.",
-    ]
-    if not lo > 0:
-        lines.append("RLVR's gain over SFT is not clearly positive on this run, so these shares do not measure a "
-                     "gain and say nothing for either hypothesis.")
-    cross = results["cross_model"]["rlvr_into_sft"]
-    lines.append(
-        f"Patching RLVR's activations into SFT at the answer ({cross['n_kept']} of {cross['n_problems']} problems "
-        f"informative) moves the answer's logit difference, averaged over layers, {fmt('patch_attn_out_effect_rlvr_into_sft')} "
-        f"of the way to RLVR through attention outputs and {fmt('patch_mlp_out_effect_rlvr_into_sft')} through MLP "
-        f"outputs; SFT's activations in RLVR undo {fmt('patch_attn_out_effect_sft_into_rlvr')} (attention) and "
-        f"{fmt('patch_mlp_out_effect_sft_into_rlvr')} (MLP) of RLVR's behaviour.")
+        f"{100 * hi:+.1f}]). Grafting RLVR's attention into SFT recovers a share {_fmt(s.get('graft_attn_share'))} of "
+        f"that gain, its MLPs {_fmt(s.get('graft_mlp_share'))}, both {_fmt(s.get('graft_attn_mlp_share'))}.",
+        "Per treatment, the change in SFT's mean log-probability of the answer tokens (nats, 95% CI):\n\n" + "\n".join(
+            f"- **{name}** into SFT ({results['cross_model'][f'{name}_into_sft']['n_problems']} problems): total "
+            f"effect {_fmt(m['total_effect'])}; direct effects summed over layers: attention "
+            f"{_fmt(m['attn_direct_effect'])}, MLP {_fmt(m['mlp_direct_effect'])}."
+            for name, m in results["variants"].items())]
     within = results.get("within_model")
-    if within:
-        lines.append(_within_reading(within))
-    a, m = s.get("graft_attn_share"), s.get("graft_mlp_share")
-    if a and m and a["ci"] and m["ci"] and lo > 0:
-        if a["ci"][0] > m["ci"][1]:
-            lines.append("Attention carries clearly more of the gain than the MLPs: what the Routing Hypothesis predicts.")
-        elif m["ci"][0] > a["ci"][1]:
-            lines.append("The MLPs carry clearly more of the gain than attention: what the Representation Learning "
-                         "Hypothesis predicts.")
-        else:
-            lines.append("The attention and MLP intervals overlap: grafting alone does not separate the hypotheses here.")
-    return "\n\n".join(lines)
+    if within and "skipped" not in within:
+        parts.append(_within_reading(within))
+    return "\n\n".join(parts)
 
 
 def _within_reading(within: dict) -> str:
     """Which component at the copy position carries the corrupted number in SFT, and the same cell in RLVR."""
     candidates = [(i, p) for i, p in enumerate(within["sft"]["patches"])
-                  if p["site"] != "hook_resid_pre" and p["positions"] == "target" and p["value"] is not None]
+                  if p["site"] != "hook_resid_pre" and p["positions"] == "target" and p["normalised"]["value"] is not None]
     if not candidates:
-        return "Too few clean/corrupted problems were informative to read the information flow."
-    i, best = max(candidates, key=lambda c: c[1]["value"])
-    rlvr = within["rlvr"]["patches"][i]["value"]
-    text = (f"Inside each model, the corrupted number reaches the position where the working copies it mainly through "
-            f"layer {best['layers'][0]}'s {SITE_LABELS[best['site']]} there: restoring it brings back "
-            f"{best['value']:.2f} of the clean preference in SFT and ")
-    if rlvr is None:
-        return text + "an unmeasured share in RLVR."
-    same = abs(rlvr - best["value"]) < 0.1
-    return text + (f"{rlvr:.2f} in RLVR: " + ("RLVR kept SFT's route for this information." if same else
-                                              "RLVR changed how much of this information that route carries."))
+        return "The clean and corrupted runs do not differ distinguishably: the information flow cannot be read."
+    i, best = max(candidates, key=lambda c: c[1]["normalised"]["value"])
+    rlvr = within["rlvr"]["patches"][i]["normalised"]["value"]
+    text = (f"Inside each model ({within['sft']['n_problems']} problems), the corrupted number reaches the position "
+            f"where the working copies it mainly through layer {best['layers'][0]}'s {SITE_LABELS[best['site']]}: "
+            f"restoring it brings back {best['normalised']['value']:.2f} of the clean preference in SFT and ")
+    return text + ("an unmeasured share in RLVR." if rlvr is None else f"{rlvr:.2f} in RLVR.")

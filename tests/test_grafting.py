@@ -137,3 +137,11 @@ def test_graft_table_with_a_stub_evaluation():
     assert shares == pytest.approx({"attention": 0.75, "MLP": 0.25, "attention + MLP": 1.0})
     assert table["gain"]["value"] == pytest.approx(0.4)
     assert table["receiver"]["value"] == pytest.approx(0.2) and table["donor"]["value"] == pytest.approx(0.6)
+
+
+def test_no_share_when_the_gain_is_not_distinguishable_from_zero():
+    receiver = np.array([1, 0, 1, 0, 1, 0, 1, 0, 1, 0], bool)
+    donor = np.array([0, 1, 1, 0, 1, 0, 1, 0, 1, 0], bool)  # one problem gained, one lost: gain 0 +- noise
+    donor[0] = True  # +1 problem in 10: a gain whose interval still contains 0
+    out = grafting.gain_share(receiver, donor, donor, n_bootstrap=300)
+    assert np.isnan(out["value"]) and out["note"] == grafting.GAIN_NOTE

@@ -91,35 +91,85 @@ def test_batching_and_padding_do_not_change_the_lens():
         assert np.allclose(one[metric], many[metric], atol=1e-4, equal_nan=True), metric
 
 
-def test_cross_model_lens():
-    a, b = tiny(seed=0), tiny(seed=1)
-    twin = copy.deepcopy(a)
+def test_plain_lens_table_and_summary():
+    a = tiny(seed=0)
     c = cache()
-    out = lens.logit_lens(a, {"a": lens.decoder(a), "twin": lens.decoder(twin), "b": lens.decoder(b)}, c, answers(c))
-    for metric in lens.METRICS:  # identical weights read the code exactly as the model itself does
-        assert np.allclose(out["a"][metric], out["twin"][metric], equal_nan=True)
-    assert (out["b"]["kl"][-1] > 1e-3).all()  # another model's read-out does not
-
-    results = {"a": out}
-    table = lens.table(results, n_bootstrap=50)
-    assert set(table.read_out) == {"a", "twin", "b"}
+    out = {"a": lens.logit_lens(a, {"a": lens.decoder(a)}, c, answers(c))}
+    out["a"]["stitch:b"] = lens.stitched_lens(a, tiny(seed=1), c, answers(c))
+    table = lens.table(out, n_bootstrap=50)
+    assert set(table.read_out) == {"a", "stitch:b"}
     kl_last = table[(table.read_out == "a") & (table.metric == "kl") & (table.layer == 1)]
     assert kl_last.value.iloc[0] == pytest.approx(0, abs=1e-5)
     answer_rows = table[(table.metric == "answer_prob")]
     assert (answer_rows.n_problems == len(c) - 1).all()  # the row without an answer is left out
     assert lens.answer_layer(table, "a", agreement=1.0) in (0, 1)
-    summary = lens.summary(table, results, ["a"], agreement=0.5, cross_pairs=[("a", "b")], n_bootstrap=50)
-    assert summary["lens_cross_kl_a_by_b"]["value"] == pytest.approx(out["b"]["kl"][-1].mean())
+    summary = lens.summary(table, out, ["a"], agreement=0.5, cross_pairs=[("a", "b")], n_bootstrap=50)
+    assert summary["lens_cross_kl_a_by_b"]["value"] == pytest.approx(out["a"]["stitch:b"]["kl"][-1].mean())
+    assert summary["lens_cross_kl_a_by_b"]["n_problems"] == len(c)
     assert summary["lens_answer_layer_a"]["value"] in (0.0, 1.0)
+    import matplotlib.pyplot as plt
+    plt.close(lens.cross_figure(table))
 
 
-def test_answer_token_and_bad_batch_size():
-    class Digits:
-        def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": [ord(ch) for ch in text]}
-    assert lens.answer_token(Digits(), " 27 ") == ord("2")
-    with pytest.raises(ValueError, match="tokenises to nothing"):
-        lens.answer_token(Digits(), "  ")
+def _mlp_changed(model, layers, scale=0.5, seed=3):
+    other = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            for p in other.model.layers[layer].mlp.parameters():
+                p.add_(scale * torch.randn_like(p))
+    return other
+
+
+def test_stitched_lens_sees_an_mlp_only_change_and_where_it_lives():
+    a, c = tiny(), cache()
+    twin = lens.stitched_lens(a, copy.deepcopy(a), c, answers(c), batch_size=2)
+    np.testing.assert_allclose(twin["kl"], 0, atol=1e-5)  # B's blocks read A's stream as their own
+    np.testing.assert_allclose(twin["top1_agreement"], 1)
+    every = _mlp_changed(a, [0, 1])
+    # swapping only the final norm and unembedding cannot see an MLP-only change: exactly 0
+    swap = lens.logit_lens(a, {"b": lens.decoder(every)}, c, answers(c))["b"]
+    own = lens.logit_lens(a, {"a": lens.decoder(a)}, c, answers(c))["a"]
+    np.testing.assert_allclose(swap["kl"], own["kl"], atol=1e-6)
+    stitched = lens.stitched_lens(a, every, c, answers(c))
+    assert (stitched["kl"][-1] > 1e-3).all()  # the stitch does
+    # a change in layer 1's MLP only: A's stream after block 0 is B's own, after block 1 it is not
+    late = lens.stitched_lens(a, _mlp_changed(a, [1]), c, answers(c))
+    np.testing.assert_allclose(late["kl"][0], 0, atol=1e-5)
+    assert (late["kl"][1] > 1e-3).all()
+
+
+def test_stitched_logits_of_a_model_on_its_own_stream_are_its_logits():
+    model = tiny("gpt2")
+    ids = torch.randint(1, VOCAB, (2, 9))
+    mask = torch.ones_like(ids)
+    resid, logits = lens.residuals(model, ids, mask)
+    torch.testing.assert_close(lens.stitched_logits(resid[0], model, ids, mask, 0), logits)
+
+
+def test_answer_tokens_are_the_tokens_that_follow_with_merged_digits():
+    from tests.test_patching import bpe_tokenizer
+
+    tokenizer, rows = bpe_tokenizer()
+    rows = rows[:64]
+    problems = [{"id": i, "prompt": r["question"] + "\n", "answer": r["answer"],
+                 "final": r["answer"].split("####")[-1].strip()} for i, r in enumerate(rows)]
+    seqs = [tokenizer(p["prompt"])["input_ids"] + tokenizer(p["answer"], add_special_tokens=False)["input_ids"]
+            for p in problems]
+    c = TokenCache(seqs, [len(tokenizer(p["prompt"])["input_ids"]) for p in problems], list(range(64)), "gold", 0)
+    got = lens.answers_for(c, problems, tokenizer)
+    assert len(got) == 64
+    mismatches = [r for r, (pos, tok) in got.items() if tok != c.sequences[r][pos + 1]
+                  or not problems[r]["final"].startswith(tokenizer.decode([tok]).strip())]
+    assert mismatches == []
+    # the first token of the answer written alone is another token wherever digits merge with a space
+    alone = [tokenizer(p["final"], add_special_tokens=False)["input_ids"][0] for p in problems]
+    assert sum(a != got[r][1] for r, a in enumerate(alone)) > 32
+
+
+def test_bad_batch_size():
     model = tiny()
     with pytest.raises(ValueError, match="batch_size"):
         lens.logit_lens(model, {"own": lens.decoder(model)}, cache(), {}, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        lens.stitched_lens(model, model, cache(), {}, batch_size=0)

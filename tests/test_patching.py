@@ -1,6 +1,9 @@
-"""Activation patching: identities that must hold exactly, a naive hook written here as the reference,
-and the target/corruption helpers on the organism's real tokenizer."""
+"""Activation patching and direct effects: identities that must hold exactly, a naive hook as the reference,
+planted changes whose component is known (and Gaussian nulls of the same size), and targets that are the
+actual next tokens for a digit-level and a digit-merging BPE tokenizer."""
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,53 +13,73 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaC
 from rlvr_utils import architecture, config, data, grafting, organism, patching
 
 VOCAB = 64
-
 SITES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+GSM8K = Path(__file__).parent / "data" / "gsm8k" / "test.jsonl"
 
 
-def _model(family: str, seed: int):
+def _model(family: str, seed: int, n_layers: int = 3):
     torch.manual_seed(seed)
     common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     if family == "gpt2":
-        cfg = GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=64, **common)
+        cfg = GPT2Config(n_embd=32, n_layer=n_layers, n_head=4, n_positions=64, **common)
     elif family == "gpt_neox":
-        cfg = GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, **common)
+        cfg = GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers, num_attention_heads=4,
+                            **common)
     else:
         cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[family]
-        cfg = cls(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        cfg = cls(hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers, num_attention_heads=4,
                   num_key_value_heads=2, tie_word_embeddings=True, **common)
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
 def _batch(seed: int = 0, rows: int = 4, seq: int = 12) -> patching.PatchBatch:
-    """Random right-padded sequences; targets inside each row; correct tokens random."""
+    """Random right-padded sequences, each scoring its last two real tokens."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, VOCAB, (rows, seq), generator=g)
     lengths = torch.tensor([seq, seq - 3, seq - 1, seq - 5])[:rows]
     mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
     ids = ids * mask  # pad id 0
-    target = lengths - 2
-    correct = torch.randint(1, VOCAB, (rows,), generator=g)
-    return patching.PatchBatch(ids, mask, target, correct, problem_ids=list(range(rows)))
+    index = torch.arange(seq)[None, :]
+    score = (index >= lengths[:, None] - 3) & (index <= lengths[:, None] - 2)
+    return patching.PatchBatch(ids, mask, score, problem_ids=list(range(rows)))
 
 
-def _with_changed_blocks(model, layers, part=None, seed=7):
-    """A copy of `model` whose blocks `layers` (only their attention or MLP when `part` is given) differ."""
-    other = _model(model.config.model_type, 0)
+def _copy(model):
+    other = _model(model.config.model_type, 0, len(architecture.blocks(model)))
     other.load_state_dict(model.state_dict())
+    return other
+
+
+def _with_changed_blocks(model, layers, part=None, seed=7, scale=0.5):
+    """A copy of `model` whose blocks `layers` (only their attention or MLP when `part` is given) differ."""
+    other = _copy(model)
     torch.manual_seed(seed)
     with torch.no_grad():
         for layer in layers:
             b = architecture.blocks(other)[layer]
             module = {None: b.block, "attn": b.attn_out, "mlp": b.mlp_out}[part]
             for p in module.parameters():
-                p.add_(0.5 * torch.randn_like(p))
+                p.add_(scale * torch.randn_like(p))
+    return other
+
+
+def _gaussian_null(model, planted, seed):
+    """`model` plus a Gaussian change of every tensor with the planted change's total Frobenius norm."""
+    norm = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(planted.parameters(), model.parameters())))
+    other = _copy(model)
+    g = torch.Generator().manual_seed(seed)
+    noise = [torch.randn(p.shape, generator=g) for p in other.parameters()]
+    scale = norm / torch.sqrt(sum((x ** 2).sum() for x in noise))
+    with torch.no_grad():
+        for p, x in zip(other.parameters(), noise):
+            p.add_(scale * x)
     return other
 
 
 FAMILIES = ["qwen2", "llama", "gpt2", "gpt_neox"]
 
 
+# --- the engine ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
 def test_patching_a_model_with_its_own_activations_changes_nothing(family):
     model = _model(family, 0)
@@ -64,11 +87,19 @@ def test_patching_a_model_with_its_own_activations_changes_nothing(family):
     result = patching.sweep(model, model, [_batch(0), _batch(1)], patches, patches_per_forward=5, progress=False)
     np.testing.assert_allclose(result.patched, np.repeat(result.receiver[:, None], len(patches), 1), atol=1e-5)
     np.testing.assert_allclose(result.donor, result.receiver, atol=1e-5)
-    # normalised against another model's behaviour, the self-patch effect is 0
-    other = _model(family, 1)
-    donor_ld = patching.sweep(model, other, [_batch(0), _batch(1)], patches[:1], progress=False).donor
-    effects = patching.normalised_effect(result.patched, result.receiver[:, None], donor_ld[:, None], 1e-3)
-    np.testing.assert_allclose(effects, 0.0, atol=1e-4)
+    direct = patching.direct_effects(model, model, [_batch(0)], progress=False)
+    np.testing.assert_allclose(direct.direct, 0, atol=1e-6)
+    np.testing.assert_allclose(direct.graft, direct.receiver[:, None].repeat(6, 1), atol=1e-5)
+
+
+def test_metric_is_the_teacher_forced_log_probability_of_the_tokens_that_follow():
+    model, batch = _model("qwen2", 0), _batch(2)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, -1)
+    expected = [np.mean([float(logp[b, p, batch.input_ids[b, p + 1]]) for p in torch.nonzero(batch.score[b])[:, 0]])
+                for b in range(4)]
+    result = patching.sweep(model, model, [batch], [], progress=False)
+    np.testing.assert_allclose(result.receiver, expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -77,33 +108,17 @@ def test_resid_pre_patch_after_the_changed_blocks_reproduces_the_donor(family, l
     receiver = _model(family, 0)
     donor = _with_changed_blocks(receiver, range(layer))
     batch = _batch(2).trimmed()
-    acts, donor_logits = patching.record(donor, batch.input_ids, batch.attention_mask,
-                                         [(layer, "hook_resid_pre")], batch.target)
-    patched = patching.run_patched(receiver, batch, [patching.Patch("hook_resid_pre", (layer,))], acts)[0]
-    torch.testing.assert_close(patched, donor_logits)
-    result = patching.sweep(receiver, donor, [batch], [patching.Patch("hook_resid_pre", (layer,))], progress=False)
-    np.testing.assert_allclose(result.normalised_effects(1e-3), 1.0, atol=1e-4)
+    patch = patching.Patch("hook_resid_pre", (layer,))
+    result = patching.sweep(receiver, donor, [batch], [patch, patching.Patch("hook_resid_pre", (0,))], progress=False)
+    np.testing.assert_allclose(result.patched[:, 0], result.donor, atol=1e-4)
     # before the changed blocks the donor's residual stream is the receiver's: nothing moves
-    early = patching.sweep(receiver, donor, [batch], [patching.Patch("hook_resid_pre", (0,))], progress=False)
-    np.testing.assert_allclose(early.normalised_effects(1e-3), 0.0, atol=1e-4)
-
-
-@pytest.mark.parametrize("part,site", [("attn", "hook_attn_out"), ("mlp", "hook_mlp_out")])
-def test_component_patch_reproduces_a_donor_that_differs_only_there(part, site):
-    receiver = _model("qwen2", 0)
-    donor = _with_changed_blocks(receiver, [1], part=part)
-    batch = _batch(3)
-    patches = [patching.Patch(site, (1,)), patching.Patch(site, (0,))]
-    effects = patching.sweep(receiver, donor, [batch], patches, progress=False).normalised_effects(1e-3)
-    np.testing.assert_allclose(effects[:, 0], 1.0, atol=1e-4)  # the changed component carries everything
-    np.testing.assert_allclose(effects[:, 1], 0.0, atol=1e-4)  # an unchanged one carries nothing
+    np.testing.assert_allclose(result.patched[:, 1], result.receiver, atol=1e-4)
 
 
 def test_single_position_patch_matches_a_naive_hook():
     receiver, donor = _model("qwen2", 0), _model("qwen2", 1)
     batch = _batch(4).trimmed()
     layer, position = 1, 3
-    mlp = architecture.blocks(receiver)[layer].mlp_out
     captured = {}
     handle = architecture.blocks(donor)[layer].mlp_out.register_forward_hook(lambda m, a, o: captured.update(out=o))
     with torch.no_grad():
@@ -115,18 +130,18 @@ def test_single_position_patch_matches_a_naive_hook():
         output[:, position] = captured["out"][:, position]
         return output
 
-    handle = mlp.register_forward_hook(naive)
+    handle = architecture.blocks(receiver)[layer].mlp_out.register_forward_hook(naive)
     with torch.no_grad():
-        logits = receiver(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logp = torch.log_softmax(receiver(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, -1)
     handle.remove()
-    expected = logits[torch.arange(4), batch.target]
-
+    expected = [np.mean([float(logp[b, p, batch.input_ids[b, p + 1]]) for p in torch.nonzero(batch.score[b])[:, 0]])
+                for b in range(4)]
     at = torch.zeros_like(batch.input_ids, dtype=torch.bool)
     at[:, position] = True
     batch.positions = {"third": at}
     acts, _ = patching.record(donor, batch.input_ids, batch.attention_mask, [(layer, "hook_mlp_out")])
     got = patching.run_patched(receiver, batch, [patching.Patch("hook_mlp_out", (layer,), "third")], acts)[0]
-    torch.testing.assert_close(got, expected)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
 
 
 def test_batching_patches_together_equals_one_at_a_time():
@@ -137,42 +152,124 @@ def test_batching_patches_together_equals_one_at_a_time():
     np.testing.assert_allclose(one.patched, many.patched, atol=1e-5)
 
 
-def test_foil_is_the_receivers_top_wrong_token_and_logit_difference():
-    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 1.0, 4.0, 0.0]])
-    correct = torch.tensor([1, 2])
-    foil = patching.top_wrong_token(logits, correct)
-    assert foil.tolist() == [3, 0]
-    assert patching.logit_difference(logits, correct, foil).tolist() == [1.0, -1.0]
+# --- direct effects credit the component that changed ----------------------------------------------------
+def _greedy_batches(model, n=32, prompt=6, new=10):
+    """The receiver's own greedy continuations, scored on the generated tokens: a change of the weights
+    moves their log-probability away from the receiver's."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        ids = model.generate(torch.randint(1, VOCAB, (n, prompt), generator=g), max_new_tokens=new, do_sample=False,
+                             pad_token_id=0, attention_mask=torch.ones(n, prompt, dtype=torch.long))
+    score = torch.zeros_like(ids, dtype=torch.bool)
+    score[:, prompt - 1:-1] = True
+    return [patching.PatchBatch(ids[i:i + 16], torch.ones_like(ids[i:i + 16]), score[i:i + 16],
+                                problem_ids=list(range(i, i + 16))) for i in range(0, n, 16)]
 
 
-def test_normalised_effect_known_values_and_guard():
-    effects = patching.normalised_effect([1.0, 2.0, 5.0], [0.0, 0.0, 5.0], [2.0, 2.0, 5.05], min_gap=0.1)
-    assert effects[:2].tolist() == [0.5, 1.0] and np.isnan(effects[2])
-    with pytest.raises(ValueError, match="min_gap"):
-        patching.normalised_effect([1.0], [0.0], [1.0], min_gap=-1)
+@pytest.fixture(scope="module")
+def planted():
+    """A 6-layer receiver, first-layer-MLP-only and layer-1-attention-only donors, Gaussian nulls of the same
+    size as the MLP change, and their direct effects on the receiver's own continuations."""
+    receiver = _model("qwen2", 0, n_layers=6)
+    batches = _greedy_batches(receiver)
+    donors = {"mlp0": _with_changed_blocks(receiver, [0], "mlp", scale=0.3),
+              "attn1": _with_changed_blocks(receiver, [1], "attn", scale=0.3)}
+    donors |= {f"null{k}": _gaussian_null(receiver, donors["mlp0"], k) for k in range(5)}
+    results = {name: patching.direct_effects(receiver, d, batches, progress=False) for name, d in donors.items()}
+    return receiver, donors, batches, results
 
 
-def test_summaries_average_per_problem_then_bootstrap():
-    patches = [patching.Patch("hook_attn_out", (0,)), patching.Patch("hook_attn_out", (1,)),
-               patching.Patch("hook_mlp_out", (0,))]
-    result = patching.SweepResult(patches, receiver=np.zeros(3), donor=np.array([2.0, 4.0, 0.0]),
-                                  patched=np.array([[1.0, 2.0, 0.0], [4.0, 0.0, 4.0], [9.0, 9.0, 9.0]]),
-                                  problem_ids=[0, 1, 2])
-    attn = patching.mean_effect(result, lambda p: p.site == "hook_attn_out", min_gap=0.1, n_bootstrap=50)
-    assert attn["value"] == pytest.approx(np.mean([0.75, 0.5]))  # problem 2 has no gap: left out
-    rows = patching.summarize(result, min_gap=0.1, n_bootstrap=50)
-    assert [r["value"] for r in rows] == pytest.approx([0.75, 0.5, 0.5])
-    assert all(r["n_kept"] == 2 for r in rows)
+def _sums(result, key="direct"):
+    values = getattr(result, key).mean(0)
+    return {c: sum(v for (_, comp), v in zip(result.components, values) if comp == c) for c in ("attn", "mlp")}
+
+
+def test_direct_effects_credit_a_first_layer_mlp_change_to_the_mlp(planted):
+    _, _, _, results = planted
+    r = results["mlp0"]
+    same = r.direct.mean(0)
+    for (layer, c), value in zip(r.components, same):
+        if (layer, c) == (0, "mlp"):
+            assert abs(value) > 0.05  # the changed component carries a direct effect
+        else:
+            assert value == 0.0  # unchanged weights on the same input: exactly no change
+    totals = patching.component_totals(r, n_bootstrap=200)
+    assert totals["attn_direct_effect"]["value"] == 0.0
+    assert patching.distinguishable(totals["mlp_direct_effect"])
+    # own-run donor outputs also credit later attention layers: their inputs moved, their weights did not
+    own = r.direct_own_run.mean(0)
+    later_attn = [abs(v) for (layer, c), v in zip(r.components, own) if c == "attn" and layer > 0]
+    assert max(later_attn) > 1e-3
+    # total effects (activation patching, later components recompute) read later attention too
+    sweep = patching.sweep(planted[0], planted[1]["mlp0"], planted[2],
+                           [patching.Patch("hook_attn_out", (layer,)) for layer in range(1, 6)], progress=False)
+    assert np.abs((sweep.patched - sweep.receiver[:, None]).mean(0)).max() > 1e-3
+
+
+def test_direct_effects_credit_an_attention_only_change_to_attention(planted):
+    r = planted[3]["attn1"]
+    for (layer, c), value in zip(r.components, r.direct.mean(0)):
+        assert (abs(value) > 0.05) if (layer, c) == (1, "attn") else value == 0.0
+    # the same-input graft of that one component is the same-input total effect: it moves SFT as far as
+    # the whole donor does, since nothing else changed
+    j = r.components.index((1, "attn"))
+    np.testing.assert_allclose(r.graft[:, j], r.donor, atol=1e-4)
+
+
+def test_a_gaussian_change_of_every_tensor_credits_neither_component(planted):
+    """The planted changes lie outside the Gaussian nulls' spread of attention - MLP direct effect; one null
+    lies inside the other nulls' spread."""
+    results = planted[3]
+    gap = {name: _sums(r)["attn"] - _sums(r)["mlp"] for name, r in results.items()}
+    nulls = [gap[f"null{k}"] for k in range(1, 5)]
+    spread = max(nulls) - min(nulls)
+    assert min(nulls) - spread <= gap["null0"] <= max(nulls) + spread
+    assert gap["mlp0"] > max(nulls) + spread  # attn - mlp > 0: the MLP lost more (log-prob falls)
+    assert gap["attn1"] < min(nulls) - spread
+
+
+def test_last_layer_direct_effect_equals_the_total_effect():
+    receiver = _model("qwen2", 0)
+    donor = _with_changed_blocks(receiver, [2], "mlp")
+    r = patching.direct_effects(receiver, donor, [_batch(1)], progress=False)
+    j = r.components.index((2, "mlp"))
+    np.testing.assert_allclose(r.direct[:, j], r.donor - r.receiver, atol=1e-4)
+    np.testing.assert_allclose(r.direct_own_run[:, j], r.donor - r.receiver, atol=1e-4)
+
+
+def test_swapped_restores_the_receiver():
+    receiver, donor = _model("qwen2", 0), _model("qwen2", 1)
+    before = {k: v.clone() for k, v in receiver.state_dict().items()}
+    with grafting.swapped(receiver, donor, ["mlp"], [1]):
+        assert torch.equal(receiver.model.layers[1].mlp.up_proj.weight, donor.model.layers[1].mlp.up_proj.weight)
+        assert torch.equal(receiver.model.layers[0].mlp.up_proj.weight, before["model.layers.0.mlp.up_proj.weight"])
+    for k, v in receiver.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# --- normalisation ---------------------------------------------------------------------------------------
+def test_normalisation_is_of_the_aggregate_and_needs_a_gap():
+    receiver = np.array([0.0, 0.0, 0.0, 0.0])
+    donor = np.array([1.0, 3.0, 1.0, 3.0])
+    patched = np.array([1.0, 0.0, 1.0, 0.0])
+    out = patching.normalised(patched, receiver, donor, n_bootstrap=200)
+    assert out["value"] == pytest.approx(0.5 / 2.0)  # (mean patched - mean receiver) / (mean gap), not mean ratio
+    flat = patching.normalised(patched, receiver, receiver + np.array([0.1, -0.1, 0.1, -0.1]), n_bootstrap=200)
+    assert np.isnan(flat["value"]) and "not distinguishable" in flat["note"]
 
 
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="site"):
         patching.Patch("hook_attn", (0,))
     b = _batch(0)
-    with pytest.raises(ValueError, match="target"):
-        patching.PatchBatch(b.input_ids, b.attention_mask, b.target + 100, b.correct)
+    with pytest.raises(ValueError, match="score no position"):
+        patching.PatchBatch(b.input_ids, b.attention_mask, torch.zeros_like(b.score))
+    late = torch.zeros_like(b.score)
+    late[:, -1] = True
+    with pytest.raises(ValueError, match="next token"):
+        patching.PatchBatch(b.input_ids, b.attention_mask, late)
     with pytest.raises(ValueError, match="same token count"):
-        patching.PatchBatch(b.input_ids, b.attention_mask, b.target, b.correct, donor_input_ids=b.input_ids[:, :-1])
+        patching.PatchBatch(b.input_ids, b.attention_mask, b.score, donor_input_ids=b.input_ids[:, :-1])
     with pytest.raises(ValueError, match="positions"):
         b.position_mask("corrupted")
     with pytest.raises(ValueError, match="out of range"):
@@ -180,7 +277,7 @@ def test_bad_inputs_are_named():
                        progress=False)
 
 
-# --- targets and corruptions on the organism's tokenizer -------------------------------------------
+# --- targets on the organism's tokenizer and on a digit-merging BPE -------------------------------------
 @pytest.fixture(scope="module")
 def problems_and_tokenizer():
     rows = data.synthetic_problems(config.Params().data, 40, seed=3)
@@ -188,27 +285,79 @@ def problems_and_tokenizer():
     return rows, tokenizer
 
 
-def _encode(rows, tokenizer):
-    prompts = [tokenizer.encode(r["prompt"]) for r in rows]
-    seqs = [p + tokenizer.encode(r["answer"]) for p, r in zip(prompts, rows)]
+def bpe_tokenizer():
+    """A byte-level BPE trained here on GSM8K text: it merges digits (' 10', '000') as GPT-2 and Llama 3 do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([r["question"] + "\n" + r["answer"] for r in rows],
+                            trainers.BpeTrainer(vocab_size=1500, special_tokens=["<pad>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>"), rows
+
+
+def _encode(rows, tokenizer, prompt="prompt", answer="answer"):
+    prompts = [tokenizer(r[prompt])["input_ids"] for r in rows]
+    seqs = [p + tokenizer(r[answer], add_special_tokens=False)["input_ids"] for p, r in zip(prompts, rows)]
     return seqs, [len(p) for p in prompts]
 
 
-def test_answer_target_predicts_the_first_digit_of_the_final_answer(problems_and_tokenizer):
+def _scored_text(batches, tokenizer):
+    """Per row: the text of the tokens the batch scores (those that follow its scored positions)."""
+    out = []
+    for b in batches:
+        for row in range(len(b.score)):
+            pos = torch.nonzero(b.score[row])[:, 0]
+            out.append(tokenizer.decode(b.input_ids[row, pos + 1].tolist()))
+    return out
+
+
+def test_answer_tokens_on_the_organism_tokenizer(problems_and_tokenizer):
     rows, tokenizer = problems_and_tokenizer
     seqs, plens = _encode(rows, tokenizer)
-    texts = patching._token_texts(tokenizer, seqs)
-    for seq, plen, row in zip(seqs, plens, rows):
-        target = patching.answer_target(seq, plen, texts)
-        assert tokenizer.decode(seq[:target + 1]).endswith("#### ")
-        assert tokenizer.decode([seq[target + 1]]) == row["final"][0]
-    without = tokenizer.encode(rows[0]["prompt"] + " 3 + 4 = 7.")
-    assert patching.answer_target(without, plens[0], texts | patching._token_texts(tokenizer, [without])) is None
-
     batches = patching.answer_batches(seqs, plens, [r["id"] for r in rows], tokenizer, tokenizer.pad_token_id,
-                                      batch_size=16, finals={r["id"]: "9" + r["final"] for r in rows}, limit=20)
-    assert [len(b.target) for b in batches] == [16, 4]
-    assert (batches[0].correct == patching.digit_token(tokenizer, "9")).all()  # gold digits when given
+                                      batch_size=16, marker="####", limit=20)
+    assert [len(b.score) for b in batches] == [16, 4]
+    assert [t.strip() for t in _scored_text(batches, tokenizer)] == [r["final"] for r in rows[:20]]
+    without = tokenizer.encode(rows[0]["prompt"] + " 3 + 4 = 7.")
+    assert patching.answer_span(without, plens[0], tokenizer, "####") is None
+
+
+def test_a_digit_merging_bpe_scores_exactly_the_answer_tokens_that_follow():
+    tokenizer, rows = bpe_tokenizer()
+    rows = rows[:64]
+    assert len(tokenizer.encode(" 10")) == 1  # the tokenizer does merge digits (the case under test)
+    for r in rows:
+        r["prompt"], r["final"] = r["question"] + "\n", r["answer"].split("####")[-1].strip()
+    seqs, plens = _encode(rows, tokenizer)
+    batches = patching.answer_batches(seqs, plens, list(range(len(rows))), tokenizer, tokenizer.pad_token_id,
+                                      batch_size=32, marker="####")
+    texts = _scored_text(batches, tokenizer)
+    assert len(texts) == 64
+    mismatches = [(t, r["final"]) for t, r in zip(texts, rows) if t.strip() != r["final"]]
+    assert mismatches == []
+    # every scored token is the token that follows in the sequence, by construction of the metric
+    for b in batches:
+        rows_, pos = b.score.nonzero(as_tuple=True)
+        assert (b.attention_mask[rows_, pos + 1] == 1).all()
+    # clean/corrupted patching swaps single digit tokens: this tokenizer cannot, and says so
+    with pytest.raises(ValueError, match="merges digits"):
+        patching.corrupted_batches(seqs, plens, list(range(len(rows))), tokenizer, tokenizer.pad_token_id, 8)
+
+
+def test_a_tokenizer_that_does_not_decode_its_text_is_refused():
+    class Lossy:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(ch) for ch in text.lower()]}
+
+        def decode(self, ids, clean_up_tokenization_spaces=False):
+            return "".join(chr(i) for i in ids if chr(i) != ",")
+    with pytest.raises(ValueError, match="does not decode"):
+        patching.check_tokenizer(Lossy())
 
 
 def test_corrupted_prompt_changes_one_digit_and_targets_its_copy(problems_and_tokenizer):
@@ -217,38 +366,44 @@ def test_corrupted_prompt_changes_one_digit_and_targets_its_copy(problems_and_to
     texts = patching._token_texts(tokenizer, seqs)
     digits = {str(d): patching.digit_token(tokenizer, str(d)) for d in range(10)}
     rng = random.Random(0)
-    for seq, plen, row in zip(seqs, plens, rows):
+    for seq, plen in zip(seqs, plens):
         c = patching.corrupt_number(seq, plen, texts, digits, which=-1, rng=rng)
         assert c is not None  # the last operand is always copied into the working
         changed = [i for i, (a, b) in enumerate(zip(seq, c["corrupted"])) if a != b]
         assert changed == [c["changed"]] and c["changed"] < plen and len(c["corrupted"]) == len(seq)
-        assert tokenizer.decode([c["corrupt_token"]]).isdigit() and c["corrupt_token"] != c["clean_token"]
         assert c["target"] >= plen - 1 and seq[c["target"] + 1] == c["clean_token"]
-        assert tokenizer.decode([c["corrupt_token"]]) != "0" or tokenizer.decode([seq[c["changed"] - 1]]).isdigit()
     batches = patching.corrupted_batches(seqs, plens, [r["id"] for r in rows], tokenizer, tokenizer.pad_token_id,
                                          batch_size=64)
     b = batches[0]
     assert b.positions["corrupted"].sum(1).tolist() == [1] * len(rows)
     assert ((b.input_ids != b.donor_input_ids) == b.positions["corrupted"]).all()
+    model = AutoModelForCausalLM.from_config(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2)).eval()
+    result = patching.sweep(model, model, batches, [patching.Patch("hook_resid_pre", (0,), "corrupted")],
+                            progress=False)
+    np.testing.assert_allclose(result.patched[:, 0], result.donor, atol=1e-4)  # restoring the token = clean run
 
 
-def test_run_writes_every_summary_key_and_skips_when_current(tmp_path, problems_and_tokenizer):
+# --- the notebook's step --------------------------------------------------------------------------------
+def test_run_writes_every_variant_and_summary_key(tmp_path, problems_and_tokenizer):
     from rlvr_utils import activations, artifacts
 
     rows, tokenizer = problems_and_tokenizer
-    cfg = config.Params(name="t", runs_dir=str(tmp_path), patching=dict(
-        n_problems=12, batch_size=8, graft_problems=10, n_bootstrap=50, graft_ranges=["all", "first_half"]))
-    for stage, seed in (("sft", 0), ("rlvr", 1)):
+    cfg = config.Params(name="t", runs_dir=str(tmp_path), variants=dict(nulls=1, controls=[], identical=True),
+                        patching=dict(n_problems=12, batch_size=8, graft_problems=10, n_bootstrap=50,
+                                      graft_ranges=["all", "first_half"]))
+    models = {}
+    for stage, seed in (("sft", 0), ("rlvr", 1), ("null_0", 2)):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(Qwen2Config(
+        models[stage] = AutoModelForCausalLM.from_config(Qwen2Config(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
-        model.save_pretrained(cfg.model_ref(stage))
+        models[stage].save_pretrained(cfg.model_ref(stage))
         tokenizer.save_pretrained(cfg.model_ref(stage))
     data.write_jsonl(cfg.path("data", "eval.jsonl"), rows)
     activations.build_token_cache(tokenizer, rows, None, "gold").save(cfg.path("tokens"))
-
-    rlvr_q = AutoModelForCausalLM.from_pretrained(cfg.model_ref("rlvr")).model.layers[0].self_attn.q_proj.weight
+    rlvr_q = models["rlvr"].model.layers[0].self_attn.q_proj.weight.detach().clone()
 
     def evaluate(model):  # stub: RLVR's layer-0 attention makes problems 0-5 right, the rest stay wrong
         donor_attn = torch.equal(model.model.layers[0].self_attn.q_proj.weight, rlvr_q)
@@ -256,22 +411,26 @@ def test_run_writes_every_summary_key_and_skips_when_current(tmp_path, problems_
 
     assert "wrote" in patching.run(cfg, progress=False, evaluate=evaluate)
     out = artifacts.read_json(cfg.path("metrics", "patching.json"))
+    assert set(out["variants"]) == {"rlvr", "null_0"}  # 'identical' has no checkpoint: left out
+    for measures in out["variants"].values():
+        assert set(measures) == {"attn_direct_effect", "mlp_direct_effect", "total_effect"}
+        assert all(set(m) == {"value", "ci"} and len(m["ci"]) == 2 for m in measures.values())
+    report = out["cross_model"]["rlvr_into_sft"]
+    assert report["n_problems"] == 12 and len(report["components"]) == 4
+    assert report["total_effect"]["value"] == pytest.approx(report["donor_metric"]["value"]
+                                                          - report["receiver_metric"]["value"])
     for key in ("graft_attn_share", "graft_mlp_share", "patch_attn_out_effect_rlvr_into_sft",
                 "patch_mlp_out_effect_rlvr_into_sft", "patch_attn_out_effect_sft_into_rlvr",
                 "patch_mlp_out_effect_sft_into_rlvr"):
         assert set(out["summary"][key]) == {"value", "ci", "description"}
     assert out["summary"]["graft_attn_share"]["value"] == pytest.approx(1.0)
     assert out["summary"]["graft_mlp_share"]["value"] == pytest.approx(0.0)
-    assert out["cross_model"]["rlvr_into_sft"]["n_problems"] == 12
     assert set(out["within_model"]) == {"sft", "rlvr"}
     assert "up to date" in patching.run(cfg, progress=False, evaluate=evaluate)
-    assert "recovers a share **1.00**" in patching.reading(out)
+    assert "recovers a share **+1.00**" in patching.reading(out)
     import matplotlib.pyplot as plt
 
-    fig = patching.plot_heatmaps(out["within_model"], {"sft": "SFT"})
-    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["layer", "layer"] and fig.axes[0].get_title().startswith("SFT")
-    plt.close(fig)
-    fig = grafting.plot_shares(out["grafting"])
-    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["attention", "MLP", "attention (first half)",
-                                                                      "MLP (first half)", "attention + MLP"]
-    plt.close(fig)
+    for fig in (patching.plot_layers(report, "RLVR into SFT"), patching.plot_variants(out),
+                patching.plot_heatmaps(out["within_model"], {"sft": "SFT"}), grafting.plot_shares(out["grafting"])):
+        assert fig.axes
+        plt.close(fig)
