@@ -19,12 +19,15 @@ the debiased estimate is only approximately shift-invariant, so the centre is fi
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from .stats import bootstrap_indices
+from .variants import REFERENCE, STUDY
 
 MIN_SAMPLES = {False: 2, True: 4}  # below these, (n-1) or n(n-3) normalisers vanish
 _GROUPED_BYTES = 2 << 30  # per-problem d x d statistics above this size: bootstrap loops instead
@@ -410,8 +413,12 @@ def permutation_cka(X, Y, n_permutations: int = 100, debiased: bool = True, seed
     return out
 
 
-# --- one run: the notebook 04 analysis ----------------------------------------------------------------------
-PAIRS = (("base", "sft"), ("base", "rlvr"), ("sft", "rlvr"))
+# --- one run: the notebook 05 analysis ----------------------------------------------------------------------
+# The context pairs (how far each training stage moved the model); the verdict's treatments are compared with
+# the reference by `compare_variants`.
+PAIRS = (("base", REFERENCE), ("base", STUDY), (REFERENCE, STUDY))
+_VARIANT_SITES = {"attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+END_TO_END = "end-to-end (mixes upstream changes)"
 _SUMMARY_SITES = ("hook_attn_out", "hook_mlp_out", "hook_resid_post")
 
 
@@ -494,7 +501,7 @@ def compare_stages(store, selection: str, sites: Sequence[str] = _SUMMARY_SITES,
         "description": "CKA with one model's rows shuffled (chance level), pooled over pairs, components, layers"}
 
     # the estimator check uses base vs RLVR where available: the pair with the most to show
-    first, second = ("base", "rlvr") if ("base", "rlvr") in pairs else pairs[-1]
+    first, second = ("base", STUDY) if ("base", STUDY) in pairs else pairs[-1]
     last = layers[-1]
     (X, rows), (Y, _) = load(first, sites[-1], last), load(second, sites[-1], last)
     return {"selection": selection, "debiased": debiased, "layers": layers, "sites": list(sites),
@@ -545,28 +552,91 @@ def _spread_sample(groups: np.ndarray, size: int, rng) -> np.ndarray:
     return np.concatenate([one_each, rng.choice(rest, size - len(one_each), replace=False)])
 
 
+def compare_variants(store, selection: str, reference: str, variants: Sequence[str], debiased: bool = True,
+                     n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0) -> tuple[dict, list[dict]]:
+    """End-to-end change of attention and MLP outputs, each variant against `reference`: 1 - CKA of the two
+    models' stored outputs per layer. End to end, so a change upstream of a component counts as its change
+    (see `same_input` for the component's own change).
+
+    Returns ({variant: {"attn_change_end_to_end", "mlp_change_end_to_end": {value, ci}}} with the mean over
+    layers and its joint bootstrap interval, [per-layer cells]).
+    """
+    from .architecture import site_name
+    from .stats import interval
+
+    if not variants:
+        return {}, []
+    layers = _layers(store, [reference, *variants])
+    summary, cells = {}, []
+    for name in variants:
+        summary[name] = {}
+        for component, site in _VARIANT_SITES.items():
+            values, samples = [], []
+            for layer in layers:
+                X, rows = store.read(reference, site_name(layer, site), selection)
+                Y, rows_b = store.read(name, site_name(layer, site), selection)
+                if not np.array_equal(rows, rows_b):
+                    raise ValueError(f"{reference} and {name} stored different rows for {site} at {selection!r}")
+                X, Y = _matrix(X, f"{reference} {site}"), _matrix(Y, f"{name} {site}")
+                value, boot = linear_cka(X, Y, debiased), bootstrap_cka(X, Y, rows, n_bootstrap, debiased, seed)
+                values.append(value)
+                samples.append(boot)
+                cells.append({"variant": name, "component": component, "site": site, "layer": layer, "n": int(X.shape[0]),
+                              "cka": value, "ci": list(interval(boot, confidence)), "change": 1.0 - value,
+                              "change_ci": list(interval(1.0 - boot, confidence))})
+            summary[name][f"{component}_change_end_to_end"] = {
+                "value": float(1.0 - np.mean(values)), "ci": list(interval(1.0 - np.mean(samples, 0), confidence))}
+    return summary, cells
+
+
 def run_cka(cfg, store=None) -> dict:
     """runs/<name>/metrics/cka.json for a run: computed from runs/<name>/activations, skipped when the cka
-    params and the stored activations are unchanged."""
+    params and the stored activations are unchanged. The context pairs (`PAIRS`) are those whose activations
+    exist; `variants` holds the end-to-end change of every treatment (variants.treatments) extracted."""
     import time
     from . import artifacts
     from .activations import ActivationStore
+    from .variants import treatments
 
     store = store or ActivationStore(cfg.path("activations"))
     path = cfg.path("metrics", "cka.json")
-    stamps = [artifacts.read_json(cfg.path("activations", s, artifacts.STAMP))["fingerprint"]
-              if cfg.path("activations", s, artifacts.STAMP).exists() else None for s in ("base", "sft", "rlvr")]
-    fingerprint = cfg.fingerprint("cka", "seed") + "-" + "-".join(map(str, stamps))
-    if artifacts.is_current(path, fingerprint):
+    have = set(store.models())
+    pairs = [p for p in PAIRS if set(p) <= have]
+    if not pairs:
+        raise FileNotFoundError(f"no pair of {sorted({s for p in PAIRS for s in p})} has activations in {store.folder} "
+                                f"(found {sorted(have)}): run 04_extract first")
+    names = [t for t in treatments(cfg) if t in have] if REFERENCE in have else []
+    used = sorted({s for p in pairs for s in p} | set(names) | ({REFERENCE} if names else set()))
+    stamps = {s: artifacts.read_json(cfg.path("activations", s, artifacts.STAMP))["fingerprint"]
+              if cfg.path("activations", s, artifacts.STAMP).exists() else None for s in used}
+    fingerprint = cfg.fingerprint("cka", "seed") + "-" + hashlib.sha256(
+        json.dumps(stamps, sort_keys=True).encode()).hexdigest()[:16]
+    inputs = [cfg.path("activations", s) for s in used]  # content-checked by the stamp
+    if artifacts.is_current(path, fingerprint, inputs):
         return artifacts.read_json(path)
     c = cfg.cka
     started = time.perf_counter()
-    result = compare_stages(store, c.position, c.sites, PAIRS, c.debiased, c.n_bootstrap, c.n_permutations,
+    result = compare_stages(store, c.position, c.sites, pairs, c.debiased, c.n_bootstrap, c.n_permutations,
                             c.confidence, cfg.seed)
+    result["variants"], result["variant_cells"] = compare_variants(
+        store, c.position, REFERENCE, names, c.debiased, c.n_bootstrap, c.confidence, cfg.seed)
+    result["variants_reference"], result["variants_label"] = REFERENCE, END_TO_END
     result["seconds"] = time.perf_counter() - started
+    result = _finite(result)
     artifacts.write_json(path, result)
-    artifacts.stamp(path, fingerprint)
+    artifacts.stamp(path, fingerprint, inputs)
     return result
+
+
+def _finite(value):
+    """NaN and infinities as null: the metrics files are strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 # --- figures -----------------------------------------------------------------------------------------------
@@ -661,7 +731,7 @@ def summary_markdown(result: dict) -> str:
                      + " | ".join(fmt(f"cka_{pair}_{_short(x)}") for x in result["sites"]) + " |")
     lines.append("")
     lines.append(f"Chance level (rows shuffled): {fmt('cka_permutation_baseline')}.")
-    for pair in ("sft_rlvr", "base_rlvr"):
+    for pair in (f"{REFERENCE}_{STUDY}", f"base_{STUDY}"):
         key = f"cka_{pair}_mlp_minus_attn"
         if key in s:
             lo, hi = s[key]["ci"]
@@ -709,7 +779,7 @@ def run_dynamics(cfg, cache) -> list[dict]:
         model, _ = load(str(folder), cfg)
         extract(model, cache, out_dir, folder.name, sites=c.sites, layers=e.layers, positions=[c.position],
                 batch_size=e.batch_size, shard_size=e.shard_size, fingerprint=checkpoint_fingerprint(folder),
-                dtype=e.dtype)
+                dtype=e.dtype, inputs=[folder])
         store = ActivationStore(out_dir)
         for site_name in store.meta(folder.name)["site_names"]:
             X, _ = main.read("sft", site_name, c.position)

@@ -351,3 +351,70 @@ def test_run_cka_writes_metrics_and_skips_when_current(store, tmp_path, monkeypa
     cfg.cka.n_bootstrap = 6
     with pytest.raises(pytest.fail.Exception):
         cka.run_cka(cfg, store)
+
+
+# --- every treatment against the reference, end to end -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def variant_store(tmp_path_factory):
+    """SFT, a different RLVR, an identical copy and an attention-only planted update; no base model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlvr_utils import activations as act
+
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, 64, size=int(rng.integers(8, 14))).tolist() for _ in range(24)]
+    cache = act.TokenCache(seqs, [4] * 24, list(range(24)), "gold", 0)
+    folder = tmp_path_factory.mktemp("variant_activations")
+    config = AutoConfig.for_model("qwen2", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1)
+    torch.manual_seed(0)
+    sft = AutoModelForCausalLM.from_config(config).eval()
+    torch.manual_seed(1)
+    rlvr = AutoModelForCausalLM.from_config(config).eval()
+    attn_only = AutoModelForCausalLM.from_config(config).eval()
+    attn_only.load_state_dict(sft.state_dict())
+    with torch.no_grad():  # rank-2 update of every attention projection; MLP weights untouched
+        for name, p in attn_only.named_parameters():
+            if "self_attn" in name and p.ndim == 2:
+                p += 0.5 * p.norm() * torch.nn.functional.normalize(torch.randn(p.shape[0], 2) @ torch.randn(2, p.shape[1]),
+                                                                    dim=(0, 1))
+    for name, model in (("sft", sft), ("rlvr", rlvr), ("identical", sft), ("attn_only", attn_only)):
+        act.extract(model, cache, folder, name, positions=["completion"], shard_size=10)
+    return act.ActivationStore(folder)
+
+
+def test_compare_variants_end_to_end(variant_store):
+    summary, cells = cka.compare_variants(variant_store, "completion", "sft", ["identical", "attn_only", "rlvr"],
+                                          n_bootstrap=20)
+    assert list(summary) == ["identical", "attn_only", "rlvr"]
+    for name in summary:
+        assert set(summary[name]) == {"attn_change_end_to_end", "mlp_change_end_to_end"}
+    for key in ("attn_change_end_to_end", "mlp_change_end_to_end"):
+        assert summary["identical"][key]["value"] == pytest.approx(0.0, abs=1e-12)
+        assert summary["identical"][key]["ci"] == pytest.approx([0.0, 0.0], abs=1e-12)
+        lo, hi = summary["rlvr"][key]["ci"]
+        assert 0.01 < lo <= summary["rlvr"][key]["value"] <= hi
+    # end to end, an attention-only update moves the untouched MLPs' outputs (their inputs moved): the reason the
+    # same-input comparison (same_input.py) exists
+    assert summary["attn_only"]["mlp_change_end_to_end"]["ci"][0] > 0.001
+    cell = next(c for c in cells if c["variant"] == "rlvr" and c["component"] == "mlp" and c["layer"] == 1)
+    X, _ = variant_store.read("sft", "blocks.1.hook_mlp_out", "completion")
+    Y, _ = variant_store.read("rlvr", "blocks.1.hook_mlp_out", "completion")
+    assert cell["change"] == pytest.approx(1 - cka.linear_cka(X, Y, debiased=True), abs=1e-12)
+    assert len(cells) == 3 * 2 * 2
+    assert cka.compare_variants(variant_store, "completion", "sft", []) == ({}, [])
+
+
+def test_run_cka_takes_the_pairs_and_treatments_that_exist(variant_store, tmp_path):
+    from rlvr_utils import config
+
+    cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path), "cka": {"n_bootstrap": 5, "n_permutations": 2}})
+    result = cka.run_cka(cfg, variant_store)
+    assert result["pairs"] == ["sft_rlvr"]  # no base model: only the pair that exists
+    assert "cka_sft_rlvr_mlp_minus_attn" in result["summary"]
+    assert list(result["variants"]) == ["rlvr", "attn_only", "identical"]  # variants.treatments order
+    assert result["variants_reference"] == "sft" and "end-to-end" in result["variants_label"]
+    text = cfg.path("metrics", "cka.json").read_text()
+    assert "NaN" not in text and json.loads(text)["variants"] == result["variants"]
+    with pytest.raises(FileNotFoundError, match="04_extract"):
+        cka.run_cka(cfg, type(variant_store)(tmp_path / "empty"))
