@@ -26,22 +26,29 @@ def planted(n_problems=150, per_problem=2, d=16, k=3, strength=3.0, seed=0):
 
 def score(X, y, groups, types, seed=0):
     target = probes.ProbeTarget("t", np.arange(len(y)), np.zeros(len(y)), y, groups, types)
-    split = probes.problem_split(groups, 0.3, seed)
-    outcome = probes.probe(X, target, split, probes.control_labels(types, y, seed), cv_folds=3, Cs=(0.1, 1.0))
-    weights = probes.resample_weights(groups[split[1]], 200, seed)
-    return outcome.point(), outcome.samples(weights)
+    prep = probes.prepare(target, 0.3, 0.2, 200, seed)
+    outcome = probes.probe(X, target, prep.split, probes.control_labels(types, y, seed), Cs=(0.1, 1.0))
+    return outcome.point(), outcome.samples(prep.validation_weights, prep.test_weights)
 
 
 # --- the properties the issue asks for ---------------------------------------------------------
 def test_probe_recovers_planted_feature_and_is_selective():
     X, y, groups = planted()
-    unique_types = [(i,) for i in range(len(y))]  # the label is a function of no surface token
-    point, samples = score(X, y, groups, unique_types)
+    types = [(i % 40,) for i in range(len(y))]  # 40 surface forms the label does not depend on
+    point, samples = score(X, y, groups, types)
     assert point["accuracy"] > 0.9
     assert point["majority_accuracy"] < 0.5
     assert point["selectivity"] > 0.4
     assert np.quantile(samples["selectivity"], 0.025) > 0.3
     assert point["macro_f1"] > 0.9
+
+
+def test_unique_types_have_no_selectivity_but_keep_their_accuracy():
+    # every example its own type: no test type was seen in training, so the control task cannot be scored
+    X, y, groups = planted()
+    point, _ = score(X, y, groups, [(i,) for i in range(len(y))])
+    assert point["accuracy"] > 0.9
+    assert np.isnan(point["selectivity"]) and np.isnan(point["control_accuracy"])
 
 
 def test_shuffled_labels_score_at_chance():
@@ -70,17 +77,34 @@ def test_token_identity_probe_has_selectivity_near_zero():
     assert np.quantile(samples["selectivity"], 0.975) < 0.1
 
 
-def test_no_problem_in_both_train_and_test():
+def test_no_problem_on_two_sides_of_the_split():
     groups = np.repeat(np.arange(40), np.random.default_rng(0).integers(1, 4, 40))
     for seed in range(5):
-        train, test = probes.problem_split(groups, 0.3, seed)
-        assert set(groups[train]).isdisjoint(groups[test])
-        assert len(train) + len(test) == len(groups)
-        assert 0.15 < len(set(groups[test])) / 40 < 0.45
+        split = probes.problem_split(groups, 0.3, 0.2, seed)
+        parts = [set(groups[p]) for p in (split.train, split.validation, split.test)]
+        assert parts[0].isdisjoint(parts[1]) and parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2])
+        assert len(split.train) + len(split.validation) + len(split.test) == len(groups)
+        assert 0.15 < len(parts[2]) / 40 < 0.45 and 0.1 < len(parts[1]) / 40 < 0.35
     with pytest.raises(ValueError, match="test_fraction"):
         probes.problem_split(groups, 1.5)
-    with pytest.raises(ValueError, match="at least 2 problems"):
+    with pytest.raises(ValueError, match="leaves no problem"):
+        probes.problem_split(groups, 0.6, 0.4)
+    with pytest.raises(ValueError, match="at least 3 problems"):
         probes.problem_split(np.zeros(5), 0.3)
+
+
+def test_selectivity_counts_only_test_types_seen_in_training():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(120), 2)
+    types = [f"t{rng.integers(0, 150)}" for _ in groups]  # many types occur once: unseen in training
+    split = probes.problem_split(groups, 0.3, 0.2, 0, types)
+    trained = {types[i] for i in split.train}
+    assert split.seen.tolist() == [t in trained for t in types]
+    assert 0 < (~split.seen[split.test]).sum() < len(split.test)  # some unseen, some seen
+    target = probes.ProbeTarget("t", np.arange(len(groups)), np.zeros(len(groups)), rng.integers(0, 3, len(groups)),
+                                groups, types)
+    table = probes.describe({"m": [target]}, 0.3, 0.2, 0)
+    assert table["test examples of unseen types"].item() == (~split.seen[split.test]).sum()
 
 
 # --- pieces --------------------------------------------------------------------------------------
@@ -95,8 +119,25 @@ def test_control_labels_are_a_fixed_random_function_of_type():
     # many types: labels follow the task's label distribution
     many = [(i,) for i in range(3000)]
     drawn = probes.control_labels(many, np.array([0] * 2250 + [1] * 750), seed=0)
-    assert abs(drawn.mean() - 0.25) < 0.03
+    assert abs(drawn.mean() - 0.25) < 0.01
     assert not np.array_equal(drawn, probes.control_labels(many, np.array([0] * 2250 + [1] * 750), seed=1))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_control_task_has_the_tasks_majority_share(seed):
+    # the answer digit's shape: ~40 types of unequal frequency, 10 classes, a skewed label distribution
+    rng = np.random.default_rng(seed)
+    type_of = rng.choice(40, size=500, p=rng.dirichlet(np.full(40, 3.0)))
+    labels = np.where(type_of < 8, "0", (type_of % 10).astype(str))  # majority share ~0.25
+    control = probes.control_labels([(int(t),) for t in type_of], labels, seed)
+    for t in np.unique(type_of):  # a function of the type
+        assert len(set(control[type_of == t])) == 1
+    share = lambda y: np.unique(y, return_counts=True)[1].max() / len(y)  # noqa: E731
+    largest_type = np.bincount(type_of).max() / len(type_of)
+    assert abs(share(control) - share(labels)) <= largest_type
+    assert share(control) == pytest.approx(share(labels), abs=0.05)
+    classes = np.unique(labels)  # every class's count within one type's count of the task's
+    assert all(abs((control == c).sum() - (labels == c).sum()) <= np.bincount(type_of).max() for c in classes)
 
 
 def test_weighted_scores_match_resampled_rows_and_sklearn():
@@ -116,17 +157,17 @@ def test_weighted_scores_match_resampled_rows_and_sklearn():
 
 def test_one_class_training_set_predicts_it():
     X = np.random.default_rng(0).normal(size=(10, 3))
-    pred, C = probes.fit_predict(X, np.array([1] * 10), np.arange(10), np.arange(7), np.arange(7, 10))
-    assert pred.tolist() == [1, 1, 1] and C is None
+    val, test, C = probes.fit_predict(X, np.array([1] * 10), np.arange(6), np.arange(6, 8), np.arange(8, 10))
+    assert val.tolist() == [1, 1] and test.tolist() == [1, 1] and C is None
 
 
-def test_cross_validation_picks_weaker_regularisation_for_a_strong_signal():
+def test_validation_picks_weaker_regularisation_for_a_strong_signal():
     X, y, groups = planted(n_problems=100, k=4, strength=1.0)
-    train, test = probes.problem_split(groups, 0.3)
-    _, C = probes.fit_predict(X, y, groups, train, test, Cs=(1e-4, 1.0))
-    assert C == 1.0  # C=1e-4 shrinks every weight to ~0: chance accuracy in every fold
-    pred, given = probes.fit_predict(X, y, groups, train, test, C=1e-4)
-    assert given == 1e-4 and np.mean(pred == y[test]) < 0.6
+    split = probes.problem_split(groups, 0.3, 0.2)
+    _, _, C = probes.fit_predict(X, y, split.train, split.validation, split.test, Cs=(1e-4, 1.0))
+    assert C == 1.0  # C=1e-4 shrinks every weight to ~0: chance accuracy on validation
+    _, pred, given = probes.fit_predict(X, y, split.train, split.validation, split.test, C=1e-4)
+    assert given == 1e-4 and np.mean(pred == y[split.test]) < 0.6
 
 
 # --- targets in token sequences ----------------------------------------------------------------
@@ -231,21 +272,21 @@ def test_store_reader_reads_the_stored_activation_at_each_position(tokenizer, tm
 
 # --- a whole run and its summary ------------------------------------------------------------
 def test_run_and_summary_pair_models_on_one_split():
-    X, y, groups = planted(n_problems=60, d=8, k=2)
+    X, y, groups = planted(n_problems=150, d=8, k=2)
     rng = np.random.default_rng(5)
     noise = rng.normal(size=X.shape)
     # layer 1 of 'rlvr' carries the feature; everything else is noise
     acts = {("sft", 0): noise, ("sft", 1): noise, ("rlvr", 0): noise, ("rlvr", 1): X}
     target = probes.ProbeTarget("intermediate", np.arange(len(y)), np.zeros(len(y)), y, groups,
-                                [(i,) for i in range(len(y))])
+                                [(i % 20,) for i in range(len(y))])
 
     def read(model, site, rows, positions):
         return acts[(model, int(site.split(".")[1]))][rows]
 
     table, samples = probes.run(read, {"sft": [target], "rlvr": [target]}, layers=[0, 1], sites=["hook_resid_post"],
                                 Cs=(1.0,), n_bootstrap=100)
-    assert set(table.metric) == {"accuracy", "control_accuracy", "selectivity", "majority_accuracy", "over_majority",
-                                 "macro_f1"}
+    assert set(table.metric) == {"accuracy", "seen_accuracy", "control_accuracy", "selectivity", "majority_accuracy",
+                                 "over_majority", "macro_f1", "validation_accuracy", "validation_selectivity"}
     assert table.n_test.nunique() == 1  # one split for every model and layer
     assert probes.best_layer(table, "rlvr", "intermediate") == 1
     s = probes.summary(table, samples, ["sft", "rlvr"], n_layers=2, decodable_margin=0.2)
@@ -262,7 +303,7 @@ def test_decodable_layer_is_the_first_above_threshold():
                           "value": [0.1, 0.4, 0.6, 0.7, 0.3, 0.1, 0.2, 0.0], "ci_low": [0.0, 0.15, 0.3, 0.5] * 2})
     assert probes.decodable_layer(table, "m", "a", 0.2) == 2
     assert probes.decodable_layer(table, "m", "a", 0.6) is None
-    assert probes.best_layer(table, "m", "a") == 0
+    assert probes.best_layer(table, "m", "a", metric="selectivity") == 0
     assert probes.best_layer(table, "m", "a", metric="over_majority") == 3
 
 
@@ -287,3 +328,71 @@ def test_reading_names_each_measured_number():
     assert "decodable from layer 2 (selectivity 0.31 [0.20, 0.40])" in text
     assert "decodable at no layer" in text
     assert "Representation learning" in text and "not measured" in text
+
+
+# --- choices on validation, the noise floor, the variants ----------------------------------------
+def test_the_place_is_chosen_on_validation_and_again_in_every_resample():
+    # layer 0 is best on validation, layer 1 on test: the score is layer 0's test value, never layer 1's
+    points = {(0, "s"): {"validation_selectivity": 0.5, "selectivity": 0.1},
+              (1, "s"): {"validation_selectivity": 0.2, "selectivity": 0.9}}
+    per_place = {(0, "s"): {"validation_selectivity": np.array([0.5, 0.1, np.nan]), "selectivity": np.array([0.1, 0.2, 0.3])},
+                 (1, "s"): {"validation_selectivity": np.array([0.2, 0.3, np.nan]), "selectivity": np.array([0.9, 0.8, 0.7])}}
+    value, resampled, place = probes._choose(points, per_place, "validation_selectivity", "selectivity")
+    assert value == 0.1 and place == (0, "s")
+    assert resampled[:2].tolist() == [0.1, 0.8]  # resample 1 prefers layer 1 on its own validation draw
+    assert np.isnan(resampled[2])  # no validation example in that resample: no choice
+
+
+def _layers(n_layers=2, n_problems=80, strength=3.0, seed=0):
+    X, y, groups = planted(n_problems=n_problems, d=8, k=3, strength=strength, seed=seed)
+    noise = [np.random.default_rng(seed + 10 + l).normal(size=X.shape) for l in range(n_layers)]
+    types = [(int(v), i % 15) for i, v in enumerate(y)]  # the label is a function of the type (like an expression)
+    target = probes.ProbeTarget("intermediate", np.arange(len(y)), np.zeros(len(y)), y, groups, types)
+    return X, noise, target
+
+
+def test_selectivity_on_pure_noise_lies_within_the_stated_noise_floor():
+    X, _, target = _layers()
+    layers, sites = [0, 1], ["hook_resid_post"]
+    real = lambda model, site, rows, positions: X[rows]  # noqa: E731
+    floor = probes.noise_floor(real, "sft", target, layers, sites, Cs=(0.1, 1.0), n_bootstrap=200)
+    lo, hi = floor["ci"]
+    assert lo < 0 < hi and hi - lo < 0.5
+    values = []
+    for seed in range(10):  # fresh pure-noise activations through the same pipeline
+        rng = np.random.default_rng(100 + seed)
+        noise = {l: rng.normal(size=X.shape) for l in layers}
+        table, samples = probes.run(lambda m, site, rows, p: noise[int(site.split(".")[1])][rows], {"noise": [target]},
+                                    layers, sites, Cs=(0.1, 1.0), n_bootstrap=50)
+        values.append(probes.select_then_score(table, samples, "noise", "intermediate")[0])
+    values = np.array(values)
+    # a 95% floor: about 1 draw in 20 falls outside it; 3 of 10 outside would say the floor is too narrow
+    assert ((values >= lo) & (values <= hi)).sum() >= 8, (values, floor["ci"])
+    assert abs(values.mean() - floor["value"]) < 0.06 and abs(values.mean()) < 0.06
+    # the real feature is far above the floor
+    table, samples = probes.run(real, {"sft": [target]}, layers, sites, Cs=(0.1, 1.0), n_bootstrap=200)
+    assert probes.select_then_score(table, samples, "sft", "intermediate")[0] > hi + 0.2
+
+
+def test_variant_gains_pair_every_treatment_with_the_reference():
+    X, noise, target = _layers()
+    weak = 0.1 * X + noise[0]  # the reference decodes the feature less well
+    acts = {"sft": [noise[1], weak], "rlvr": [noise[1], X], "null_0": [noise[0], weak + 0.05 * noise[1]],
+            "identical": [noise[1], weak]}
+
+    def read(model, site, rows, positions):
+        return acts[model][int(site.split(".")[1])][rows]
+
+    targets = probes.with_treatments({"sft": [target]}, ["rlvr", "null_0", "identical", "mlp_only"],
+                                     ["sft", "rlvr", "null_0", "identical"])
+    assert set(targets) == {"sft", "rlvr", "null_0", "identical"}  # mlp_only has no activations
+    table, samples = probes.run(read, targets, [0, 1], ["hook_resid_post"], Cs=(1.0,), n_bootstrap=200)
+    gains = probes.variant_gains(table, samples, ["rlvr", "null_0", "identical", "mlp_only"])
+    assert set(gains) == {"rlvr", "null_0", "identical"}
+    assert all(set(g["selectivity_gain"]) == {"value", "ci"} for g in gains.values())
+    assert gains["rlvr"]["selectivity_gain"]["ci"][0] > 0.1
+    lo, hi = gains["null_0"]["selectivity_gain"]["ci"]
+    assert lo < 0 < hi or abs(gains["null_0"]["selectivity_gain"]["value"]) < 0.05
+    assert gains["identical"]["selectivity_gain"] == {"value": 0.0, "ci": [0.0, 0.0]}
+    s = probes.summary(table, samples, ["sft", "rlvr"], n_layers=2, decodable_margin=0.2)
+    assert s["probe_selectivity_gain_rlvr_vs_sft"]["value"] == gains["rlvr"]["selectivity_gain"]["value"]

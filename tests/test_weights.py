@@ -3,6 +3,7 @@ memory that stays near one tensor per checkpoint."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlvr_utils import artifacts, config, weights
@@ -208,15 +209,32 @@ def test_analyze_writes_a_json_summary_and_training_dynamics(tmp_path):
     _perturb(model, models / "sft", {"attention", "mlp", "other"}, seed=1)
     _perturb(model, models / "rlvr_checkpoints" / "step-5", {"attention"}, scale=1e-3, seed=2)
     _perturb(model, models / "rlvr", {"attention"}, scale=1e-3, seed=3)
+    shutil.copytree(models / "sft", models / "identical")  # treatments: a copy of SFT ...
+    shutil.copytree(models / "sft", models / "null_0")  # ... and SFT plus noise in every block matrix
+    sft = load_file(models / "sft" / "model.safetensors")
+    gen = torch.Generator().manual_seed(4)
+    save_file({k: v + 1e-3 * torch.randn(v.shape, generator=gen) if weights.classify(k)[2] in weights.GROUPS else v
+               for k, v in sft.items()}, models / "null_0" / "model.safetensors", metadata={"format": "pt"})
     result = weights.analyze(cfg)
     path = artifacts.write_json(cfg.path("metrics", "weights.json"), result)
-    loaded = json.loads(path.read_text())  # strict JSON: no NaN sneaks through
+    loaded = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in weights.json"))
     assert set(loaded["summary"]) == {
         "rlvr_update_mlp_share", "sft_update_mlp_share", "rlvr_update_effective_rank_ratio",
         "sft_update_effective_rank_ratio", "rlvr_update_sparsity",
         "rlvr_relative_update_norm", "sft_relative_update_norm", "rlvr_top_subspace_angle", "sft_top_subspace_angle"}
-    assert all(v["ci"] is None and v["description"] for v in loaded["summary"].values())
+    assert all(v["description"] for v in loaded["summary"].values())
+    assert loaded["summary"]["sft_update_effective_rank_ratio"]["ci"] is not None
     assert loaded["summary"]["rlvr_update_mlp_share"]["value"] == 0.0  # RLVR moved only attention
+    variants = loaded["variants"]
+    assert set(variants) == {"rlvr", "identical", "null_0"}  # the other treatments have no checkpoint
+    keys = {"attn_structured_update", "mlp_structured_update", "attn_rotation", "mlp_rotation", "mlp_share",
+            "effective_rank_ratio", "attn_relative_norm", "mlp_relative_norm"}
+    assert all(set(v) == keys for v in variants.values())
+    assert variants["identical"]["attn_structured_update"] == {"value": 0.0, "ci": [0.0, 0.0]}
+    assert variants["identical"]["attn_rotation"]["value"] == 0.0
+    assert variants["identical"]["effective_rank_ratio"]["value"] is None  # nothing changed
+    assert variants["rlvr"]["mlp_structured_update"]["value"] == 0.0 and variants["rlvr"]["mlp_share"]["value"] == 0.0
+    assert variants["null_0"]["mlp_share"]["ci"][0] < 0.5 < variants["null_0"]["mlp_share"]["ci"][1]
     assert 0 < loaded["summary"]["sft_update_mlp_share"]["value"] < 1
     assert loaded["parameters"] == sum(p.numel() for p in model.parameters())
     assert {d["step"] for d in loaded["dynamics"]} == {0, 5, 10}
@@ -281,3 +299,148 @@ def test_fingerprint_changes_when_a_checkpoint_is_rewritten(tmp_path):
     assert weights.fingerprint(cfg) == before
     _perturb(model, models / "rlvr", {"mlp"})
     assert weights.fingerprint(cfg) != before
+
+
+# --- storage precision, spectral gap, per-variant measures -------------------------------------------
+def _bf16(t):
+    return t.to(torch.bfloat16).to(torch.float32)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_bf16_stored_rank_4_update_reads_as_rank_4(seed):
+    gen = torch.Generator().manual_seed(seed)
+    before = 0.02 * torch.randn(128, 512, generator=gen)  # an initialised weight's scale
+    update = _planted([0.05, 0.04, 0.03, 0.02], shape=(128, 512), seed=seed)  # relative size ~1.5%
+    stored_before, stored_after = _bf16(before), _bf16(before + update)  # both rounded, as bf16 checkpoints are
+    stats = weights.update_stats(stored_before, stored_after, tolerance=1e-5, top_k=8, dtype="BF16")
+    assert 3.5 < stats["effective_rank"] < 4.6
+    assert stats["effective_rank_ratio"] < 0.04  # truth 4 / 128 = 0.031
+    # the round-off floor set from the update itself (float32 arithmetic) counts the bf16 noise as rank
+    naive = weights.effective_rank(torch.linalg.svdvals(stored_after - stored_before), (128, 512))
+    assert naive > 20
+    # an update below storage precision is round-off, not rank
+    tiny = weights.update_stats(stored_before, _bf16(before + 1e-3 * update), tolerance=0, top_k=8, dtype="BF16")
+    assert tiny["effective_rank"] <= 4.6
+
+
+def test_unknown_dtype_is_a_clear_error():
+    with pytest.raises(ValueError, match="dtype"):
+        weights.unit_roundoff("F8_E4M3X")
+    assert weights.unit_roundoff("BF16") == 2**-8 and weights.unit_roundoff("F16") == 2**-11
+
+
+def _gapped_weight(seed=0, shape=(128, 128)):
+    """A weight with an outlier direction (a clear gap after sigma_1) and sigma_8 / sigma_9 ~ 1.0003 (1.004 to 1.17
+    on the organism's matrices)."""
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.cat([torch.tensor([20.0, 12.0, 8.0, 7.5, 7.0, 6.5, 6.2, 6.0, 5.998]), torch.linspace(5.5, 1.0, shape[1] - 9)])
+    u, v = _orthonormal(shape[0], shape[1], gen), _orthonormal(shape[1], shape[1], gen)
+    return u @ torch.diag(s) @ v.T
+
+
+def test_rotation_at_the_spectral_gap_orders_a_rank_1_and_a_same_norm_gaussian_update():
+    before = _gapped_weight()
+    u, s, vh = torch.linalg.svd(before)
+    norm = 2.5e-3 * float(torch.linalg.vector_norm(before))
+    gen = torch.Generator().manual_seed(1)
+    aimed = norm * torch.outer(u[:, 5], vh[0])  # rank 1, turning the top direction towards the 6th
+    scattered = torch.outer(torch.randn(128, generator=gen), torch.randn(128, generator=gen))  # rank 1, random
+    gauss = torch.randn(128, 128, generator=gen)
+    scattered, gauss = scattered * norm / scattered.norm(), gauss * norm / gauss.norm()
+    angle = lambda st: (st["subspace_angle_left"] + st["subspace_angle_right"]) / 2  # noqa: E731
+    a, r, g = (weights.update_stats(before, before + d, tolerance=0, top_k=8) for d in (aimed, scattered, gauss))
+    assert a["gap_k"] == r["gap_k"] == g["gap_k"] == 1 and a["top_k_gap"] == pytest.approx(20 / 12, rel=1e-3)
+    wedin = math.degrees(math.asin(norm / (20 - 12)))  # sin(angle) <= ||E||_2 / (sigma_1 - sigma_2)
+    assert angle(g) < angle(a) <= wedin + 0.01  # the update that turns the top direction turns it most
+    assert max(angle(r), angle(g)) < 0.3 * angle(a)  # same-norm updates in random directions barely do
+    # the fixed top-8 subspace, whose edge sits between sigma_8 and sigma_9 ~ sigma_8, is turned by degrees by
+    # the Gaussian update: more than the aimed update turns the top direction
+    assert weights.largest_principal_angle(u[:, :8], torch.linalg.svd(before + gauss)[0][:, :8]) > 5 > 10 * angle(a)
+    # a planted rotation of the top direction is measured as such
+    u, s, vh = torch.linalg.svd(before)
+    theta = math.radians(30)
+    u_rot = u.clone()
+    u_rot[:, 0], u_rot[:, 5] = math.cos(theta) * u[:, 0] + math.sin(theta) * u[:, 5], \
+        -math.sin(theta) * u[:, 0] + math.cos(theta) * u[:, 5]
+    turned = weights.update_stats(before, u_rot @ torch.diag(s) @ vh, tolerance=0, top_k=8)
+    assert turned["subspace_angle_left"] == pytest.approx(30, abs=0.1)
+
+
+def test_sparsity_does_not_count_storage_round_off_as_change():
+    gen = torch.Generator().manual_seed(0)
+    before = 0.05 * torch.randn(64, 64, generator=gen)
+    after = before.clone()
+    after.view(-1)[:1000] += 0.01  # 1000 of 4096 entries really moved
+    stats = weights.update_stats(before, _bf16(after), tolerance=1e-5, top_k=2, spectra=False, dtype="BF16")
+    assert stats["n_unchanged"] == 4096 - 1000  # every other entry differs only by bf16 rounding
+    absolute = weights.update_stats(before, _bf16(after), tolerance=1e-5, top_k=2, spectra=False, dtype="F32")
+    assert absolute["n_unchanged"] < 1000  # read as float32, rounding counts as a change
+
+
+SHAPES = {"q": (64, 64), "k": (64, 64), "v": (64, 64), "o": (64, 64), "gate": (128, 64), "up": (128, 64),
+          "down": (64, 128)}
+PREFIX = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+          "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def _checkpoints(tmp_path, changes: dict, layers=3):
+    """SFT (random weights) and treatments {name: (groups changed, 'low_rank' | 'gaussian', seed)}, each update of
+    Frobenius norm 2% of the weight's; written as safetensors."""
+    gen = torch.Generator().manual_seed(0)
+    sft = {f"model.layers.{l}.{PREFIX[m]}.weight": 0.05 * torch.randn(*shape, generator=gen)
+           for l in range(layers) for m, shape in SHAPES.items()}
+    sft["model.embed_tokens.weight"] = torch.randn(50, 64, generator=gen)
+    folders = {"sft": tmp_path / "sft"}
+    for name, (groups, kind, seed) in {"sft": (set(), None, 0), **changes}.items():
+        g = torch.Generator().manual_seed(seed)
+        out = {}
+        for key, w in sft.items():
+            if weights.classify(key)[2] not in groups:
+                out[key] = w
+                continue
+            if kind == "low_rank":
+                d = torch.outer(torch.randn(w.shape[0], generator=g), torch.randn(w.shape[1], generator=g))
+            else:
+                d = torch.randn(*w.shape, generator=g)
+            out[key] = w + d * (0.02 * w.norm() / d.norm())
+        (tmp_path / name).mkdir()
+        save_file(out, tmp_path / name / "model.safetensors")
+        folders[name] = tmp_path / name
+    return folders
+
+
+def test_variant_measures_credit_a_planted_low_rank_update_to_its_component(tmp_path):
+    folders = _checkpoints(tmp_path, {"attn_only": ({"attention"}, "low_rank", 1), "mlp_only": ({"mlp"}, "low_rank", 2),
+                                      "null_0": ({"attention", "mlp"}, "gaussian", 3),
+                                      "null_1": ({"attention", "mlp"}, "gaussian", 4)})
+    rows = weights.compare(folders, [(t, "sft") for t in folders if t != "sft"], tolerance=0, top_k=4, progress=False)
+    v = weights.variant_measures(rows, ["attn_only", "mlp_only", "null_0", "null_1", "absent"], n_bootstrap=300)
+    assert set(v) == {"attn_only", "mlp_only", "null_0", "null_1"}
+    null = v["null_0"]
+    for planted, other in (("attn", "mlp"), ("mlp", "attn")):
+        got = v[f"{planted}_only"]
+        assert got[f"{planted}_structured_update"]["value"] > 3 * null[f"{planted}_structured_update"]["value"]
+        assert got[f"{planted}_structured_update"]["ci"][0] > null[f"{planted}_structured_update"]["ci"][1]
+        assert got[f"{other}_structured_update"]["value"] == 0 and got[f"{other}_rotation"]["value"] == 0
+        assert got[f"{other}_relative_norm"]["value"] == 0
+        assert got[f"{planted}_relative_norm"]["value"] == pytest.approx(0.02, rel=1e-3)
+        assert got["effective_rank_ratio"]["value"] == pytest.approx(1 / 64, rel=0.05)  # rank 1 of 64
+    assert v["attn_only"]["mlp_share"]["value"] == 0 and v["mlp_only"]["mlp_share"]["value"] == 1
+    # two draws of the same-norm Gaussian update read the same, within their intervals
+    for key in ("attn_structured_update", "mlp_structured_update", "attn_rotation", "mlp_rotation",
+                "effective_rank_ratio", "attn_relative_norm"):
+        a, b = v["null_0"][key], v["null_1"][key]
+        assert abs(a["value"] - b["value"]) <= 0.1 * abs(a["value"]), key
+    assert v["null_0"]["effective_rank_ratio"]["value"] > 0.7  # a Gaussian update is high rank
+
+
+def test_an_update_with_equal_energy_per_parameter_has_mlp_share_one_half(tmp_path):
+    folders = _checkpoints(tmp_path, {"null_0": ({"attention", "mlp"}, "gaussian", 5)})
+    # rescale every matrix's update to the same energy per parameter
+    sft, null = load_file(folders["sft"] / "model.safetensors"), load_file(folders["null_0"] / "model.safetensors")
+    save_file({k: sft[k] + (null[k] - sft[k]) / (null[k] - sft[k]).norm() * 1e-3 * math.sqrt(sft[k].numel())
+               if (null[k] - sft[k]).norm() > 0 else sft[k] for k in sft}, folders["null_0"] / "model.safetensors")
+    rows = weights.compare(folders, [("null_0", "sft")], tolerance=0, top_k=4, progress=False)
+    share = weights.variant_measures(rows, ["null_0"])["null_0"]["mlp_share"]
+    assert share["value"] == pytest.approx(0.5, abs=1e-3)
+    assert share["ci"][0] <= 0.5 <= share["ci"][1]
