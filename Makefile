@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 
-.PHONY: install book test check-params bench clean
+.PHONY: install book replicate test check-params bench clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 book: install
 	$(PY) -m rlvr_utils run --params $(PARAMS)
+
+# The study again under verdict.replicate_seeds (runs <name>-seed<k>), then the verdict chapter and the book.
+replicate: install
+	$(PY) -m rlvr_utils replicate --params $(PARAMS)
 
 test: install
 	$(PY) -m pytest -q

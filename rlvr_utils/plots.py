@@ -49,3 +49,23 @@ def pass_at_k(metrics: dict) -> plt.Figure:
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.legend(title="model")
     return fig
+
+
+def variant_gains(eval_metrics: dict) -> plt.Figure:
+    """Greedy accuracy gain over SFT of every treatment (paired 95% interval): RLVR, the two controls,
+    the identical model and the nulls, so a reader sees at once whether attention alone reaches RLVR's gain."""
+    rows = [(name, v["gain"]) for name, v in eval_metrics.get("variants", {}).items()]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(rows), 1) + 1.4))
+    for i, (name, gain) in enumerate(rows):
+        color = STAGE_COLORS["rlvr"] if name == "rlvr" else ("#555555" if name.startswith("null") or
+                                                             name == "identical" else "#2ca02c")
+        lo, hi = 100 * gain["ci"][0], 100 * gain["ci"][1]
+        ax.errorbar([100 * gain["value"]], [i], xerr=[[100 * gain["value"] - lo], [hi - 100 * gain["value"]]],
+                    fmt="o", color=color, capsize=4)
+    ax.axvline(0, color="0.3", lw=1, ls="--")
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows])
+    ax.invert_yaxis()
+    ax.set(xlabel="greedy accuracy minus SFT's (points, paired 95% CI)",
+           title="Accuracy gain over SFT: RLVR, its controls and its nulls")
+    fig.tight_layout()
+    return fig

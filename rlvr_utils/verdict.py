@@ -1,11 +1,24 @@
-"""The evidence table: every analysis's headline numbers put against what the two hypotheses predict.
+"""The evidence table: each measurement on RLVR read against the same measurement on random updates of the
+same size, and trusted only when it classifies known controls correctly.
 
-Each row reads one measurement from a metrics file's "summary" ({key: {"value", "ci", "description"}}),
-compares its interval with a threshold from `VerdictParams`, and says which hypothesis it supports:
-the side of the threshold the whole interval lies on, "inconclusive" when the interval contains the
-threshold, "not measured" when the file or key is missing. A row built from two measurements (a
-difference) uses the conservative interval [lo_a - hi_b, hi_a - lo_b]. The verdict tallies the rows;
-the rules are data (RULES), so the notebook can print them as a table.
+Every analysis writes, per treatment T compared with SFT, `metrics/<file>["variants"][T][key] = {value, ci}`
+(see `variants.py` for the treatments). A row is a list of *signals*: a key, the direction in which a value
+beyond the nulls counts (`high` or `low`), and the hypothesis it then supports. For one treatment:
+
+- the **null envelope** is the union of the nulls' intervals (a null itself is read against the other nulls);
+- a signal **fires** when T's whole interval lies beyond that envelope in its direction *and* T's distance
+  from the nulls' mean reaches the row's effect size: `relative` signals need a distance of at least
+  `verdict.min_relative_effect` times the nulls' own scale (mean |value| plus spread), `absolute` ones a
+  distance of at least the VerdictParams field they name;
+- the row reads **Representation learning** when a Representation signal fires (MLP change beyond random),
+  else **Routing** when a Routing signal fires, else **no evidence** ("indistinguishable from a random update
+  of the same size"); without a value and interval for T and at least two nulls it is **not measured**.
+
+A row **counts** toward the verdict only when it passes its calibration on this run: the attention-only
+control reads Routing and the MLP-only control Representation learning (a row that can only support one side
+must read "no evidence" on the other control), and the identical model and every null read no evidence.
+With replicate seeds, a row counts only when it counts on every seed and RLVR's reading agrees across them.
+The rules are data (RULES), so the notebook prints them.
 """
 from __future__ import annotations
 
@@ -15,178 +28,234 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
 
+import numpy as np
 import pandas as pd
+
+from . import variants
 
 log = logging.getLogger(__name__)
 
 ROUTING = "Routing"
 REPRESENTATION = "Representation learning"
-INCONCLUSIVE = "inconclusive"
+NO_EVIDENCE = "no evidence"
 NOT_MEASURED = "not measured"
-METRICS_FILES = ("eval.json", "cka.json", "probes.json", "patching.json", "weights.json")
+INCONCLUSIVE = "inconclusive"
+METRICS_FILES = ("eval.json", "same_input.json", "cka.json", "probes.json", "crosscoder.json", "patching.json",
+                 "weights.json")
+EXPECTED = {"attn_only": ROUTING, "mlp_only": REPRESENTATION}
+
+
+@dataclass(frozen=True)
+class Signal:
+    key: str
+    direction: Literal["high", "low"]
+    supports: str
+    effect: str = "relative"  # 'relative', or a VerdictParams field holding an absolute distance
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One row of the evidence table. value = summary[file][key] (minus summary[file][minus] if given);
-    Routing is supported when the interval lies on `routing_side` of params.verdict.<threshold>."""
-
     measurement: str
     file: str
-    key: str
-    threshold: str  # a VerdictParams field
-    routing_side: Literal["below", "above"]
+    signals: tuple[Signal, ...]
     routing_predicts: str
     representation_predicts: str
-    minus: str | None = None
+    counted: bool = True  # False: shown, but it re-reads a measurement that a counted row already uses
+    note: str = ""
+
+
+def _pair(attn: str, mlp: str) -> tuple[Signal, ...]:
+    return (Signal(attn, "high", ROUTING), Signal(mlp, "high", REPRESENTATION))
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("MLP share of the RLVR update (energy per parameter)", "weights.json", "rlvr_update_mlp_share",
-         "mlp_share_threshold", "below", "attention-heavy update", "update reaches the MLPs"),
-    Rule("Effective rank of the RLVR update / full rank", "weights.json", "rlvr_update_effective_rank_ratio",
-         "effective_rank_ratio_threshold", "below", "low-rank update", "high-rank update"),
-    Rule("Rotation of the weights' top-k singular subspaces, SFT to RLVR (degrees)", "weights.json",
-         "rlvr_top_subspace_angle", "subspace_angle_threshold", "below", "principal directions kept",
-         "principal directions rotated"),
-    Rule("CKA of MLP outputs, SFT vs RLVR", "cka.json", "cka_sft_rlvr_mlp_out", "cka_mlp_threshold", "above",
-         "MLP features kept", "MLP features changed"),
-    Rule("CKA of MLP outputs minus CKA of attention outputs, SFT vs RLVR", "cka.json", "cka_sft_rlvr_mlp_minus_attn",
-         "cka_gap_threshold", "above", "attention changed more than MLP", "MLP changed at least as much"),
-    Rule("Gain in probe selectivity for intermediate results, RLVR vs SFT", "probes.json",
-         "probe_selectivity_gain_rlvr_vs_sft", "probe_gain_threshold", "below", "no new decodable features",
-         "new decodable features"),
-    Rule("Share of the RLVR gain from grafting MLP minus attention weights", "patching.json", "graft_mlp_share",
-         "graft_gap_threshold", "below", "attention grafts carry the gain", "MLP grafts carry the gain",
-         minus="graft_attn_share"),
-    Rule("Patching effect of MLP outputs minus attention outputs, RLVR into SFT", "patching.json",
-         "patch_mlp_out_effect_rlvr_into_sft", "patch_gap_threshold", "below", "attention outputs carry more",
-         "MLP outputs carry more", minus="patch_attn_out_effect_rlvr_into_sft"),
+    Rule("Same-input change of each component's function, 1 − CKA (SFT's inputs through SFT's and T's weights)",
+         "same_input.json", _pair("attn_change", "mlp_change"),
+         "attention changed beyond random, MLPs did not", "MLPs changed beyond random"),
+    Rule("Same-input relative change of each component's output", "same_input.json",
+         _pair("attn_relative_change", "mlp_relative_change"), "attention changed beyond random, MLPs did not",
+         "MLPs changed beyond random", counted=False, note="the same outputs as the CKA row"),
+    Rule("End-to-end change of component outputs, 1 − CKA (each model on its own residual stream)", "cka.json",
+         _pair("attn_change_end_to_end", "mlp_change_end_to_end"), "attention outputs moved beyond random, MLP "
+         "outputs did not", "MLP outputs moved beyond random",
+         note="mixes in upstream changes: an MLP reading a changed residual stream moves with it"),
+    Rule("Direct effect on the answer's log-probability of T's component outputs patched into SFT (later "
+         "components frozen)", "patching.json", _pair("attn_direct_effect", "mlp_direct_effect"),
+         "attention carries the effect", "MLPs carry the effect"),
+    Rule("Structured (top-k) energy of the weight update relative to the weights", "weights.json",
+         _pair("attn_structured_update", "mlp_structured_update"), "structured update in attention only",
+         "structured update reaches the MLPs"),
+    Rule("Rotation of the weights' top singular subspace (k at the spectral gap)", "weights.json",
+         _pair("attn_rotation", "mlp_rotation"), "attention subspaces rotated beyond random, MLPs' not",
+         "MLP subspaces rotated beyond random"),
+    Rule("MLP share of the update's energy per parameter", "weights.json",
+         (Signal("mlp_share", "low", ROUTING, "share_margin"), Signal("mlp_share", "high", REPRESENTATION,
+                                                                      "share_margin")),
+         "attention-heavy", "MLP-heavy",
+         note="the nulls copy RLVR's per-tensor norms, so RLVR's own share always equals theirs"),
+    Rule("Effective rank of the update / full rank", "weights.json",
+         (Signal("effective_rank_ratio", "low", ROUTING, "share_margin"),), "lower rank than random", "—"),
+    Rule("Gain in probe selectivity for intermediate results over SFT", "probes.json",
+         (Signal("selectivity_gain", "high", REPRESENTATION, "probe_gain_margin"),), "—",
+         "new decodable intermediate results"),
+    Rule("Model-specific crosscoder latents (SFT vs T)", "crosscoder.json",
+         (Signal("specific_latents", "high", REPRESENTATION),), "—", "features that SFT lacks"),
 )
 
-# Shown beside the evidence, not tallied: they set the scene (did RLVR help? how big were the updates?)
+# Shown beside the evidence, not tallied: did RLVR help, and by how much did the controls and nulls?
 CONTEXT: tuple[tuple[str, str], ...] = (
     ("eval.json", "accuracy_base"), ("eval.json", "accuracy_sft"), ("eval.json", "accuracy_rlvr"),
-    ("eval.json", "rlvr_minus_sft_accuracy"),
+    ("eval.json", "rlvr_minus_sft_accuracy"), ("eval.json", "attn_only_minus_sft_accuracy"),
+    ("eval.json", "mlp_only_minus_sft_accuracy"),
     ("weights.json", "rlvr_relative_update_norm"), ("weights.json", "sft_relative_update_norm"),
-    ("weights.json", "rlvr_update_sparsity"), ("weights.json", "sft_update_mlp_share"),
-    ("weights.json", "sft_update_effective_rank_ratio"),
-    ("weights.json", "sft_top_subspace_angle"),
-    ("cka.json", "cka_sft_rlvr_attn_out"), ("cka.json", "cka_base_rlvr_attn_out"), ("cka.json", "cka_base_rlvr_mlp_out"),
     ("cka.json", "cka_permutation_baseline"),
-    ("probes.json", "probe_selectivity_intermediate_base"), ("probes.json", "probe_selectivity_intermediate_sft"),
-    ("probes.json", "probe_selectivity_intermediate_rlvr"),
     ("patching.json", "graft_attn_share"), ("patching.json", "graft_mlp_share"),
 )
 
 
 # --- reading ---------------------------------------------------------------------------------------
-def load_summaries(metrics_dir: str | Path) -> dict[str, dict]:
-    """{file name: its "summary" dict} for the metrics files that exist; a missing or unreadable file is
-    left out (its rows become "not measured"), with a log line saying why."""
+def load_metrics(metrics_dir: str | Path) -> dict[str, dict]:
+    """{file name: its JSON} for the metrics files that exist; an unreadable one is left out with a warning
+    (its rows become "not measured")."""
     out = {}
     for name in METRICS_FILES:
         path = Path(metrics_dir) / name
         if not path.exists():
-            log.info("%s not found: its rows are not measured", path)
             continue
         try:
-            summary = json.loads(path.read_text()).get("summary")
-        except (json.JSONDecodeError, AttributeError) as err:
-            log.warning("%s is not a metrics JSON object (%s): its rows are not measured", path, err)
+            loaded = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            log.warning("%s is not valid JSON (%s): its rows are not measured; re-run its notebook", path, err)
             continue
-        if isinstance(summary, dict):
-            out[name] = summary
-        else:
-            log.warning("%s has no 'summary' dict: its rows are not measured", path)
+        if isinstance(loaded, dict):
+            out[name] = loaded
     return out
 
 
-def measurement(summaries: Mapping[str, dict], file: str, key: str) -> tuple[float, list[float] | None] | None:
-    """(value, ci or None) of one summary entry; None when the file, key or a numeric value is missing."""
-    entry = summaries.get(file, {}).get(key)
-    if not isinstance(entry, dict) or not isinstance(entry.get("value"), (int, float)) or isinstance(entry["value"], bool):
+def _entry(entry) -> tuple[float, tuple[float, float] | None] | None:
+    if not isinstance(entry, dict):
         return None
-    ci = entry.get("ci")
-    if not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)):
-        ci = None
-    return float(entry["value"]), ([float(ci[0]), float(ci[1])] if ci else None)
+    value, ci = entry.get("value"), entry.get("ci")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+        return None
+    ok = isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+        isinstance(c, (int, float)) and np.isfinite(c) for c in ci)
+    return float(value), ((float(ci[0]), float(ci[1])) if ok else None)
 
 
-def observe(summaries: Mapping[str, dict], rule: Rule) -> tuple[float, list[float] | None] | None:
-    """The rule's observed value and interval; a difference of two entries gets the conservative interval
-    [lo_a - hi_b, hi_a - lo_b] (an entry without interval counts as the point [v, v])."""
-    a = measurement(summaries, rule.file, rule.key)
-    if rule.minus is None or a is None:
-        return a
-    b = measurement(summaries, rule.file, rule.minus)
-    if b is None:
-        return None
-    if a[1] is None and b[1] is None:
-        return a[0] - b[0], None
-    (a_lo, a_hi), (b_lo, b_hi) = a[1] or [a[0]] * 2, b[1] or [b[0]] * 2
-    return a[0] - b[0], [a_lo - b_hi, a_hi - b_lo]
+def variant_value(metrics: Mapping[str, dict], file: str, treatment: str, key: str):
+    """(value, ci or None) of one treatment's measurement, None when missing or not a number."""
+    return _entry(metrics.get(file, {}).get("variants", {}).get(treatment, {}).get(key))
+
+
+def summary_value(metrics: Mapping[str, dict], file: str, key: str):
+    return _entry(metrics.get(file, {}).get("summary", {}).get(key))
 
 
 # --- deciding --------------------------------------------------------------------------------------
-def decide(value: float, ci: list[float] | None, threshold: float, routing_side: str) -> str:
-    """Which hypothesis a measurement supports: the side of `threshold` its whole interval (or, without
-    one, its value) lies on; inconclusive when the interval contains the threshold."""
-    if routing_side not in ("below", "above"):
-        raise ValueError(f"routing_side={routing_side!r} must be 'below' or 'above'")
-    lo, hi = ci if ci is not None else (value, value)
-    if hi < threshold:
-        side = "below"
-    elif lo > threshold:
-        side = "above"
+@dataclass
+class SignalReading:
+    fired: bool
+    value: float | None
+    ci: tuple[float, float] | None
+    null_mean: float | None
+    envelope: tuple[float, float] | None
+    effect: float | None  # signed distance from the nulls' mean, in the row's effect units
+
+
+def read_signal(signal: Signal, value, nulls: list, params) -> SignalReading:
+    """Whether one treatment's (value, ci) lies beyond the nulls' envelope by the signal's effect size."""
+    if value is None or value[1] is None or len(nulls) < 2:
+        return SignalReading(False, value and value[0], value and value[1], None, None, None)
+    x, (lo, hi) = value
+    null_values = np.array([n[0] for n in nulls])
+    envelope = (min(n[1][0] if n[1] else n[0] for n in nulls), max(n[1][1] if n[1] else n[0] for n in nulls))
+    mean = float(null_values.mean())
+    if signal.effect == "relative":
+        scale = float(np.abs(null_values).mean() + null_values.std(ddof=1))
+        needed = params.min_relative_effect
+        effect = (x - mean) / scale if scale > 0 else np.sign(x - mean) * np.inf
     else:
-        return INCONCLUSIVE
-    return ROUTING if side == routing_side else REPRESENTATION
+        needed = float(getattr(params, signal.effect))
+        effect = x - mean
+    if signal.direction == "high":
+        fired = lo > envelope[1] and effect >= needed
+    else:
+        fired = hi < envelope[0] and -effect >= needed
+    return SignalReading(bool(fired), x, (lo, hi), mean, envelope, float(effect))
 
 
-def evidence_table(summaries: Mapping[str, dict], params) -> pd.DataFrame:
-    """One row per rule: measurement, threshold, predictions, observed value and interval, support."""
+def read_rule(rule: Rule, metrics: Mapping[str, dict], treatment: str, null_names: list[str], params) -> dict:
+    """One row for one treatment: its reading and, per signal, the value, interval, null envelope and effect."""
+    others = [n for n in null_names if n != treatment]
+    signals = []
+    for signal in rule.signals:
+        nulls = [v for v in (variant_value(metrics, rule.file, n, signal.key) for n in others) if v is not None]
+        signals.append((signal, read_signal(signal, variant_value(metrics, rule.file, treatment, signal.key),
+                                            nulls, params), len(nulls)))
+    measured = all(r.ci is not None and n >= 2 for _, r, n in signals)
+    fired = {s.supports for s, r, _ in signals if r.fired}
+    if REPRESENTATION in fired:
+        reading = REPRESENTATION
+    elif ROUTING in fired:
+        reading = ROUTING
+    elif not measured:
+        reading = NOT_MEASURED
+    else:
+        reading = NO_EVIDENCE
+    return {"reading": reading, "signals": [
+        {"key": s.key, "direction": s.direction, "supports": s.supports, "value": r.value,
+         "ci": list(r.ci) if r.ci else None, "null_mean": r.null_mean,
+         "null_envelope": list(r.envelope) if r.envelope else None, "effect": r.effect, "fired": r.fired,
+         "n_nulls": n} for s, r, n in signals]}
+
+
+def calibration(rule: Rule, readings: Mapping[str, str], null_names: list[str]) -> str:
+    """'counts', or why the row does not: a control misread, a null or the identical model read as evidence,
+    or a control or nulls missing."""
+    sides = {s.supports for s in rule.signals}
+    problems = []
+    for control, expected in EXPECTED.items():
+        got = readings.get(control)
+        if got in (None, NOT_MEASURED):
+            problems.append(f"control {control} not measured")
+        elif expected in sides and got != expected:
+            problems.append(f"{control} reads {got}, expected {expected}")
+        elif expected not in sides and got != NO_EVIDENCE:
+            problems.append(f"{control} reads {got}, expected no evidence (this row cannot support {expected})")
+    if len(null_names) < 2:
+        problems.append("fewer than 2 nulls")
+    for name in [*null_names, "identical"]:
+        if readings.get(name) in (ROUTING, REPRESENTATION):
+            problems.append(f"{name} reads {readings[name]}")
+    if not rule.counted:
+        problems.append(f"not counted: {rule.note}")
+    return "counts" if not problems else "; ".join(problems)
+
+
+def evidence(metrics: Mapping[str, dict], treatments: list[str], null_names: list[str], params) -> pd.DataFrame:
+    """One row per rule: each treatment's reading, RLVR's signals, and whether the row counts."""
     rows = []
     for rule in RULES:
-        threshold = float(getattr(params, rule.threshold))
-        above_side = REPRESENTATION if rule.routing_side == "below" else ROUTING
-        observed = observe(summaries, rule)
-        value, ci = observed if observed else (None, None)
-        rows.append({
-            "measurement": rule.measurement,
-            "source": f"{rule.file}: {rule.key}" + (f" - {rule.minus}" if rule.minus else ""),
-            "threshold": threshold,
-            "routing_predicts": f"{rule.routing_predicts} ({'<' if rule.routing_side == 'below' else '>'} {threshold:g})",
-            "representation_predicts": f"{rule.representation_predicts} "
-                                       f"({'>' if above_side == REPRESENTATION else '<'} {threshold:g})",
-            "value": value,
-            "ci": ci,
-            "observed": format_observed(value, ci),
-            "supports": NOT_MEASURED if observed is None else decide(value, ci, threshold, rule.routing_side),
-        })
+        per = {t: read_rule(rule, metrics, t, null_names, params) for t in treatments}
+        readings = {t: r["reading"] for t, r in per.items()}
+        rows.append({"measurement": rule.measurement, "file": rule.file,
+                     "routing_predicts": rule.routing_predicts, "representation_predicts": rule.representation_predicts,
+                     "note": rule.note, "readings": readings, "rlvr": readings.get(variants.STUDY, NOT_MEASURED),
+                     "signals": per.get(variants.STUDY, {}).get("signals", []),
+                     "calibration": calibration(rule, readings, null_names)})
     return pd.DataFrame(rows)
 
 
-def context_table(summaries: Mapping[str, dict]) -> pd.DataFrame:
-    """The scene-setting measurements (accuracies, update sizes, ...) with their descriptions."""
-    rows = []
-    for file, key in CONTEXT:
-        observed = measurement(summaries, file, key)
-        value, ci = observed if observed else (None, None)
-        description = summaries.get(file, {}).get(key, {}).get("description", "") if observed else ""
-        rows.append({"measurement": key, "source": file, "observed": format_observed(value, ci),
-                     "value": value, "ci": ci, "description": description})
-    return pd.DataFrame(rows)
-
-
-def tally(table: pd.DataFrame) -> dict[str, int]:
-    counts = table["supports"].value_counts()
-    return {label: int(counts.get(label, 0)) for label in (ROUTING, REPRESENTATION, INCONCLUSIVE, NOT_MEASURED)}
+def tally(table: pd.DataFrame, treatment: str = variants.STUDY, counted_only: bool = True) -> dict[str, int]:
+    rows = table[table["calibration"] == "counts"] if counted_only else table
+    readings = [r.get(treatment, NOT_MEASURED) for r in rows["readings"]]
+    return {label: readings.count(label) for label in (ROUTING, REPRESENTATION, NO_EVIDENCE, NOT_MEASURED)}
 
 
 def overall(counts: Mapping[str, int], params) -> str:
-    """The verdict from the tally: the side that leads by at least `min_margin` rows once at least
-    `min_decided_rows` rows are decided; 'mixed' when neither leads enough; else 'inconclusive'."""
+    """The side that leads by at least `min_margin` counted rows once at least `min_decided_rows` are decided;
+    'mixed' when neither leads enough; else 'inconclusive'."""
     decided = counts[ROUTING] + counts[REPRESENTATION]
     if decided < params.min_decided_rows:
         return INCONCLUSIVE
@@ -196,136 +265,193 @@ def overall(counts: Mapping[str, int], params) -> str:
     return ROUTING if lead > 0 else REPRESENTATION
 
 
-def thresholds_table(params) -> pd.DataFrame:
-    """The decision rules as the notebook states them: one row per VerdictParams field."""
-    return pd.DataFrame([{"param": f"verdict.{name}", "value": getattr(params, name), "rule": field.description}
-                         for name, field in type(params).model_fields.items()])
+# --- replication over seeds ------------------------------------------------------------------------------
+def replicate_dirs(cfg) -> dict[int, Path]:
+    """Run folders of the replicate seeds (`verdict.replicate_seeds`) that have a verdict; the run itself
+    is one of them under its own seed."""
+    out = {cfg.seed: cfg.path("metrics")}
+    for seed in cfg.verdict.replicate_seeds:
+        if seed != cfg.seed:
+            folder = cfg.run_dir.parent / f"{cfg.name}-seed{seed}" / "metrics"
+            if (folder / "verdict.json").exists():
+                out[seed] = folder
+    return dict(sorted(out.items()))
 
 
-def caveats(cfg, summaries: Mapping[str, dict], table: pd.DataFrame, parameters: int | None = None) -> list[str]:
-    """What limits the verdict, generated from the params and the evidence: scale, seeds, task, gaps."""
-    out = []
-    if cfg.model.base == "organism":
-        size = f"{parameters:,}" if parameters else (
-            f"~{_organism_parameters(cfg.organism) / 1e6:.1f}M")
-        out.append(f"Scale: a {size}-parameter model organism ({cfg.organism.num_layers} layers, hidden "
-                   f"{cfg.organism.hidden_size}); what holds at this scale may not hold for billion-parameter models.")
-    else:
-        size = f" ({parameters / 1e9:.2f}B parameters)" if parameters else ""
-        out.append(f"Scale: one base model, {cfg.model.base}{size}.")
-    out.append(f"Seeds: one training run (seed {cfg.seed}); the intervals resample held-out problems, not "
-               "training runs, so run-to-run variation of training is not in them.")
-    d = cfg.data
-    if d.grpo_source == "synthetic":
-        steps = f"{d.min_steps}" if d.min_steps == d.max_steps else f"{d.min_steps}-{d.max_steps}"
-        out.append(f"Task: synthetic {steps}-step add/subtract word problems (start <= {d.max_start}, operands "
-                   f"<= {d.max_operand}, values <= {d.max_value}); one narrow skill, not general math reasoning.")
-    else:
-        out.append(f"Task: RLVR on {d.grpo_source} ({d.grpo_path}), evaluated on {d.eval_path or d.grpo_source}.")
-    gain = measurement(summaries, "eval.json", "rlvr_minus_sft_accuracy")
-    if gain is None:
-        out.append("RLVR's accuracy gain over SFT was not measured: the internals compared may reflect no "
-                   "behavioural change.")
-    elif gain[1] is not None and gain[1][0] <= 0:
-        out.append(f"RLVR's accuracy gain over SFT ({format_observed(*gain)}) is not clearly above zero: the "
-                   "internal changes may not be the ones that matter for accuracy.")
-    missing = table.loc[table["supports"] == NOT_MEASURED, "measurement"].tolist()
-    if missing:
-        out.append(f"Not measured ({len(missing)} of {len(table)} rows): " + "; ".join(missing) + ".")
-    no_ci = [row.measurement for row in table.itertuples() if row.supports != NOT_MEASURED and row.ci is None]
-    if no_ci:
-        out.append("Decided on a point value, without an interval: " + "; ".join(no_ci) + ".")
-    return out
+def replicate(table: pd.DataFrame, others: Mapping[int, dict]) -> pd.DataFrame:
+    """Add per-seed RLVR readings and calibrations from other seeds' verdict.json; a row keeps counting only
+    when it counts on every seed and RLVR reads the same on all of them."""
+    table = table.copy()
+    seeds_reading, final = [], []
+    for i, row in table.iterrows():
+        per_seed = {"this run": (row["rlvr"], row["calibration"])}
+        for seed, result in others.items():
+            match = next((r for r in result["rows"] if r["measurement"] == row["measurement"]), None)
+            per_seed[f"seed {seed}"] = (match["rlvr"], match["calibration"]) if match else (NOT_MEASURED, "missing")
+        seeds_reading.append({k: v[0] for k, v in per_seed.items()})
+        agree = len({v[0] for v in per_seed.values()}) == 1 and all(v[1] == "counts" for v in per_seed.values())
+        if row["calibration"] == "counts" and not agree:
+            final.append("seeds disagree: " + ", ".join(f"{k} {v[0]} ({v[1]})" for k, v in per_seed.items()))
+        else:
+            final.append(row["calibration"])
+    table["seeds"] = seeds_reading
+    table["calibration"] = final
+    return table
 
 
-def _organism_parameters(org) -> int:
-    """Approximate parameter count of the organism (tied embeddings; q, k, v, o; gate, up, down)."""
-    h, m, v = org.hidden_size, org.intermediate_size, org.vocab_size
-    return v * h + org.num_layers * (4 * h * h + 3 * h * m)
-
-
+# --- the whole chapter's result -----------------------------------------------------------------------------
 def build(cfg) -> dict:
-    """Everything notebook 08 writes to metrics/verdict.json: the evidence rows, the context, the tally,
-    the verdict, the thresholds and the caveats."""
-    summaries = load_summaries(cfg.path("metrics"))
-    table = evidence_table(summaries, cfg.verdict)
+    """Everything notebook 10 writes to metrics/verdict.json: rows with every treatment's reading and RLVR's
+    signals, the calibration of each row, the verdict per treatment, replication, context and caveats."""
+    metrics = load_metrics(cfg.path("metrics"))
+    null_names = variants.null_names(cfg)
+    treatments = variants.treatments(cfg)
+    table = evidence(metrics, treatments, null_names, cfg.verdict)
+    single_seed = table.copy()
+    others = {}
+    for seed, folder in replicate_dirs(cfg).items():
+        if folder != cfg.path("metrics"):
+            others[seed] = json.loads((folder / "verdict.json").read_text())["single_seed"]
+    if others:
+        table = replicate(table, others)
+    verdicts = {t: overall(tally(table, t), cfg.verdict) for t in treatments}
     counts = tally(table)
-    parameters = None
-    weights_path = cfg.path("metrics", "weights.json")
-    if weights_path.exists():
-        parameters = json.loads(weights_path.read_text()).get("parameters")
-    descriptions = {ROUTING: "evidence rows that support Routing", REPRESENTATION:
-                    "evidence rows that support Representation learning", INCONCLUSIVE:
-                    "evidence rows whose interval contains the threshold", NOT_MEASURED:
-                    "evidence rows whose metrics file or key is missing"}
-    keys = {ROUTING: "rows_routing", REPRESENTATION: "rows_representation_learning",
-            INCONCLUSIVE: "rows_inconclusive", NOT_MEASURED: "rows_not_measured"}
     return {
-        "summary": {keys[label]: {"value": float(n), "ci": None, "description": descriptions[label]}
-                    for label, n in counts.items()},
-        "verdict": overall(counts, cfg.verdict),
+        "summary": {
+            "rows_counted": {"value": float((table["calibration"] == "counts").sum()), "ci": None,
+                             "description": "evidence rows that pass their calibration (controls, nulls, seeds)"},
+            "rows_routing": {"value": float(counts[ROUTING]), "ci": None,
+                             "description": "counted rows on which RLVR reads Routing"},
+            "rows_representation_learning": {"value": float(counts[REPRESENTATION]), "ci": None,
+                                             "description": "counted rows on which RLVR reads Representation learning"},
+        },
+        "verdict": verdicts.get(variants.STUDY, INCONCLUSIVE),
+        "verdicts": verdicts,
         "tally": counts,
         "rows": _records(table),
-        "context": _records(context_table(summaries)),
+        "single_seed": {"rows": _records(single_seed)},
+        "seeds": [cfg.seed, *others],
+        "context": context(metrics),
         "thresholds": cfg.verdict.model_dump(),
-        "caveats": caveats(cfg, summaries, table, parameters),
+        "caveats": caveats(cfg, metrics, table, list(others)),
     }
 
 
+def context(metrics: Mapping[str, dict]) -> list[dict]:
+    rows = []
+    for file, key in CONTEXT:
+        observed = summary_value(metrics, file, key)
+        entry = metrics.get(file, {}).get("summary", {}).get(key, {})
+        rows.append({"measurement": key, "source": file, "observed": format_observed(*(observed or (None, None))),
+                     "description": entry.get("description", "") if isinstance(entry, dict) else ""})
+    return rows
+
+
+def caveats(cfg, metrics: Mapping[str, dict], table: pd.DataFrame, other_seeds: list[int]) -> list[str]:
+    """What limits the verdict, generated from the params and the evidence."""
+    out = []
+    if cfg.rehearsal:
+        out.append("Rehearsal: this run only proves that the real-scale code path works, on a toy model trained "
+                   "for seconds; its numbers and its verdict mean nothing.")
+    if cfg.model.base == "organism":
+        o = cfg.organism
+        out.append(f"Scale: a model organism of {o.num_layers} layers and hidden size {o.hidden_size}; what holds "
+                   "at this scale may not hold for billion-parameter models.")
+    else:
+        out.append(f"Scale: one base model, {cfg.model.base}.")
+    if cfg.model.analyze_only:
+        out.append("Analyze-only: the checkpoints were given, not trained here; the controls and nulls are "
+                   "only as comparable to them as their training recipes are.")
+    if other_seeds:
+        out.append(f"Seeds: this run (seed {cfg.seed}) and replicate seeds {', '.join(map(str, other_seeds))}; a "
+                   "row counts only where every seed agrees.")
+    else:
+        out.append(f"Seeds: one training run (seed {cfg.seed}); the intervals resample problems, not training "
+                   "runs. `make replicate` adds seeds " + ", ".join(map(str, cfg.verdict.replicate_seeds)) + ".")
+    gain = summary_value(metrics, "eval.json", "rlvr_minus_sft_accuracy")
+    if gain is None:
+        out.append("RLVR's accuracy gain over SFT was not measured.")
+    elif gain[1] is not None and gain[1][0] <= 0:
+        out.append(f"RLVR's accuracy gain over SFT ({format_observed(*gain)}) is not clearly above zero: the "
+                   "internal changes may not be the ones that matter for accuracy.")
+    failing = table.loc[table["calibration"] != "counts", "measurement"].tolist()
+    if failing:
+        out.append(f"{len(failing)} of {len(table)} rows do not count (see the calibration column).")
+    return out
+
+
 # --- showing ---------------------------------------------------------------------------------------
-def format_observed(value: float | None, ci: list[float] | None) -> str:
+def format_observed(value: float | None, ci) -> str:
     if value is None:
         return "—"
     return f"{value:.3g}" if ci is None else f"{value:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
 
 
-_COLORS = {ROUTING: "#d8e8f7", REPRESENTATION: "#f9dcc4", INCONCLUSIVE: "#eeeeee", NOT_MEASURED: "#ffffff"}
-_COLUMNS = {"measurement": "Measurement", "routing_predicts": "Routing predicts",
-            "representation_predicts": "Representation learning predicts", "observed": "Observed [95% CI]",
-            "supports": "Supports"}
+def _signals_text(signals: list[dict]) -> str:
+    parts = []
+    for s in signals:
+        if s["value"] is None:
+            continue
+        env = s["null_envelope"]
+        nulls = f"nulls [{env[0]:.3g}, {env[1]:.3g}]" if env else "no nulls"
+        parts.append(f"{s['key']} {format_observed(s['value'], s['ci'])}; {nulls}")
+    return "; ".join(parts) or "—"
 
 
-def styled(table: pd.DataFrame):
-    """The evidence table as a pandas Styler, the 'Supports' cell coloured by side."""
-    shown = table[list(_COLUMNS)].rename(columns=_COLUMNS)
+def display_table(table: pd.DataFrame, treatments: list[str]) -> pd.DataFrame:
+    """The evidence table as shown: measurement, RLVR's value against its nulls, each treatment's reading,
+    and whether the row counts."""
+    shown = pd.DataFrame({
+        "Measurement": table["measurement"],
+        "RLVR: value [95% CI]; null range": [_signals_text(s) for s in table["signals"]],
+        **{t: [r.get(t, NOT_MEASURED) for r in table["readings"]] for t in treatments},
+        "Counts?": table["calibration"],
+    })
+    return shown
+
+
+_COLORS = {ROUTING: "#d8e8f7", REPRESENTATION: "#f9dcc4", NO_EVIDENCE: "#eeeeee", NOT_MEASURED: "#ffffff"}
+
+
+def styled(shown: pd.DataFrame):
+    """The displayed table as a pandas Styler, readings coloured by side."""
     return (shown.style.hide(axis="index")
-            .map(lambda v: f"background-color: {_COLORS.get(v, '#ffffff')}", subset=["Supports"])
+            .map(lambda v: f"background-color: {_COLORS.get(v, '#ffffff')}")
             .set_properties(**{"text-align": "left"}))
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """The evidence table as a Markdown table (for the closing note)."""
-    shown = table[list(_COLUMNS)].rename(columns=_COLUMNS)
+def markdown_table(shown: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + " --- |" * len(shown.columns)]
     lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join(lines)
 
 
-def evidence_figure(table: pd.DataFrame):
-    """One small panel per measured row: the observed value with its interval, the threshold as a dashed
-    line, the side Routing predicts shaded, the point coloured by the side the row supports."""
+def calibration_figure(table: pd.DataFrame, treatments: list[str]):
+    """A grid: rows of the evidence table by treatment, coloured by reading; the controls must match their
+    expected side and the identical model and nulls must stay grey for a row to count."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
 
-    shown = table[table["supports"] != NOT_MEASURED].reset_index(drop=True)
-    fig, axes = plt.subplots(max(len(shown), 1), 1, figsize=(7.5, 0.9 * max(len(shown), 1) + 0.8), squeeze=False)
-    for ax, row in zip(axes[:, 0], shown.itertuples()):
-        lo, hi = row.ci if row.ci is not None else (row.value, row.value)
-        span = max(abs(hi - row.threshold), abs(lo - row.threshold), abs(row.value - row.threshold), 1e-3) * 1.4
-        rule = next(r for r in RULES if r.measurement == row.measurement)
-        ax.axvspan(row.threshold - span if rule.routing_side == "below" else row.threshold,
-                   row.threshold if rule.routing_side == "below" else row.threshold + span,
-                   color=_COLORS[ROUTING], alpha=0.6, lw=0)
-        ax.axvline(row.threshold, color="0.3", ls="--", lw=1)
-        color = {ROUTING: "#1f77b4", REPRESENTATION: "#d95f02"}.get(row.supports, "0.4")
-        ax.errorbar([row.value], [0], xerr=[[row.value - lo], [hi - row.value]], fmt="o", color=color, capsize=4)
-        ax.set(xlim=(row.threshold - span, row.threshold + span), yticks=[], ylabel="")
-        ax.set_title(f"{row.measurement}: {row.supports}", fontsize=9, loc="left")
-    if shown.empty:
-        axes[0, 0].text(0.5, 0.5, "no row measured yet", ha="center", va="center", transform=axes[0, 0].transAxes)
-    axes[-1, 0].set_xlabel("observed value (dashed: threshold; shaded: the side Routing predicts)")
-    fig.suptitle("Evidence rows: observed value and 95% interval against each threshold")
+    order = [ROUTING, REPRESENTATION, NO_EVIDENCE, NOT_MEASURED]
+    grid = np.array([[order.index(r.get(t, NOT_MEASURED)) for t in treatments] for r in table["readings"]])
+    fig, ax = plt.subplots(figsize=(1.0 * len(treatments) + 5.5, 0.55 * len(table) + 1.6))
+    ax.imshow(grid, cmap=ListedColormap([_COLORS[o] for o in order]), vmin=0, vmax=3, aspect="auto")
+    short = {ROUTING: "R", REPRESENTATION: "RL", NO_EVIDENCE: "–", NOT_MEASURED: "n/m"}
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, short[order[v]], ha="center", va="center", fontsize=10)
+    ax.set_xticks(range(len(treatments)), treatments, rotation=30, ha="right")
+    labels = [f"{m[:60]}{'…' if len(m) > 60 else ''} [{'counts' if c == 'counts' else 'not counted'}]"
+              for m, c in zip(table["measurement"], table["calibration"])]
+    ax.set_yticks(range(len(table)), labels, fontsize=9)
+    ax.set_title("Reading of every row on every treatment (R: Routing, RL: Representation learning, "
+                 "–: no evidence)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def thresholds_table(params) -> pd.DataFrame:
+    return pd.DataFrame([{"param": f"verdict.{name}", "value": getattr(params, name), "reason": field.description}
+                         for name, field in type(params).model_fields.items()])
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

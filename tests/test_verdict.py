@@ -1,116 +1,127 @@
-"""Verdict rules on synthetic summaries: clear patterns decide, straddling intervals do not, gaps are marked."""
-import json
-
-import pytest
+"""Verdict rules on synthetic per-variant metrics: a row reads a treatment against the nulls, counts only when
+it classifies the controls and leaves the nulls and the identical model at "no evidence", and never decides
+without an interval."""
+import numpy as np
 
 from rlvr_utils import config, verdict
 
-
-def entry(value, ci=None):
-    return {"value": value, "ci": ci, "description": "synthetic"}
-
-
-ROUTING_PATTERN = {
-    "weights.json": {"rlvr_update_mlp_share": entry(0.2), "rlvr_update_effective_rank_ratio": entry(0.1),
-                     "rlvr_top_subspace_angle": entry(2.0)},
-    "cka.json": {"cka_sft_rlvr_mlp_out": entry(0.98, [0.97, 0.99]), "cka_sft_rlvr_mlp_minus_attn": entry(0.18, [0.1, 0.25])},
-    "probes.json": {"probe_selectivity_gain_rlvr_vs_sft": entry(0.0, [-0.02, 0.02])},
-    "patching.json": {"graft_mlp_share": entry(0.1, [0.0, 0.2]), "graft_attn_share": entry(0.9, [0.8, 1.0]),
-                      "patch_mlp_out_effect_rlvr_into_sft": entry(0.05, [0.0, 0.1]),
-                      "patch_attn_out_effect_rlvr_into_sft": entry(0.6, [0.5, 0.7])},
-    "eval.json": {"rlvr_minus_sft_accuracy": entry(0.1, [0.05, 0.15])},
-}
+NULLS = [f"null_{k}" for k in range(5)]
+TREATMENTS = ["rlvr", "attn_only", "mlp_only", "identical", *NULLS]
+PARAMS = config.VerdictParams()
 
 
-def test_a_clear_routing_pattern_supports_routing_in_every_row():
-    params = config.VerdictParams()
-    table = verdict.evidence_table(ROUTING_PATTERN, params)
-    assert len(table) == len(verdict.RULES)
-    assert set(table["supports"]) == {verdict.ROUTING}
-    assert verdict.overall(verdict.tally(table), params) == verdict.ROUTING
+def entry(value, half=0.01):
+    return {"value": value, "ci": None if half is None else [value - half, value + half]}
 
 
-def test_the_mirror_pattern_supports_representation_learning():
-    mirrored = {
-        "weights.json": {"rlvr_update_mlp_share": entry(0.8), "rlvr_update_effective_rank_ratio": entry(0.9),
-                         "rlvr_top_subspace_angle": entry(40.0)},
-        "cka.json": {"cka_sft_rlvr_mlp_out": entry(0.5, [0.4, 0.6]), "cka_sft_rlvr_mlp_minus_attn": entry(-0.4, [-0.5, -0.3])},
-        "probes.json": {"probe_selectivity_gain_rlvr_vs_sft": entry(0.3, [0.2, 0.4])},
-        "patching.json": {"graft_mlp_share": entry(0.9, [0.8, 1.0]), "graft_attn_share": entry(0.1, [0.0, 0.2]),
-                          "patch_mlp_out_effect_rlvr_into_sft": entry(0.6, [0.5, 0.7]),
-                          "patch_attn_out_effect_rlvr_into_sft": entry(0.05, [0.0, 0.1])},
-    }
-    table = verdict.evidence_table(mirrored, config.VerdictParams())
-    assert set(table["supports"]) == {verdict.REPRESENTATION}
+def change_row(attn: dict, mlp: dict, seed: int = 0) -> dict:
+    """A same-input-style file: nulls change both components by ~0.01, the identical model by 0."""
+    rng = np.random.default_rng(seed)
+    out = {t: {"attn_change": entry(a), "mlp_change": entry(m)} for t, a, m in
+           ((t, attn[t], mlp[t]) for t in attn)}
+    for n in NULLS:
+        out[n] = {"attn_change": entry(0.01 + 0.002 * rng.standard_normal(), 0.003),
+                  "mlp_change": entry(0.01 + 0.002 * rng.standard_normal(), 0.003)}
+    out["identical"] = {"attn_change": entry(0.0, 0.0), "mlp_change": entry(0.0, 0.0)}
+    return {"variants": out}
 
 
-def test_an_interval_straddling_the_threshold_is_inconclusive():
-    assert verdict.decide(0.1, [-0.05, 0.3], 0.05, "below") == verdict.INCONCLUSIVE
-    assert verdict.decide(0.1, [0.06, 0.3], 0.05, "below") == verdict.REPRESENTATION
-    assert verdict.decide(0.1, [0.06, 0.3], 0.05, "above") == verdict.ROUTING
-    assert verdict.decide(0.05, None, 0.05, "below") == verdict.INCONCLUSIVE  # exactly on the threshold
-    summaries = {"probes.json": {"probe_selectivity_gain_rlvr_vs_sft": entry(0.1, [-0.05, 0.3])}}
-    table = verdict.evidence_table(summaries, config.VerdictParams()).set_index("source")
-    assert table.loc["probes.json: probe_selectivity_gain_rlvr_vs_sft", "supports"] == verdict.INCONCLUSIVE
+def calibrated_metrics(rlvr_attn=0.2, rlvr_mlp=0.01):
+    return {"same_input.json": change_row({"rlvr": rlvr_attn, "attn_only": 0.3, "mlp_only": 0.01},
+                                          {"rlvr": rlvr_mlp, "attn_only": 0.0, "mlp_only": 0.3})}
 
 
-def test_a_difference_uses_the_conservative_interval():
-    summaries = {"patching.json": {"graft_mlp_share": entry(0.3, [0.2, 0.4]), "graft_attn_share": entry(0.5, [0.3, 0.7])}}
-    rule = next(r for r in verdict.RULES if r.minus == "graft_attn_share")
-    value, ci = verdict.observe(summaries, rule)
-    assert value == pytest.approx(-0.2)
-    assert ci == pytest.approx([0.2 - 0.7, 0.4 - 0.3])  # contains 0: inconclusive
-    assert verdict.decide(value, ci, 0.0, rule.routing_side) == verdict.INCONCLUSIVE
-    summaries["patching.json"]["graft_attn_share"] = entry(0.9)  # no interval: counts as the point [0.9, 0.9]
-    assert verdict.observe(summaries, rule)[1] == pytest.approx([0.2 - 0.9, 0.4 - 0.9])
+def row(table, file):
+    return table[table["file"] == file].iloc[0]
 
 
-def test_missing_files_keys_and_values_are_not_measured_rather_than_errors():
-    summaries = {"cka.json": {"cka_sft_rlvr_mlp_out": {"value": None}, "cka_sft_rlvr_mlp_minus_attn": "0.3"},  # no number
-                 "patching.json": {"graft_mlp_share": entry(0.1)}}  # its partner key is missing
-    params = config.VerdictParams()
-    table = verdict.evidence_table(summaries, params)
-    assert set(table["supports"]) == {verdict.NOT_MEASURED}
-    assert set(table["observed"]) == {"—"}
-    counts = verdict.tally(table)
-    assert counts[verdict.NOT_MEASURED] == len(verdict.RULES)
-    assert verdict.overall(counts, params) == verdict.INCONCLUSIVE
+def test_controls_are_classified_and_nulls_read_no_evidence_so_the_row_counts():
+    table = verdict.evidence(calibrated_metrics(), TREATMENTS, NULLS, PARAMS)
+    r = row(table, "same_input.json")
+    assert r["readings"]["attn_only"] == verdict.ROUTING
+    assert r["readings"]["mlp_only"] == verdict.REPRESENTATION
+    assert all(r["readings"][n] == verdict.NO_EVIDENCE for n in [*NULLS, "identical"])
+    assert r["calibration"] == "counts"
+    assert r["rlvr"] == verdict.ROUTING
 
 
-def test_the_tally_needs_enough_rows_and_a_margin():
-    params = config.VerdictParams(min_decided_rows=3, min_margin=2)
-    counts = lambda r, p: {verdict.ROUTING: r, verdict.REPRESENTATION: p, verdict.INCONCLUSIVE: 0, verdict.NOT_MEASURED: 0}
-    assert verdict.overall(counts(2, 0), params) == verdict.INCONCLUSIVE
-    assert verdict.overall(counts(3, 2), params) == "mixed"
-    assert verdict.overall(counts(4, 2), params) == verdict.ROUTING
-    assert verdict.overall(counts(1, 5), params) == verdict.REPRESENTATION
+def test_mlp_change_beyond_random_reads_representation_learning():
+    table = verdict.evidence(calibrated_metrics(rlvr_attn=0.2, rlvr_mlp=0.25), TREATMENTS, NULLS, PARAMS)
+    assert row(table, "same_input.json")["rlvr"] == verdict.REPRESENTATION
 
 
-def test_thresholds_come_from_params():
-    strict = config.VerdictParams(mlp_share_threshold=0.1)
-    table = verdict.evidence_table(ROUTING_PATTERN, strict).set_index("source")
-    assert table.loc["weights.json: rlvr_update_mlp_share", "supports"] == verdict.REPRESENTATION
-    rules = verdict.thresholds_table(strict).set_index("param")
-    assert rules.loc["verdict.mlp_share_threshold", "value"] == 0.1
-    assert all(rules["rule"].str.len() > 0)
+def test_a_change_the_size_of_the_nulls_is_no_evidence():
+    table = verdict.evidence(calibrated_metrics(rlvr_attn=0.012, rlvr_mlp=0.011), TREATMENTS, NULLS, PARAMS)
+    assert row(table, "same_input.json")["rlvr"] == verdict.NO_EVIDENCE
 
 
-def test_build_reads_the_run_writes_caveats_and_survives_broken_files(tmp_path):
-    cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path)})
-    metrics = cfg.path("metrics")
-    metrics.mkdir(parents=True)
-    for file, summary in ROUTING_PATTERN.items():
-        if file != "probes.json":
-            (metrics / file).write_text(json.dumps({"summary": summary}))
-    (metrics / "probes.json").write_text("{not json")
+def test_beyond_the_envelope_but_below_the_effect_size_is_no_evidence():
+    # just past every null's interval, but not twice the random update's change
+    table = verdict.evidence(calibrated_metrics(rlvr_attn=0.0185), TREATMENTS, NULLS, PARAMS)
+    signal = next(s for s in row(table, "same_input.json")["signals"] if s["key"] == "attn_change")
+    assert signal["ci"][0] > signal["null_envelope"][1] - 0.02 and not signal["fired"]
+
+
+def test_a_row_is_never_decided_without_an_interval():
+    metrics = calibrated_metrics()
+    metrics["same_input.json"]["variants"]["rlvr"]["attn_change"] = entry(0.5, half=None)
+    metrics["same_input.json"]["variants"]["rlvr"]["mlp_change"] = entry(0.5, half=None)
+    assert row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "same_input.json")["rlvr"] == verdict.NOT_MEASURED
+
+
+def test_a_misread_control_stops_the_row_from_counting():
+    metrics = calibrated_metrics()
+    metrics["same_input.json"]["variants"]["attn_only"]["mlp_change"] = entry(0.3)  # the MLP moved with its input
+    r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "same_input.json")
+    assert r["readings"]["attn_only"] == verdict.REPRESENTATION
+    assert "attn_only reads Representation learning" in r["calibration"]
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS)
+    assert verdict.tally(table)[verdict.ROUTING] == 0
+
+
+def test_a_null_that_reads_as_evidence_stops_the_row_from_counting():
+    metrics = calibrated_metrics()
+    metrics["same_input.json"]["variants"]["null_3"]["mlp_change"] = entry(0.5)
+    r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "same_input.json")
+    assert "null_3 reads Representation learning" in r["calibration"]
+
+
+def test_nulls_and_the_identical_model_get_an_inconclusive_verdict():
+    metrics = calibrated_metrics()
+    metrics["patching.json"] = change_row({"rlvr": 0.2, "attn_only": 0.3, "mlp_only": 0.01},
+                                          {"rlvr": 0.01, "attn_only": 0.0, "mlp_only": 0.3}, seed=1)
+    for t in metrics["patching.json"]["variants"].values():
+        t["attn_direct_effect"], t["mlp_direct_effect"] = t.pop("attn_change"), t.pop("mlp_change")
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS)
+    assert verdict.overall(verdict.tally(table, "rlvr"), PARAMS) == verdict.ROUTING
+    assert verdict.overall(verdict.tally(table, "attn_only"), PARAMS) == verdict.ROUTING
+    assert verdict.overall(verdict.tally(table, "mlp_only"), PARAMS) == verdict.REPRESENTATION
+    for name in [*NULLS, "identical"]:
+        assert verdict.overall(verdict.tally(table, name), PARAMS) == verdict.INCONCLUSIVE
+
+
+def test_a_one_sided_row_counts_when_the_other_control_reads_no_evidence():
+    rng = np.random.default_rng(0)
+    gains = {"rlvr": 0.2, "attn_only": 0.0, "mlp_only": 0.3, "identical": 0.0,
+             **{n: 0.01 * rng.standard_normal() for n in NULLS}}
+    metrics = {"probes.json": {"variants": {t: {"selectivity_gain": entry(g, 0.02)} for t, g in gains.items()}}}
+    r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "probes.json")
+    assert r["readings"]["attn_only"] == verdict.NO_EVIDENCE and r["calibration"] == "counts"
+    assert r["rlvr"] == verdict.REPRESENTATION
+
+
+def test_rows_count_only_when_the_seeds_agree():
+    table = verdict.evidence(calibrated_metrics(), TREATMENTS, NULLS, PARAMS)
+    agreeing = {"rows": verdict._records(table)}
+    other = verdict.evidence(calibrated_metrics(rlvr_attn=0.012, rlvr_mlp=0.011), TREATMENTS, NULLS, PARAMS)
+    disagreeing = {"rows": verdict._records(other)}
+    assert row(verdict.replicate(table, {1: agreeing}), "same_input.json")["calibration"] == "counts"
+    replicated = verdict.replicate(table, {1: agreeing, 2: disagreeing})
+    assert row(replicated, "same_input.json")["calibration"].startswith("seeds disagree")
+
+
+def test_missing_metrics_leave_every_row_not_measured_and_the_verdict_inconclusive(tmp_path):
+    cfg = config.from_dict({"name": "empty", "runs_dir": str(tmp_path)})
     result = verdict.build(cfg)
-    json.dumps(result, allow_nan=False)  # strict JSON
-    assert result["tally"][verdict.NOT_MEASURED] == 1
-    assert result["tally"][verdict.ROUTING] == len(verdict.RULES) - 1
-    assert result["verdict"] == verdict.ROUTING
-    assert result["summary"]["rows_routing"]["value"] == len(verdict.RULES) - 1
-    text = " ".join(result["caveats"])
-    assert "seed 0" in text and "organism" in text and "word problems" in text and "Not measured (1 of" in text
-    table = verdict.evidence_table(verdict.load_summaries(metrics), cfg.verdict)
-    assert verdict.markdown_table(table).count("\n") == len(verdict.RULES) + 1
-    assert "Supports" in verdict.styled(table).to_html()
+    assert result["verdict"] == verdict.INCONCLUSIVE
+    assert all(r["rlvr"] == verdict.NOT_MEASURED for r in result["rows"])

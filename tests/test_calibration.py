@@ -1,0 +1,124 @@
+"""The instrument test of the verdict on tiny models: a planted attention-only change must read Routing, a
+planted MLP-only change Representation learning, and random updates of the same size and the identical model
+"no evidence", on the rows computed from real forward passes and real weights.
+
+The planted updates are low-rank and aligned with the component's input activations, as gradient updates are
+(an update is a sum of outer products of errors and inputs); the nulls are `variants.random_update` of the
+planted RLVR, exactly as notebook 03 builds them.
+"""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from rlvr_utils import same_input, variants, verdict
+from rlvr_utils.activations import TokenCache
+
+NULLS = [f"null_{k}" for k in range(5)]
+TREATMENTS = ["rlvr", "attn_only", "mlp_only", "identical", *NULLS]
+
+
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def token_cache(n: int = 48, length: int = 14, prompt: int = 5) -> TokenCache:
+    g = torch.Generator().manual_seed(1)
+    seqs = torch.randint(1, 64, (n, length), generator=g).tolist()
+    return TokenCache(seqs, [prompt] * n, list(range(n)), "gold", 0)
+
+
+def _inputs(model, cache) -> dict[str, torch.Tensor]:
+    """Each projection's input activations (rows = tokens), to align planted updates with the data."""
+    seen, handles = {}, []
+
+    def keep(name):
+        def hook(module, args):
+            seen[name] = args[0].reshape(-1, args[0].shape[-1])
+        return hook
+
+    for name, module in model.named_modules():
+        if name.endswith(("q_proj", "o_proj", "up_proj", "down_proj")):
+            handles.append(module.register_forward_pre_hook(keep(name)))
+    with torch.no_grad():
+        model(torch.tensor(cache.sequences))
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def planted(sft, cache, group: str, size: float = 0.5) -> dict[str, torch.Tensor]:
+    """SFT's weights plus, in each of the group's projections, a rank-2 update along the top two principal
+    directions of that projection's inputs, of Frobenius norm `size` times the weight's."""
+    inputs, state = _inputs(sft, cache), {k: v.clone() for k, v in sft.state_dict().items()}
+    suffixes = {"attention": ("q_proj", "o_proj"), "mlp": ("up_proj", "down_proj")}[group]
+    g = torch.Generator().manual_seed(2)
+    for module, x in inputs.items():
+        if not module.endswith(suffixes):
+            continue
+        w = state[module + ".weight"]
+        directions = torch.linalg.svd(x - x.mean(0), full_matrices=False).Vh[:2]  # (2, d_in)
+        outputs = torch.linalg.qr(torch.randn(w.shape[0], 2, generator=g)).Q  # (d_out, 2)
+        update = outputs @ directions
+        state[module + ".weight"] = w + update * (size * w.norm() / update.norm())
+    return state
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    cache = token_cache()
+    sft = tiny_model()
+    sft_state = sft.state_dict()
+    states = {"attn_only": planted(sft, cache, "attention"), "mlp_only": planted(sft, cache, "mlp")}
+    rlvr = {k: v.clone() for k, v in sft_state.items()}
+    for group in states.values():
+        for k, v in group.items():
+            rlvr[k] = rlvr[k] + (v - sft_state[k])
+    states["rlvr"] = rlvr
+    states["identical"] = {k: v.clone() for k, v in sft_state.items()}
+    for k, name in enumerate(NULLS):
+        states[name] = variants.random_update(sft_state, rlvr, seed=100 + k)
+    out = {}
+    for name, state in states.items():
+        model = tiny_model()
+        model.load_state_dict(state)
+        out[name] = same_input.compare(sft, model.eval(), cache, n_bootstrap=100)["summary"]
+    return {"same_input.json": {"variants": out}}
+
+
+def test_random_update_keeps_rlvrs_norm_in_every_tensor():
+    sft = tiny_model().state_dict()
+    rlvr = {k: v + 0.01 * torch.randn_like(v) * (i % 2) for i, (k, v) in enumerate(sft.items())}
+    null = variants.random_update(sft, rlvr, seed=0)
+    for k in sft:
+        assert torch.allclose((null[k] - sft[k]).norm(), (rlvr[k] - sft[k]).norm(), rtol=1e-5, atol=1e-7)
+        if torch.equal(rlvr[k], sft[k]):
+            assert torch.equal(null[k], sft[k])  # an untouched tensor stays untouched
+    other = variants.random_update(sft, rlvr, seed=1)
+    assert not torch.equal(null["model.layers.0.mlp.up_proj.weight"], other["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_same_input_row_classifies_planted_controls_and_reads_nulls_as_no_evidence(metrics):
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params())
+    row = table[table["file"] == "same_input.json"].iloc[0]
+    assert row["readings"]["attn_only"] == verdict.ROUTING
+    assert row["readings"]["mlp_only"] == verdict.REPRESENTATION
+    for name in [*NULLS, "identical"]:
+        assert row["readings"][name] == verdict.NO_EVIDENCE, (name, row["readings"][name])
+    assert row["calibration"] == "counts"
+    assert row["rlvr"] == verdict.REPRESENTATION  # the planted RLVR changed its MLPs
+
+
+def test_nulls_and_identical_model_get_an_inconclusive_verdict(metrics):
+    params = verdict_params()
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, params)
+    for name in [*NULLS, "identical"]:
+        assert verdict.overall(verdict.tally(table, name), params) == verdict.INCONCLUSIVE
+
+
+def verdict_params():
+    from rlvr_utils.config import VerdictParams
+
+    return VerdictParams(min_decided_rows=1, min_margin=1)
