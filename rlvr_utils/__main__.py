@@ -1,11 +1,13 @@
-"""Command line: `python -m rlvr_utils {run, check-params, train}`."""
+"""Command line: `python -m rlvr_utils {run, replicate, check-params, train}`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .config import PROJECT_ROOT, ParamsError, load
+from .artifacts import RunLocked, acquire_run_lock
+from .config import PROJECT_ROOT, ParamsError, load, unchecked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,32 +18,76 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--params", required=True, help="params YAML file, e.g. params/default.yaml")
     run.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (by number)")
     run.add_argument("--from", dest="start", metavar="NN", help="run from this notebook on")
-    run.add_argument("--force", action="store_true", help="re-run notebooks even if up to date")
+    run.add_argument("--force", action="store_true", help="re-run the notebooks named (all by default) and "
+                     "recompute everything they make, even if up to date")
     run.add_argument("--book-root", type=Path, default=PROJECT_ROOT, help="where book/executed and _build go")
     run.add_argument("--no-book", action="store_true", help="execute the notebooks but do not build the book")
 
+    rep = sub.add_parser("replicate", help="run the study for each of verdict.replicate_seeds (runs <name>-seed<k>), "
+                         "then re-run the verdict chapter and build the book")
+    rep.add_argument("--params", required=True)
+    rep.add_argument("--seeds", nargs="+", type=int, help="instead of verdict.replicate_seeds")
+    rep.add_argument("--no-book", action="store_true", help="replicate only; do not re-run the verdict or build")
+
     check = sub.add_parser("check-params", help="validate params files and exit")
     check.add_argument("files", nargs="+")
+    check.add_argument("--other-machine", action="store_true",
+                       help="the files are for another machine: skip what only this one decides (vLLM installed)")
 
     train = sub.add_parser("train", help="train one stage (what `accelerate launch` runs)")
-    train.add_argument("--stage", required=True, choices=["base", "sft", "rlvr"])
+    train.add_argument("--stage", required=True, choices=["base", "sft", "rlvr", "attn_only", "mlp_only"])
     train.add_argument("--params", required=True)
+
+    ext = sub.add_parser("extract", help="extract one model's activations over the run's token cache (what "
+                         "`accelerate launch` runs when extract.num_processes > 1)")
+    ext.add_argument("--stage", required=True, help="base, sft, rlvr or a variant")
+    ext.add_argument("--params", required=True)
 
     args = parser.parse_args(argv)
     try:
         if args.command == "check-params":
-            for f in args.files:
-                cfg = load(f)
+            failed = False
+            for f in args.files:  # every file is checked, each failure reported
+                try:
+                    cfg = load(f, machine=not args.other_machine)
+                except ParamsError as err:
+                    print(err, file=sys.stderr)
+                    failed = True
+                    continue
                 print(f"{f}: ok (run '{cfg.name}', artifacts in {cfg.run_dir})")
-            return 0
+                for note in unchecked(cfg):
+                    print(f"  note: {note}")
+            return 2 if failed else 0
         if args.command == "train":
             from . import train as training
 
-            training.TRAINERS[args.stage](load(args.params))
+            cfg = load(args.params)
+            if os.environ.get("RANK", "0") == "0":  # under accelerate launch, rank 0 holds the run's lock
+                acquire_run_lock(cfg.run_dir)
+            training.TRAINERS[args.stage](cfg)
+            return 0
+        if args.command == "extract":
+            from . import activations
+
+            cfg = load(args.params)
+            if os.environ.get("RANK", "0") == "0":
+                acquire_run_lock(cfg.run_dir)
+            activations.run_extract(cfg, args.stage, activations.TokenCache.load(cfg.path("tokens")))
             return 0
         from . import runner
 
         load(args.params)
+        if args.command == "replicate":
+            from . import replicate
+
+            if not replicate.run(args.params, args.seeds):
+                return 1
+            if args.no_book:
+                return 0
+            if not runner.execute(args.params, only=["10"], force=True):
+                return 1
+            runner.build_book()
+            return 0
         if not runner.execute(args.params, args.only, args.start, args.force, args.book_root.resolve()):
             return 1
         if not args.no_book and not args.only:
@@ -50,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(err, file=sys.stderr)
         return 2
+    except RunLocked as err:
+        print(err, file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ file only has to say what differs. Relative paths resolve against the project ro
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
+import re
+import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,7 +27,8 @@ class ParamsError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite or NaN learning rate, temperature or threshold is refused at once
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelParams(Section):
@@ -76,9 +81,20 @@ class DataParams(Section):
     max_start: int = Field(20, ge=1)
     max_operand: int = Field(9, ge=1)
     max_value: int = Field(40, ge=1, description="running values stay in 0..max_value")
+    sft_min_steps: int = Field(1, ge=1, le=3, description="steps per synthetic SFT problem: SFT's own "
+                               "distribution, easier and shorter than the evaluation's, as NuminaMath is not GSM8K")
+    sft_max_steps: int = Field(2, ge=1, le=3)
+    sft_verbs: Literal["old", "new"] = Field("old", description="wording of SFT problems' events (data.VERBS)")
+    rl_verbs: Literal["old", "new"] = Field("new", description="wording of the evaluation, validation and GRPO "
+                                            "problems: the wording shift from SFT's data")
+    corpus_new_verbs: float = Field(0.5, ge=0, le=1, description="share of the corpus's worked-as-it-happens "
+                                    "stories told with the new verbs: base meets them, never in the eval template. "
+                                    "Without it GRPO gained nothing significant (book/methods.md)")
     n_sft: int = Field(4000, gt=0)
     n_grpo: int = Field(4000, gt=0)
-    n_eval: int = Field(500, gt=0)
+    n_eval: int = Field(500, gt=0, description="held-out test problems (read once, by the final evaluation)")
+    n_validation: int = Field(500, gt=0, description="validation problems from the evaluation distribution, "
+                              "disjoint from the test set: settings are chosen on them")
     max_rows: int | None = Field(None, gt=0, description="cap on rows read from a real data set")
 
     @field_validator("prompt_template")
@@ -92,12 +108,21 @@ class DataParams(Section):
     def _steps_ordered(self):
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps={self.min_steps} must be <= max_steps={self.max_steps}")
+        if self.sft_min_steps > self.sft_max_steps:
+            raise ValueError(f"sft_min_steps={self.sft_min_steps} must be <= sft_max_steps={self.sft_max_steps}")
         return self
 
 
 class SFTParams(Section):
-    steps: int = Field(60, gt=0, description="organism: 60 steps give 67% greedy accuracy; 150 leave RLVR "
-                                           "no headroom (greedy 92%)")
+    steps: int = Field(1000, gt=0, description="most optimizer steps; training stops earlier when the stopping "
+                       "rule says SFT has converged on its own distribution")
+    stop_metric: Literal["loss", "mean_token_accuracy"] | None = Field(
+        "loss", description="the stopping rule's measure on held-out problems of SFT's own distribution "
+        "(None: train all `steps`). The checkpoint with the best value is kept")
+    eval_steps: int = Field(50, gt=0, description="steps between two measurements of the stopping rule")
+    patience: int = Field(3, gt=0, description="stop after this many measurements without improvement")
+    min_delta: float = Field(0.0, ge=0, description="smaller improvements than this do not count")
+    n_validation: int = Field(200, gt=0, description="held-out problems of SFT's distribution for the stopping rule")
     batch_size: int = Field(32, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     max_length: int = Field(128, gt=0)
@@ -110,8 +135,14 @@ class SFTParams(Section):
 
 
 class RewardWeights(Section):
-    accuracy: float = 1.0
-    format: float = 0.01
+    accuracy: float = Field(1.0, ge=0, description="weight of R_accuracy (+1 for a correct answer)")
+    format: float = Field(0.01, ge=0, description="weight of R_format (+1 for the required format)")
+
+    @model_validator(mode="after")
+    def _something_rewarded(self):
+        if self.accuracy == 0 and self.format == 0:
+            raise ValueError("accuracy and format are both 0: GRPO would train on no signal; give one a weight > 0")
+        return self
 
 
 class GRPOParams(Section):
@@ -151,12 +182,16 @@ class EvalParams(Section):
     n_problems: int = Field(500, gt=0, description="held-out problems for greedy accuracy")
     max_new_tokens: int = Field(64, gt=0)
     few_shot: int = Field(3, ge=0, description="worked examples in the base model's prompt")
-    pass_k: list[int] = Field([1, 2, 4, 8, 16, 32, 64], min_length=1)
+    pass_k: list[Annotated[int, Field(ge=1)]] = Field([1, 2, 4, 8, 16, 32, 64], min_length=1,
+                                                      description="k of pass@k, each >= 1")
     pass_problems: int = Field(100, gt=0, description="problems sampled for pass@k (max(pass_k) samples each)")
     temperature: float = Field(0.8, gt=0)
     batch_size: int = Field(1024, gt=0, description="sequences generated at once (samples of one prompt count)")
     n_bootstrap: int = Field(2000, gt=0)
     confidence: float = Field(0.95, gt=0, lt=1)
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="what generates: 'hf' (transformers generate), 'vllm' (GPU extra and a GPU), 'auto' "
+        "(vllm when both are present, else hf); how they differ: README, 'Real scale'")
 
     @property
     def n_samples(self) -> int:
@@ -167,16 +202,18 @@ class ExtractParams(Section):
     completions_from: Literal["rlvr", "sft", "base", "gold"] = "rlvr"
     n_problems: int = Field(256, gt=0)
     positions: list[str] = Field(
-        ["last_prompt", "completion"],
+        ["last_prompt", "completion"], min_length=1,
         description="'last_prompt', 'completion' (every completion token) or 'frac:0.25' style fractions",
     )
-    sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"]] = [
-        "hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post",
-    ]
-    layers: list[int] | None = Field(None, description="None = every layer")
+    sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"]] = Field(
+        ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"], min_length=1)
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="None = every layer; else layer indices 0..num_layers-1")
     batch_size: int = Field(32, gt=0)
     shard_size: int = Field(64, gt=0, description="problems per stored shard")
     dtype: Literal["float32", "float16"] = Field("float32", description="stored activations; float16 halves disk at real scale")
+    num_processes: int = Field(1, gt=0, description=">1: the token cache's shards are split across this many "
+                               "processes (accelerate launch, one model copy each) and joined into one store")
 
     @field_validator("positions")
     @classmethod
@@ -190,6 +227,15 @@ class ExtractParams(Section):
                     ok = False
             if not ok:
                 raise ValueError(f"position {p!r} is not one of 'last_prompt', 'completion', 'frac:<0..1>'")
+        if len(set(value)) < len(value):
+            raise ValueError(f"positions {value} name one position twice")
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, value):
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError(f"layers {value} name one layer twice")
         return value
 
 
@@ -207,19 +253,20 @@ class CKAParams(Section):
 class ProbeParams(Section):
     """Linear probes with Hewitt & Liang control tasks, and the logit lens (06_probes)."""
 
-    targets: list[Literal["intermediate", "answer_last_digit", "correct"]] = [
+    targets: list[Literal["intermediate", "answer_last_digit", "correct"]] = Field([
         "intermediate", "answer_last_digit", "correct",
-    ]
+    ], min_length=1)
     sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"]] = Field(
-        ["hook_attn_out", "hook_mlp_out", "hook_resid_post"],
+        ["hook_attn_out", "hook_mlp_out", "hook_resid_post"], min_length=1,
         description="sites probed (must be extracted); resid_pre of layer l is resid_post of layer l-1")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="share of problems held out to score the probes")
-    cv_folds: int = Field(3, ge=2, description="grouped cross-validation folds that choose the L2 strength")
+    validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of problems on which the L2 strength "
+                                       "and the layer and site are chosen (the test problems are scored once)")
     Cs: list[float] = Field([0.01, 0.1, 1.0], min_length=1,
-                            description="inverse L2 strengths tried by cross-validation (features are standardised)")
+                            description="inverse L2 strengths tried, chosen on validation (features are standardised)")
     max_iter: int = Field(200, gt=0, description="lbfgs iterations per probe fit")
     tol: float = Field(1e-3, gt=0, description="lbfgs tolerance; 1e-3 halves the time of 1e-4 at equal test accuracy")
-    n_bootstrap: int = Field(200, gt=0, description="bootstrap resamples of test problems")
+    n_bootstrap: int = Field(200, gt=0, description="bootstrap resamples of validation and test problems")
     intermediate_label: Literal["value", "last_digit"] = Field(
         "value", description="decode the whole intermediate value, or only its last digit (many distinct values)")
     decodable_margin: float = Field(0.2, gt=0, lt=1, description="the answer is decodable from the first layer whose "
@@ -249,9 +296,6 @@ class PatchingParams(Section):
     answer_marker: str = Field("=", min_length=1, description=(
         "the patched answer is the first number after this marker's last occurrence: '=' is the last equation's "
         "result, where the final value is computed; '####' is where it is copied again (mostly a copy task)"))
-    min_logit_gap: float = Field(
-        0.5, ge=0, description="problems whose donor and receiver logit differences are closer than this are left "
-                               "out of normalised effects (the ratio would divide by ~0)")
     within_model: bool = Field(True, description="also clean/corrupted patching inside SFT and RLVR")
     corrupt_number: int = Field(-1, description="which number of the prompt to corrupt (python index; -1 = last)")
     batch_size: int = Field(16, gt=0, description="problems per forward pass")
@@ -268,12 +312,22 @@ class PatchingParams(Section):
 class WeightParams(Section):
     """Weight-difference norms and SVD spectra (notebook 07)."""
 
-    sparsity_tolerance: float = Field(1e-5, ge=0, description="|delta| at or below this counts as unchanged "
-                                      "(Mukherjee et al. 2025 use 1e-5)")
-    top_k: int = Field(8, gt=0, description="k of the top-k energy of an update and of the weights' top-k "
-                       "singular subspaces whose rotation is measured")
+    sparsity_tolerance: float = Field(1e-5, ge=0, description="|delta| at or below this, or below the stored "
+                                      "dtype's round-off of the weight, counts as unchanged (Mukherjee et al. 2025 "
+                                      "use 1e-5)")
+    top_k: int = Field(8, gt=0, description="k of the top-k (structured) energy of an update, and the largest k "
+                       "considered for the spectral gap at which the rotation of the weights' subspace is measured")
+    n_bootstrap: int = Field(1000, gt=0, description="resamples of matrices (layers for the MLP share) for intervals")
     spectrum_values: int = Field(64, gt=0, description="largest singular values of each update kept for the figures")
-    device: str = Field("cpu", description="where the SVDs run ('cuda' speeds up real-scale models)")
+    device: str = Field("cpu", description="where the SVDs run: 'cpu', 'cuda', 'cuda:N' or 'mps' ('cuda' speeds "
+                        "up real-scale models)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("expected 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return value
 
 
 class VariantParams(Section):
@@ -290,36 +344,68 @@ class VariantParams(Section):
         "known Representation change)")
 
 
-class VerdictParams(Section):
-    """Decision rules of the evidence table (notebook 08): one threshold per row. A row supports the side
-    its interval lies on; an interval that contains the threshold is inconclusive."""
+class CrosscoderParams(Section):
+    """BatchTopK crosscoders between the reference (SFT) and each treatment, with Latent Scaling and a causal
+    test (notebook 07)."""
 
-    mlp_share_threshold: float = Field(0.5, ge=0, le=1, description="MLP share of the RLVR update's energy per "
-                                       "parameter: below supports Routing, above Representation learning")
-    effective_rank_ratio_threshold: float = Field(0.25, ge=0, le=1, description="RLVR update's effective rank / "
-                                                  "largest possible rank: below (low-rank) supports Routing; a rank-r "
-                                                  "update gives at most r/n, Gaussian noise 0.8-0.98")
-    subspace_angle_threshold: float = Field(10.0, ge=0, le=90, description="largest principal angle (degrees) "
-                                            "between SFT and RLVR top-k weight subspaces: below (principal "
-                                            "directions kept) supports Routing")
-    cka_mlp_threshold: float = Field(0.9, ge=0, le=1, description="CKA of SFT and RLVR MLP outputs: above "
-                                     "(MLP features kept) supports Routing")
-    cka_gap_threshold: float = Field(0.0, ge=-1, le=1, description="CKA(MLP out) - CKA(attention out), SFT vs "
-                                     "RLVR: above (attention changed more) supports Routing")
-    probe_gain_threshold: float = Field(0.05, ge=0, description="gain in probe selectivity for intermediate "
-                                        "results, RLVR vs SFT: above (new decodable features) supports "
-                                        "Representation learning")
-    graft_gap_threshold: float = Field(0.0, ge=-1, le=1, description="MLP-only minus attention-only graft "
-                                       "share of the RLVR gain: below supports Routing")
-    patch_gap_threshold: float = Field(0.0, description="MLP-out minus attention-out patching effect (RLVR "
-                                       "into SFT): below supports Routing")
-    min_decided_rows: int = Field(3, ge=1, description="fewer decided rows than this: the verdict is inconclusive")
-    min_margin: int = Field(2, ge=1, description="rows by which one side must lead the other; less is 'mixed'")
+    layer: int | None = Field(None, description="block whose activations are diffed; None = the middle block "
+                              "(num_layers // 2)")
+    site: Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"] = Field(
+        "hook_resid_post", description="site diffed (must be extracted)")
+    position: str = Field("completion", description="extracted position selection the crosscoder trains on")
+    expansion: int = Field(2, gt=0, description="latents per model dimension (hidden 128 -> 256 latents; at 4, more "
+                           "than half stay dead on ~7k tokens)")
+    k: int = Field(8, gt=0, description="active latents per token on average (BatchTopK over the batch)")
+    steps: int = Field(1000, gt=0, description="Adam steps per crosscoder (~10-25 s each on 2 CPU cores)")
+    batch_size: int = Field(256, gt=0, description="tokens per step (BatchTopK keeps k x batch_size activations)")
+    learning_rate: float = Field(1e-3, gt=0)
+    seeds: int = Field(3, ge=1, description="crosscoders per pair (seeds seed, seed+1, ...): intervals over seeds")
+    specific_threshold: float = Field(0.9, gt=0.5, lt=1, description="relative decoder norm ||d_T|| / (||d_SFT|| + "
+                                      "||d_T||) above which a latent is a candidate T-specific latent")
+    presence_threshold: float = Field(0.3, gt=0, lt=1, description="Latent Scaling: a candidate counts as "
+                                      "T-specific only when SFT's error explains less than this share of it")
+    treatments: list[str] | None = Field(None, description="treatments diffed against SFT; None = rlvr and the nulls")
+    causal_treatments: list[str] = Field(["rlvr"], description="treatments whose specific latents are ablated and "
+                                         "transplanted in greedy generation (each costs ~4 greedy passes per seed)")
+    causal_seeds: int = Field(1, ge=1, description="crosscoder seeds whose latents the causal test edits (each "
+                              "costs up to 8 greedy passes over causal_problems)")
+    causal_top: int = Field(8, ge=1, description="sensitivity set of the causal test: the live latents with the "
+                            "highest relative decoder norm, edited even when none passes the specific thresholds")
+    causal_problems: int = Field(244, gt=0, description="held-out problems of the causal test: eval.jsonl rows after "
+                                 "the extract.n_problems the crosscoders trained on")
+    top_latents: int = Field(4, gt=0, description="top specific and top shared latents read out in the chapter")
+    n_bootstrap: int = Field(1000, gt=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+class VerdictParams(Section):
+    """Decision rules of the evidence table (notebook 10). Every row reads a treatment's measurement against
+    the same measurement on the random-update nulls; book/methods.md gives the reason for each number."""
+
+    min_relative_effect: float = Field(1.0, gt=0, description="a change measure counts as beyond random when its "
+                                       "interval clears every null's interval and its distance from the nulls' mean "
+                                       "is at least this many times the nulls' own scale (mean |value| + spread): 1 "
+                                       "means at least double what a random update of the same size does")
+    null_ratio_margin: float = Field(0.5, gt=0, description="weight measures taken per matrix relative to the "
+                                     "nulls' (1 = what a random update of the same size does) must also exceed the "
+                                     "nulls' mean by this much: 1.5 times random, where a low-rank update of a "
+                                     "128 x 512 matrix reaches several times")
+    share_margin: float = Field(0.1, gt=0, lt=1, description="shares and ratios in [0, 1] (MLP share, effective-"
+                                "rank ratio) must also differ from the nulls' mean by this much: 0.1 is 20% of "
+                                "the distance between an attention-only (0) and an even (0.5) update")
+    probe_gain_margin: float = Field(0.05, gt=0, description="a selectivity gain must also exceed the nulls' mean "
+                                     "by this much, above the noise floor of selectivity on shuffled features")
+    min_decided_rows: int = Field(2, ge=1, description="fewer counted rows with a reading than this: inconclusive")
+    min_margin: int = Field(2, ge=1, description="counted rows by which one side must lead; less is 'mixed'")
+    replicate_seeds: list[int] = Field([1, 2], description="seeds that `python -m rlvr_utils replicate` trains as "
+                                       "runs <name>-seed<k>; a row counts only when all seeds that ran agree")
 
 
 class Params(Section):
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="run name: artifacts in runs/<name>/")
-    seed: int = 0
+    name: str = Field("default", description="run name, one folder name: artifacts in runs/<name>/")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds torch, numpy and data (numpy takes 0..2**32-1)")
+    rehearsal: bool = Field(False, description="a rehearsal of the real-scale path on a toy model "
+                            "(params/rehearsal.yaml): the book says its numbers mean nothing")
     runs_dir: str = "runs"
     model: ModelParams = ModelParams()
     organism: OrganismParams = OrganismParams()
@@ -333,27 +419,20 @@ class Params(Section):
     patching: PatchingParams = PatchingParams()
     weights: WeightParams = WeightParams()
     variants: VariantParams = VariantParams()
+    crosscoder: CrosscoderParams = CrosscoderParams()
     verdict: VerdictParams = VerdictParams()
 
     source: str = Field("<defaults>", exclude=True, description="where these params came from (for messages)")
 
-    @model_validator(mode="after")
-    def _combinations(self):
-        if self.extract.completions_from != "gold" and self.extract.n_problems > self.evaluation.n_problems:
-            raise ValueError(f"extract.n_problems={self.extract.n_problems} must be <= evaluation.n_problems="
-                             f"{self.evaluation.n_problems}: completions from '{self.extract.completions_from}' "
-                             "are the greedy evaluation's")
-        for key, value in (("sft.deepspeed", self.sft.deepspeed), ("grpo.deepspeed", self.grpo.deepspeed)):
-            if value is not None and not resolve(value).is_file():
-                raise ValueError(f"{key}={value!r}: no such file ({resolve(value)})")
-        for key, value in (("model.base", self.model.base), ("model.sft", self.model.sft), ("model.rlvr", self.model.rlvr)):
-            if value and value != ORGANISM and _looks_local(value) and not resolve(value).is_dir():
-                raise ValueError(f"{key}={value!r}: no such checkpoint folder ({resolve(value)})")
-        d = self.data
-        for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path)):
-            if src != "synthetic" and path is None:
-                raise ValueError(f"{key} must name a hub id or local file when its source is {src!r}")
-        return self
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, value):
+        # '..' would put data/, models/, metrics/ into the project root
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", "..") or value.startswith("."):
+            raise ValueError("a run name is one folder name: letters, digits, '_', '-' and '.', not starting "
+                             "with '.', with no path separator ('.' and '..' are refused)")
+        return value
+
 
     # --- derived -----------------------------------------------------------------------------
     @property
@@ -392,14 +471,152 @@ def resolve(path: str | Path) -> Path:
 
 
 def _looks_local(ref: str) -> bool:
-    """A hub id is 'org/name'; anything starting with . / ~ or existing on disk is a local folder."""
-    return ref.startswith((".", "/", "~")) or resolve(ref).exists() or ref.count("/") != 1
+    """A hub id is 'org/name'; anything starting with . / ~, existing on disk, or whose first part is a
+    folder here (e.g. 'runs/sft', 'checkpoints/x') is a local path."""
+    if ref.startswith((".", "/", "~")) or resolve(ref).exists() or ref.count("/") != 1:
+        return True
+    return resolve(ref.split("/")[0]).is_dir()
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_LOCAL_DATA = (".jsonl", ".json", ".parquet")
+
+
+def _config_of(ref: str, trust: bool) -> tuple[dict | None, str]:
+    """(config.json of a checkpoint, where it came from); None and why when it cannot be read offline."""
+    if _looks_local(ref):
+        path = resolve(ref) / "config.json"
+        if not path.is_file():
+            return None, f"{resolve(ref)} has no config.json"
+        try:
+            return json.loads(path.read_text()), str(path)
+        except (OSError, json.JSONDecodeError) as err:
+            return None, f"{path} is unreadable ({err})"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(ref, "config.json")
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text()), cached
+    return None, f"hub id {ref!r} is not in the local Hugging Face cache (no network is used)"
+
+
+def _num_layers(config: dict) -> int | None:
+    config = config.get("text_config", config)
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def _model_layers(p: "Params") -> tuple[int | None, str]:
+    """Layers of the model the run analyses, and what says so (or why it could not be checked)."""
+    if p.model.base == ORGANISM and not p.model.analyze_only:
+        return p.organism.num_layers, "organism.num_layers"
+    ref = p.model.rlvr or p.model.sft or p.model.base
+    config, where = _config_of(ref, p.model.trust_remote_code)
+    if config is None:
+        return None, where
+    n = _num_layers(config)
+    return n, (where if n is not None else f"{where} names no layer count")
+
+
+def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
+    """Cross-section checks against what extraction keeps and what the model has, and with `machine`
+    against this machine (installed packages). One line per problem: key, value, what is expected."""
+    problems = []
+    if p.extract.completions_from != "gold" and p.extract.n_problems > p.evaluation.n_problems:
+        problems.append(f"extract.n_problems (got {p.extract.n_problems}): must be <= evaluation.n_problems="
+                        f"{p.evaluation.n_problems}; completions from {p.extract.completions_from!r} are the greedy "
+                        "evaluation's")
+    for key, value in (("sft.deepspeed", p.sft.deepspeed), ("grpo.deepspeed", p.grpo.deepspeed)):
+        if value is not None and not resolve(value).is_file():
+            problems.append(f"{key} (got {value!r}): no such file ({resolve(value)})")
+    for key in ("model.base", "model.sft", "model.rlvr"):
+        value = getattr(p.model, key.split(".")[1])
+        if value and value != ORGANISM and _looks_local(value) and not resolve(value).is_dir():
+            problems.append(f"{key} (got {value!r}): no such checkpoint folder ({resolve(value)}); a hub id is "
+                            "'org/name', a local folder is best written './path'")
+    d = p.data
+    for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path)):
+        if src != "synthetic" and path is None:
+            problems.append(f"{key} (got None): must name a hub id or local file when its source is {src!r}")
+    if machine and getattr(p.evaluation, "backend", None) == "vllm" and importlib.util.find_spec("vllm") is None:
+        problems.append("evaluation.backend (got 'vllm'): vLLM is not installed on this machine; install the GPU "
+                        "extra (pip install -e '.[gpu]') or use 'auto' or 'hf'")
+    if machine and p.grpo.use_vllm and importlib.util.find_spec("vllm") is None:
+        problems.append("grpo.use_vllm (got True): vLLM is not installed on this machine; install the GPU extra "
+                        "(pip install -e '.[gpu]') or set use_vllm: false")
+    e = p.extract
+    n_layers, where = _model_layers(p)
+    if e.layers is not None and n_layers is not None:
+        bad = [layer for layer in e.layers if layer >= n_layers]
+        if bad:
+            problems.append(f"extract.layers (got {e.layers}): layers {bad} do not exist; the model has {n_layers} "
+                            f"layers, 0..{n_layers - 1} ({where})")
+    for key, sites in (("cka.sites", p.cka.sites), ("probes.sites", p.probes.sites)):
+        missing = [s for s in sites if s not in e.sites]
+        if missing:
+            problems.append(f"{key} (got {sites}): {missing} never extracted; extract.sites is {e.sites}")
+    x = getattr(p, "crosscoder", None)
+    if x is not None:
+        if x.site not in e.sites:
+            problems.append(f"crosscoder.site (got {x.site!r}): never extracted; extract.sites is {e.sites}")
+        if x.position not in e.positions:
+            problems.append(f"crosscoder.position (got {x.position!r}): never extracted; extract.positions is "
+                            f"{e.positions}")
+        kept = e.layers if e.layers is not None else range(n_layers) if n_layers is not None else None
+        if x.layer is not None and kept is not None and x.layer not in kept:
+            problems.append(f"crosscoder.layer (got {x.layer}): not among the extracted layers {list(kept)}")
+    if p.cka.position not in e.positions:
+        problems.append(f"cka.position (got {p.cka.position!r}): never extracted; extract.positions is {e.positions}")
+    # where each probe target reads (probes.ProbeStore): 'completion' also holds the last prompt token
+    needs = {"intermediate": ("completion",), "answer_last_digit": ("completion",),
+             "correct": ("last_prompt", "completion")}
+    for target in p.probes.targets:
+        if not set(needs[target]) & set(e.positions):
+            problems.append(f"probes.targets (got {p.probes.targets}): target {target!r} reads "
+                            f"{' or '.join(map(repr, needs[target]))} positions, which extract.positions "
+                            f"({e.positions}) does not keep")
+    fields = _template_fields(p.data.prompt_template)
+    if isinstance(fields, str):
+        problems.append(f"data.prompt_template (got {p.data.prompt_template!r}): {fields}")
+    elif fields - {"question"}:
+        problems.append(f"data.prompt_template (got {p.data.prompt_template!r}): unknown field(s) "
+                        f"{sorted(fields - {'question'})}; only {{question}} is filled in (write {{{{ }}}} for a brace)")
+    d = p.data
+    for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path),
+                           ("data.eval_path", "gsm8k" if d.grpo_source == "gsm8k" else "synthetic", d.eval_path)):
+        if path is None or src == "synthetic":
+            continue
+        local = path.startswith((".", "/", "~")) or path.endswith(_LOCAL_DATA) or not _HUB_ID.fullmatch(path)
+        if local and not resolve(path).is_file():
+            problems.append(f"{key} (got {path!r}): no such file ({resolve(path)}); expected a local "
+                            f".jsonl/.json/.parquet file or a hub data set id 'org/name'")
+    for key in ("model.base", "model.sft", "model.rlvr"):
+        value = getattr(p.model, key.split(".")[1])
+        if value and value != ORGANISM and not _looks_local(value) and not _HUB_ID.fullmatch(value):
+            problems.append(f"{key} (got {value!r}): neither a local folder nor a hub id 'org/name'")
+    return problems
+
+
+def unchecked(p: "Params") -> list[str]:
+    """What could not be checked offline (e.g. a hub model's layer count), for check-params to say."""
+    n_layers, where = _model_layers(p)
+    return [] if n_layers is not None else [f"extract.layers against the model: could not be checked ({where})"]
+
+
+def _template_fields(template: str) -> set[str] | str:
+    try:
+        return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template)
+                if name is not None}
+    except ValueError as err:
+        return f"not a valid format string ({err}); write {{{{ and }}}} for literal braces"
 
 
 def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"Invalid params in {source}:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "<top level>"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             parent = _section_class(e["loc"][:-1])
@@ -422,18 +639,23 @@ def _section_class(loc) -> type[BaseModel]:
     return cls
 
 
-def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
+def from_dict(raw: dict[str, Any], source: str = "<dict>", machine: bool = True) -> Params:
+    """Validated params; `machine=False` skips what only this machine decides (installed vLLM), for a
+    file meant for another machine."""
     if not isinstance(raw, dict):
         raise ParamsError(f"Invalid params in {source}: the file must be a YAML mapping of sections, got {type(raw).__name__}.")
     try:
         params = Params(**raw)
     except ValidationError as err:
         raise ParamsError(_format_error(err, source)) from None
+    problems = consistency_problems(params, machine)
+    if problems:
+        raise ParamsError("\n".join([f"Invalid params in {source}:"] + [f"  - {line}." for line in problems]))
     params.source = source
     return params
 
 
-def load(path: str | Path) -> Params:
+def load(path: str | Path, machine: bool = True) -> Params:
     path = resolve(path)
     if not path.is_file():
         raise ParamsError(f"Params file {path} does not exist.")
@@ -441,21 +663,80 @@ def load(path: str | Path) -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"Params file {path} is not valid YAML: {err}") from None
-    return from_dict(raw, source=str(path))
+    return from_dict(raw, source=str(path), machine=machine)
 
 
-def from_notebook(namespace: dict[str, Any]) -> Params:
-    """Params inside a notebook: the sections papermill injected (`-f FILE` or `-p`), else `params_file`.
+# --- notebooks --------------------------------------------------------------------------------------
+NOTEBOOK_PARAMETERS = ("params_file",)  # the only names papermill may inject into a notebook
+_PAPERMILL_HEADER = "# Parameters"  # first line of the cell papermill injects
+_injected: dict[str, Any] = {}  # what papermill injected, parsed (never executed) by guard_papermill
 
-    papermill's own convention injects a YAML file's top-level keys as variables; the runner also
-    passes `params_file` so that error messages name the file.
+
+def guard_papermill() -> None:
+    """Called in a notebook's parameters cell: the cell papermill injects next is parsed, never run.
+
+    papermill writes injected parameters as Python source, so a crafted key or value would run as code.
+    This IPython input transformer replaces that cell by a call that reads it with `ast` (plain
+    `name = <literal>` lines only) and keeps the values for `from_notebook`, which accepts only
+    `params_file`. Outside IPython it does nothing.
     """
-    injected = {k: namespace[k] for k in Params.model_fields if k != "source" and k in namespace}
-    shadowed = [k for k, v in injected.items() if type(v).__name__ == "module"]
-    if shadowed:
-        raise ParamsError(f"the notebook bound {shadowed} to a module before reading params: call "
-                          "config.from_notebook(globals()) right after the parameters cell, before other imports")
-    source = namespace.get("params_file", "params/default.yaml")
-    if injected:
-        return from_dict(injected, source=f"{source} (injected by papermill)")
-    return load(source)
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and _papermill_cell not in shell.input_transformers_cleanup:
+        shell.input_transformers_cleanup.insert(0, _papermill_cell)
+
+
+def _papermill_cell(lines: list[str]) -> list[str]:
+    if not lines or lines[0].strip() != _PAPERMILL_HEADER:
+        return lines
+    return [f"__import__('rlvr_utils.config', fromlist=['config']).receive_injected({''.join(lines)!r})\n"]
+
+
+def receive_injected(source: str) -> None:
+    """Parse papermill's injected cell; refuse anything but `name = <literal>` without running it."""
+    import ast
+
+    _injected.clear()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise ParamsError(f"papermill injected a cell that is not Python ({err}); nothing of it ran") from None
+    for node in tree.body:
+        ok = (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name))
+        try:
+            value = ast.literal_eval(node.value) if ok else None
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            ok = False
+        if not ok:
+            raise ParamsError(f"papermill injected code, not a parameter value: {ast.get_source_segment(source, node)!r}."
+                              " Refused; nothing of it ran. Pass only the params file: "
+                              "papermill NOTEBOOK OUT -p params_file params/X.yaml")
+        _injected[node.targets[0].id] = value
+
+
+def from_notebook(namespace: dict[str, Any], lock: bool = True) -> Params:
+    """Params inside a notebook, from its one parameter `params_file` (papermill: `-p params_file FILE`),
+    validated like `check-params`. Names papermill injected besides it are refused, as are params
+    sections bound as variables (papermill's `-f FILE` injects a file's sections: that file would not be
+    named in messages, so it is not accepted). With `lock`, the notebook holds the run folder's lock
+    (unless the runner that started it does)."""
+    unknown = sorted(set(_injected) - set(NOTEBOOK_PARAMETERS))
+    bound = [k for k in Params.model_fields if k != "source" and k in namespace
+             and type(namespace[k]).__name__ != "module"]
+    if unknown or bound:
+        raise ParamsError(f"papermill injected {unknown or bound}: these notebooks take one parameter, params_file, "
+                          "and read and validate that file themselves. Run: papermill NOTEBOOK OUT -p params_file "
+                          "params/X.yaml (not -f params/X.yaml, which injects the file's sections unchecked)")
+    source = _injected.get("params_file", namespace.get("params_file", "params/default.yaml"))
+    if not isinstance(source, str) or not source.strip():
+        raise ParamsError(f"params_file (got {source!r}): expected the path of a params YAML file, e.g. "
+                          "params/default.yaml")
+    cfg = load(source)
+    if lock:
+        from . import artifacts
+
+        artifacts.acquire_run_lock(cfg.run_dir)
+    return cfg

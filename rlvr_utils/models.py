@@ -9,12 +9,24 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def load(ref: str, cfg=None, device: str = "cpu"):
     """(model in eval mode, tokenizer) for a folder or hub id; `trust_remote_code` only if params say so."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+
     trust = bool(cfg and cfg.model.trust_remote_code)
     dtype = _DTYPES[cfg.model.dtype] if cfg else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        if not Path(ref).is_dir():
+            raise
+        # a bare SafetensorError names no file: say which checkpoint, and how to recover
+        raise RuntimeError(f"checkpoint {ref} cannot be loaded ({type(err).__name__}: {err}): it is truncated or "
+                           "corrupted. Re-run (its stamp no longer matches, so the run rebuilds it) or run with "
+                           "--force.") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
     return model.to(device).eval(), tokenizer
 
 

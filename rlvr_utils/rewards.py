@@ -6,8 +6,10 @@ data set carries the gold answer in its `final` column.
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 from math_verify import parse, verify
+from sympy import Number
 
 # "#### N" must open its own line and end the completion: an unanchored pattern let GRPO drift to
 # "######## 27" while still being paid for it.
@@ -28,21 +30,40 @@ def extract_answer(text: str) -> str | None:
     return None
 
 
-def _as_number(text: str) -> float | None:
+def _as_number(text: str) -> Decimal | None:
+    """'1,000', '$18', '18.0', '-3' as exact decimals; None for anything else (fractions, LaTeX, words)."""
     try:
-        return float(text.replace(",", "").replace("$", "").strip())
-    except ValueError:
+        value = Decimal(text.replace(",", "").replace("$", "").strip())
+    except InvalidOperation:
         return None
+    return value if value.is_finite() else None
+
+
+def _numbers_equal(a: Decimal, b: Decimal) -> bool:
+    """Integers compare exactly: a relative tolerance once paid 1,450,001 for 1,450,000. Decimals get
+    a tolerance (1e-6 relative) capped at 1e-3, far below 1, so it never joins two different integers."""
+    if a == b:
+        return True
+    if a == a.to_integral_value() and b == b.to_integral_value():
+        return False
+    return abs(a - b) <= min(Decimal("1e-6") * max(Decimal(1), abs(b)), Decimal("1e-3"))
 
 
 def is_correct(predicted: str | None, gold: str) -> bool:
-    """Numbers compare by value ('1,000', '18.0', '$18' equal 1000, 18, 18); other forms via math-verify."""
+    """Numbers compare by value ('1,000', '18.0', '$18' equal 1000, 18, 18; integers exactly); other
+    forms (fractions, LaTeX) via math-verify, whose rational results must then be exactly equal."""
     if predicted is None:
         return False
     a, b = _as_number(predicted), _as_number(gold)
     if a is not None and b is not None:
-        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
-    return bool(verify(parse(gold), parse(predicted)))
+        return _numbers_equal(a, b)
+    parsed_gold, parsed_pred = parse(gold), parse(predicted)
+    if not verify(parsed_gold, parsed_pred):
+        return False
+    x, y = (p[0] if p and isinstance(p[0], Number) else None for p in (parsed_gold, parsed_pred))
+    if x is not None and y is not None and x.is_Rational and y.is_Rational:
+        return x == y  # math-verify rounds floats; exact values must match exactly
+    return True
 
 
 def is_formatted(text: str) -> bool:

@@ -13,8 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_params_validate(path):
-    cfg = config.load(path)
+    cfg = config.load(path, machine=False)
     assert cfg.name == path.stem or cfg.name
+
+
+def test_vllm_params_need_vllm_on_this_machine():
+    import importlib.util
+
+    path = ROOT / "params" / "qwen2.5-1.5b.yaml"
+    if importlib.util.find_spec("vllm") is not None:
+        config.load(path)
+        return
+    with pytest.raises(config.ParamsError, match="grpo.use_vllm .*vLLM is not installed"):
+        config.load(path)
 
 
 def _write(tmp_path, text):
@@ -62,14 +73,31 @@ def test_cli_fails_fast_without_traceback(tmp_path):
     assert "sft.steps" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_notebook_injection_matches_file():
-    """papermill's -f convention injects the YAML's sections; they give the same params as the file."""
+def test_notebook_reads_its_params_file_with_the_same_rules(tmp_path):
+    path = ROOT / "params" / "ci.yaml"
+    assert config.from_notebook({"params_file": str(path)}, lock=False).fingerprint() == config.load(path).fingerprint()
+    bad = _write(tmp_path, "sft:\n  stepz: 3\n")
+    with pytest.raises(config.ParamsError, match=f"{bad}.*\n.*sft.stepz"):
+        config.from_notebook({"params_file": str(bad)}, lock=False)
+
+
+def test_notebook_refuses_injected_sections_and_code():
+    """papermill -f FILE injects the file's sections: refused (the file is not known to name it)."""
     import yaml
 
-    path = ROOT / "params" / "ci.yaml"
-    injected = yaml.safe_load(path.read_text())
-    from_notebook = config.from_notebook({**injected, "params_file": str(path)})
-    assert from_notebook.fingerprint() == config.load(path).fingerprint()
+    injected = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
+    with pytest.raises(config.ParamsError, match="take one parameter, params_file"):
+        config.from_notebook({**injected, "params_file": "params/ci.yaml"}, lock=False)
+    try:
+        config.receive_injected('# Parameters\nparams_file = "params/ci.yaml"\nseed = 3\n')
+        with pytest.raises(config.ParamsError, match=r"injected \['seed'\]"):
+            config.from_notebook({}, lock=False)
+        for code in ('# Parameters\nx = __import__("os").getpid()\n', '# Parameters\na = 1; import os\n',
+                     '# Parameters\nparams_file = "a"; open("/tmp/x", "w")\n'):
+            with pytest.raises(config.ParamsError, match="not a parameter value.*nothing of it ran"):
+                config.receive_injected(code)
+    finally:
+        config._injected.clear()
 
 
 def test_fingerprint_tracks_only_named_sections():

@@ -60,3 +60,30 @@ def test_combined_reward_weights_follow_params():
     cfg = Params(grpo={"reward_weights": {"accuracy": 1.0, "format": 0.01}})
     assert rewards.reward_weights(cfg) == [1.0, 0.01]
     assert [f.__name__ for f in rewards.REWARD_FUNCS] == ["accuracy_reward", "format_reward"]
+
+
+def _with_final(answer: str, final: str) -> str:
+    head, _, _ = answer.rpartition("####")
+    return f"{head}#### {final}"
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_every_gsm8k_off_by_one_scores_zero(delta):
+    """Integers compare exactly: 1,450,001 for 1,450,000 (a real test item) earns nothing."""
+    rows = _gsm8k()
+    wrong = [str(int(r["final"].replace(",", "")) + delta) for r in rows]
+    scores = rewards.accuracy_reward([_with_final(r["answer"], w) for r, w in zip(rows, wrong)],
+                                     final=[r["final"] for r in rows])
+    assert len(rows) == 1319 and sum(scores) == 0
+    # the comma-grouped gold form too, compared with an off-by-one written with commas
+    big = [r for r in rows if "," in r["final"]]
+    assert big and not any(rewards.is_correct(f"{int(r['final'].replace(',', '')) + delta:,}", r["final"]) for r in big)
+
+
+@pytest.mark.parametrize("predicted, gold, correct", [
+    ("1450001", "1,450,000", False), ("1450000.0", "1,450,000", True), ("1450000.4", "1450000", False),
+    ("0.3333333", "0.333333", True), ("33.333", "33.33", False), ("2.5", "5/2", True), ("\\frac{5}{2}", "2.5", True),
+    ("\\frac{2900002}{2}", "1450000", False), ("123456789", "123456788", False), ("-3", "-3.00", True),
+])
+def test_decimal_tolerance_never_joins_two_integers(predicted, gold, correct):
+    assert rewards.is_correct(predicted, gold) is correct

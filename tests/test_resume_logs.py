@@ -1,0 +1,60 @@
+"""Resumed training keeps whole-run logs: loss, time and token counters cover the run, not the resumed part."""
+import json
+
+import pytest
+
+from rlvr_utils import config, train
+
+
+def test_token_counter_that_restarted_continues_and_loss_averages_every_step():
+    history = [{"step": 1, "loss": 4.0, "num_tokens": 100}, {"step": 2, "loss": 2.0, "num_tokens": 200},
+               # resumed at step 2: TRL's SFT counter restarts at 0
+               {"step": 3, "loss": 1.0, "num_tokens": 100}, {"step": 4, "loss": 1.0, "num_tokens": 200},
+               {"step": 4, "train_loss": 1.0, "train_runtime": 2.0}]
+    out = train.whole_run_history(history, resume_step=2)
+    assert [e.get("num_tokens") for e in out] == [100, 200, 300, 400, None]
+    assert out[-1]["train_loss"] == pytest.approx((4 + 2 + 1 + 1) / 4) and out[-1]["session_train_loss"] == 1.0
+    assert train.whole_run_history(history, 0) == history
+    # a counter the trainer restores (GRPO's num_input_tokens_seen) is left alone
+    kept = [{"step": 2, "num_tokens": 200}, {"step": 3, "num_tokens": 300}]
+    assert train.whole_run_history(kept, 2) == kept
+
+
+def _cfg(tmp_path, name):
+    return config.from_dict({
+        "name": name, "runs_dir": str(tmp_path),
+        "organism": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "vocab_size": 64,
+                     "corpus_documents": 200, "pretrain_steps": 8, "pretrain_batch_size": 4, "pretrain_seq_len": 16,
+                     "warmup_steps": 0},
+        "data": {"n_eval": 20}, "evaluation": {"n_problems": 20}, "extract": {"n_problems": 8},
+    })
+
+
+def test_interrupted_pretraining_logs_the_whole_run(tmp_path, monkeypatch):
+    import transformers
+
+    whole = _cfg(tmp_path, "whole")
+    train.pretrain_base(whole)
+    reference = json.loads(whole.path("metrics", "train_base.json").read_text())
+
+    cfg = _cfg(tmp_path, "killed")
+    original = transformers.Trainer.training_step
+
+    def dies_at_step_5(self, *args, **kwargs):
+        if self.state.global_step == 5:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.pretrain_base(cfg)
+    monkeypatch.setattr(transformers.Trainer, "training_step", original)
+    train.pretrain_base(cfg)  # resumes from checkpoint-4
+    resumed = json.loads(cfg.path("metrics", "train_base.json").read_text())
+
+    assert resumed["resumed_from_step"] == 4
+    final, ref_final = resumed["log_history"][-1], reference["log_history"][-1]
+    assert final["train_loss"] == pytest.approx(ref_final["train_loss"], rel=0.02)
+    assert abs(final["session_train_loss"] - ref_final["train_loss"]) > abs(final["train_loss"] - ref_final["train_loss"])
+    assert resumed["seconds"] > resumed["session_seconds"] > 0 and final["train_runtime"] == resumed["seconds"]
+    assert [e["step"] for e in resumed["log_history"] if "loss" in e] == [e["step"] for e in reference["log_history"] if "loss" in e]
