@@ -64,8 +64,8 @@ class Rule:
     note: str = ""
 
 
-def _pair(attn: str, mlp: str) -> tuple[Signal, ...]:
-    return (Signal(attn, "high", ROUTING), Signal(mlp, "high", REPRESENTATION))
+def _pair(attn: str, mlp: str, effect: str = "relative") -> tuple[Signal, ...]:
+    return (Signal(attn, "high", ROUTING, effect), Signal(mlp, "high", REPRESENTATION, effect))
 
 
 RULES: tuple[Rule, ...] = (
@@ -82,12 +82,12 @@ RULES: tuple[Rule, ...] = (
     Rule("Direct effect on the answer's log-probability of T's component outputs patched into SFT (later "
          "components frozen)", "patching.json", _pair("attn_direct_effect", "mlp_direct_effect"),
          "attention carries the effect", "MLPs carry the effect"),
-    Rule("Structured (top-k) energy of the weight update relative to the weights", "weights.json",
-         _pair("attn_structured_update", "mlp_structured_update"), "structured update in attention only",
-         "structured update reaches the MLPs"),
-    Rule("Rotation of the weights' top singular subspace (k at the spectral gap)", "weights.json",
-         _pair("attn_rotation", "mlp_rotation"), "attention subspaces rotated beyond random, MLPs' not",
-         "MLP subspaces rotated beyond random"),
+    Rule("Structured (top-k) energy of the weight update, per matrix relative to the nulls'", "weights.json",
+         _pair("attn_structured_update_vs_null", "mlp_structured_update_vs_null", "null_ratio_margin"),
+         "structured update in attention only", "structured update reaches the MLPs"),
+    Rule("Rotation of the weights' top singular subspace (k at the spectral gap), per matrix relative to the "
+         "nulls'", "weights.json", _pair("attn_rotation_vs_null", "mlp_rotation_vs_null", "null_ratio_margin"),
+         "attention subspaces rotated beyond random, MLPs' not", "MLP subspaces rotated beyond random"),
     Rule("MLP share of the update's energy per parameter", "weights.json",
          (Signal("mlp_share", "low", ROUTING, "share_margin"), Signal("mlp_share", "high", REPRESENTATION,
                                                                       "share_margin")),

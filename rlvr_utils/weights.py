@@ -491,10 +491,53 @@ def measures(rows: Sequence[dict], pair: str, n_bootstrap: int = 1000, confidenc
     return out
 
 
-def variant_measures(rows: Sequence[dict], treatments: Sequence[str], reference: str = "sft", **kwargs) -> dict:
-    """{T: measures(T vs reference)} for every treatment with rows."""
+def variant_measures(rows: Sequence[dict], treatments: Sequence[str], reference: str = "sft",
+                     nulls: Sequence[str] = (), **kwargs) -> dict:
+    """{T: measures(T vs reference)} for every treatment with rows, plus, when `nulls` are given, the
+    per-matrix measures relative to the nulls (`null_relative`)."""
     pairs = {r["pair"] for r in rows}
-    return {t: measures(rows, f"{t}-{reference}", **kwargs) for t in treatments if f"{t}-{reference}" in pairs}
+    out = {t: measures(rows, f"{t}-{reference}", **kwargs) for t in treatments if f"{t}-{reference}" in pairs}
+    for t, relative in null_relative(rows, list(out), [n for n in nulls if n in out], reference, **kwargs).items():
+        out[t].update(relative)
+    return out
+
+
+NULL_RELATIVE = {"structured_update": "structured_energy", "rotation": "rotation"}
+
+
+def null_relative(rows: Sequence[dict], treatments: Sequence[str], nulls: Sequence[str], reference: str = "sft",
+                  n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """{T: {attn,mlp}_{structured_update,rotation}_vs_null}: per matrix, T's value divided by the mean of the
+    nulls' values for the same matrix (a null against the other nulls), then the mean over the component's
+    matrices with a bootstrap interval over matrices. Pairing by matrix removes what matrices differ in (size,
+    spectrum), so a random update of the same size reads about 1 and no change reads 0. Matrices that no null
+    changed are left out."""
+    def value(m, key):
+        if key == "rotation":
+            return (m.get("subspace_angle_left", np.nan) + m.get("subspace_angle_right", np.nan)) / 2
+        return m.get(key, np.nan)
+
+    by_pair = {}
+    for r in rows:
+        if r["group"] in GROUPS:
+            by_pair.setdefault(r["pair"], {})[r["name"]] = r
+    out = {}
+    if len(nulls) < 2:
+        return out
+    for t in treatments:
+        mine, others = by_pair.get(f"{t}-{reference}", {}), [by_pair[f"{n}-{reference}"] for n in nulls if n != t]
+        out[t] = {}
+        for short, group in (("attn", "attention"), ("mlp", "mlp")):
+            for measure, key in NULL_RELATIVE.items():
+                ratios = []
+                for name, m in mine.items():
+                    if m["group"] != group:
+                        continue
+                    floor = np.mean([value(o[name], key) for o in others if name in o] or [np.nan])
+                    if floor > 0 and np.isfinite(value(m, key)):
+                        ratios.append(value(m, key) / floor)
+                out[t][f"{short}_{measure}_vs_null"] = _estimate(ratios, _mean, n_bootstrap, confidence, seed)
+    return out
 
 
 def summarize(rows: Sequence[dict], n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
@@ -586,7 +629,7 @@ def analyze(cfg) -> dict:
     """Everything notebook 09 writes to metrics/weights.json for a run: per-matrix rows of the three
     pairs, per-group totals, the training dynamics of intermediate GRPO checkpoints, the summary, and
     `variants`: the verdict's measures for every treatment whose checkpoint exists, each against SFT."""
-    from .variants import STUDY, treatments
+    from .variants import STUDY, null_names, treatments
 
     w, confidence = cfg.weights, cfg.evaluation.confidence
     folders = {stage: local_folder(cfg.model_ref(stage)) for stage in ("base", "sft", "rlvr")}
@@ -608,7 +651,7 @@ def analyze(cfg) -> dict:
     kwargs = dict(n_bootstrap=w.n_bootstrap, confidence=confidence, seed=cfg.seed)
     return {
         "summary": summarize(rows, **kwargs),
-        "variants": variant_measures(rows, [STUDY, *extra], "sft", **kwargs),
+        "variants": variant_measures(rows, [STUDY, *extra], "sft", null_names(cfg), **kwargs),
         "pairs": [f"{a}-{b}" for a, b in PAIRS],
         "tolerance": w.sparsity_tolerance,
         "top_k": w.top_k,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from rlvr_utils import same_input, variants, verdict
+from rlvr_utils import same_input, variants, verdict, weights
 from rlvr_utils.activations import TokenCache
 
 NULLS = [f"null_{k}" for k in range(5)]
@@ -19,9 +19,14 @@ TREATMENTS = ["rlvr", "attn_only", "mlp_only", "identical", *NULLS]
 
 def tiny_model(seed: int = 0):
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-    return AutoModelForCausalLM.from_config(config).eval()
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # a trained model's activations live near a low-dimensional subspace; so do these
+        g = torch.Generator().manual_seed(seed)
+        embed = model.model.embed_tokens.weight
+        embed.copy_(torch.randn(64, 4, generator=g) @ torch.randn(4, 32, generator=g) * 0.1 + 0.01 * embed)
+    return model
 
 
 def token_cache(n: int = 48, length: int = 14, prompt: int = 5) -> TokenCache:
@@ -40,7 +45,7 @@ def _inputs(model, cache) -> dict[str, torch.Tensor]:
         return hook
 
     for name, module in model.named_modules():
-        if name.endswith(("q_proj", "o_proj", "up_proj", "down_proj")):
+        if name.endswith(("proj",)):
             handles.append(module.register_forward_pre_hook(keep(name)))
     with torch.no_grad():
         model(torch.tensor(cache.sequences))
@@ -53,7 +58,7 @@ def planted(sft, cache, group: str, size: float = 0.5) -> dict[str, torch.Tensor
     """SFT's weights plus, in each of the group's projections, a rank-2 update along the top two principal
     directions of that projection's inputs, of Frobenius norm `size` times the weight's."""
     inputs, state = _inputs(sft, cache), {k: v.clone() for k, v in sft.state_dict().items()}
-    suffixes = {"attention": ("q_proj", "o_proj"), "mlp": ("up_proj", "down_proj")}[group]
+    suffixes = {"attention": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}[group]
     g = torch.Generator().manual_seed(2)
     for module, x in inputs.items():
         if not module.endswith(suffixes):
@@ -67,7 +72,7 @@ def planted(sft, cache, group: str, size: float = 0.5) -> dict[str, torch.Tensor
 
 
 @pytest.fixture(scope="module")
-def metrics():
+def metrics(tmp_path_factory):
     cache = token_cache()
     sft = tiny_model()
     sft_state = sft.state_dict()
@@ -80,12 +85,17 @@ def metrics():
     states["identical"] = {k: v.clone() for k, v in sft_state.items()}
     for k, name in enumerate(NULLS):
         states[name] = variants.random_update(sft_state, rlvr, seed=100 + k)
-    out = {}
+    out, folders = {}, {"sft": tmp_path_factory.mktemp("sft")}
+    sft.save_pretrained(folders["sft"])
     for name, state in states.items():
         model = tiny_model()
         model.load_state_dict(state)
         out[name] = same_input.compare(sft, model.eval(), cache, n_bootstrap=100)["summary"]
-    return {"same_input.json": {"variants": out}}
+        folders[name] = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folders[name])
+    rows = weights.compare(folders, [(name, "sft") for name in states], progress=False)
+    return {"same_input.json": {"variants": out},
+            "weights.json": {"variants": weights.variant_measures(rows, list(states), nulls=NULLS, n_bootstrap=200)}}
 
 
 def test_random_update_keeps_rlvrs_norm_in_every_tensor():
@@ -109,6 +119,24 @@ def test_same_input_row_classifies_planted_controls_and_reads_nulls_as_no_eviden
         assert row["readings"][name] == verdict.NO_EVIDENCE, (name, row["readings"][name])
     assert row["calibration"] == "counts"
     assert row["rlvr"] == verdict.REPRESENTATION  # the planted RLVR changed its MLPs
+
+
+@pytest.mark.parametrize("measurement", ["Structured (top-k) energy", "MLP share"])
+def test_weight_rows_classify_planted_controls_and_read_nulls_as_no_evidence(metrics, measurement):
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params())
+    row = table[table["measurement"].str.startswith(measurement)].iloc[0]
+    assert row["readings"]["attn_only"] == verdict.ROUTING, row["readings"]
+    assert row["readings"]["mlp_only"] == verdict.REPRESENTATION, row["readings"]
+    for name in [*NULLS, "identical"]:
+        assert row["readings"][name] in (verdict.NO_EVIDENCE, verdict.NOT_MEASURED), (name, row["readings"][name])
+    assert row["calibration"] == "counts"
+
+
+def test_no_row_reads_a_null_or_the_identical_model_as_evidence(metrics):
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params())
+    for _, row in table.iterrows():
+        for name in [*NULLS, "identical"]:
+            assert row["readings"][name] in (verdict.NO_EVIDENCE, verdict.NOT_MEASURED), (row["measurement"], name)
 
 
 def test_nulls_and_identical_model_get_an_inconclusive_verdict(metrics):
