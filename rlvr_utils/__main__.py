@@ -1,4 +1,4 @@
-"""Command line: `python -m rlvr_utils {run, replicate, check-params, train}`."""
+"""Command line: `python -m rlvr_utils {run, replicate, check-params, show-params, compare, train, extract}`."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,12 @@ from pathlib import Path
 
 from .artifacts import RunLocked, acquire_run_lock
 from .config import PROJECT_ROOT, ParamsError, load, unchecked
+
+
+def runner_interrupted() -> type[Exception]:
+    from .runner import Interrupted
+
+    return Interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--from", dest="start", metavar="NN", help="run from this notebook on")
     run.add_argument("--force", action="store_true", help="re-run the notebooks named (all by default) and "
                      "recompute everything they make, even if up to date")
-    run.add_argument("--book-root", type=Path, default=PROJECT_ROOT, help="where book/executed and _build go")
+    run.add_argument("--book-root", type=Path, default=None,
+                     help="where book/executed and _build go (default: the run's own, runs/<name>/book)")
     run.add_argument("--no-book", action="store_true", help="execute the notebooks but do not build the book")
 
     rep = sub.add_parser("replicate", help="run the study for each of verdict.replicate_seeds (runs <name>-seed<k>), "
@@ -28,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--params", required=True)
     rep.add_argument("--seeds", nargs="+", type=int, help="instead of verdict.replicate_seeds")
     rep.add_argument("--no-book", action="store_true", help="replicate only; do not re-run the verdict or build")
+
+    show = sub.add_parser("show-params", help="print a params file's effective config, defaults filled in")
+    show.add_argument("file")
+
+    comp = sub.add_parser("compare", help="accuracies and evidence rows of several runs side by side "
+                          "(printed, and written as Markdown and CSV)")
+    comp.add_argument("runs", nargs="+", metavar="RUN", help="run names under runs/ or run folders")
+    comp.add_argument("--out", type=Path, help="output path without suffix (default: runs/compare-A-B...)")
 
     check = sub.add_parser("check-params", help="validate params files and exit")
     check.add_argument("files", nargs="+")
@@ -58,6 +73,26 @@ def main(argv: list[str] | None = None) -> int:
                 for note in unchecked(cfg):
                     print(f"  note: {note}")
             return 2 if failed else 0
+        if args.command == "show-params":
+            import yaml
+
+            cfg = load(args.file)
+            print(f"# effective config of {args.file} (every default filled in); run folder {cfg.run_dir}")
+            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=False), end="")
+            return 0
+        if args.command == "compare":
+            from . import compare
+
+            try:
+                frame = compare.table(args.runs)
+            except FileNotFoundError as err:
+                print(err, file=sys.stderr)
+                return 2
+            out = args.out or PROJECT_ROOT / "runs" / ("compare-" + "-".join(Path(r).name for r in args.runs))
+            md, csv = compare.write(frame, out)
+            print(md.read_text(), end="")
+            print(f"\nwritten: {md} and {csv}")
+            return 0
         if args.command == "train":
             from . import train as training
 
@@ -76,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from . import runner
 
-        load(args.params)
+        cfg = load(args.params)
         if args.command == "replicate":
             from . import replicate
 
@@ -86,13 +121,26 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if not runner.execute(args.params, only=["10"], force=True):
                 return 1
-            runner.build_book()
+            runner.build_book(params=cfg)
             return 0
-        if not runner.execute(args.params, args.only, args.start, args.force, args.book_root.resolve()):
+        root = args.book_root.resolve() if args.book_root else runner.run_book_root(cfg)
+        if not runner.execute(args.params, args.only, args.start, args.force, root):
             return 1
-        if not args.no_book and not args.only:
-            runner.build_book(args.book_root.resolve())
+        if args.no_book:
+            return 0
+        if args.only and any(runner.chapter_problem(root / runner.EXECUTED / nb.name) for nb in runner.notebooks()):
+            print(f"book not rebuilt: not every chapter of run '{cfg.name}' is executed yet "
+                  f"(run without --only first)", flush=True)
+            return 0
+        runner.build_book(root, params=cfg)  # after --only too: the book shows the re-run chapters
         return 0
+    except runner_interrupted() as err:
+        print(f"\n{err}", file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted. Resume with the same command: finished notebooks and stages are skipped.",
+              file=sys.stderr, flush=True)
+        return 130
     except ParamsError as err:
         print(err, file=sys.stderr)
         return 2

@@ -322,7 +322,7 @@ def store_fingerprint(cache: TokenCache, model_name: str, sites, layers, positio
 
 def extract(model, cache: TokenCache, out_dir: str | Path, model_name: str, sites=SITES,
             layers: list[int] | None = None, positions=("last_prompt", "completion"), batch_size: int = 32,
-            shard_size: int = 64, fingerprint: str = "", dtype: str = "float32") -> ActivationStore:
+            shard_size: int = 64, fingerprint: str = "", dtype: str = "float32", inputs=()) -> ActivationStore:
     """Run `model` over the token cache and store the selected activations under out_dir/model_name.
 
     Work goes in shards of `shard_size` cache rows, each written atomically as a safetensors file whose
@@ -345,16 +345,22 @@ def extract(model, cache: TokenCache, out_dir: str | Path, model_name: str, site
     site_names = [site_name(l, s) for l in layers for s in SITES if s in sites]
     folder = Path(out_dir) / model_name
     store = ActivationStore(out_dir)
-    if artifacts.is_current(folder, full_fp):
+    if artifacts.is_current(folder, full_fp, inputs):  # inputs: checkpoint, token cache (content-checked)
         log.info("activations of %s are up to date (%s): skipping", model_name, folder)
         return store
 
+    rank, world, barrier = _process_group()
     shard_dir = folder / "shards"
-    _keep_matching_shards(folder, shard_dir, full_fp)
+    if rank == 0:
+        _keep_matching_shards(folder, shard_dir, full_fp)
+    barrier()
     n_shards = (len(cache) + shard_size - 1) // shard_size
     todo = [i for i in range(n_shards) if not (shard_dir / f"shard-{i:05d}.safetensors").exists()]
     if len(todo) < n_shards:
         log.info("%s: resuming, %d of %d shards already done", model_name, n_shards - len(todo), n_shards)
+    todo = todo[rank::world]  # data parallel: each process its share of the shards, each a whole model
+    if world > 1:
+        print(f"extract {model_name}: process {rank} of {world} takes shards {todo}", flush=True)
 
     def shard_rows(i):
         return list(range(i * shard_size, min(len(cache), (i + 1) * shard_size)))
@@ -370,7 +376,10 @@ def extract(model, cache: TokenCache, out_dir: str | Path, model_name: str, site
                     "rows": f"{rows[0]}-{rows[-1]}", "sites": json.dumps(site_names), "positions": json.dumps(positions)}
             _save_atomic(arrays, shard_dir / f"shard-{i:05d}.safetensors", meta)
     log.info("%s: extracted %d shards in %.1f s", model_name, len(todo), time.perf_counter() - started)
-
+    barrier()
+    if rank != 0:  # the main process joins the shards; the others wait for the finished store
+        barrier()
+        return store
     _join_shards(folder, shard_dir, n_shards, [_file_key(s, sel) for s in site_names for sel in positions]
                  + [_file_key("index", sel) for sel in positions])
     artifacts.write_json(folder / "meta.json", {
@@ -380,8 +389,39 @@ def extract(model, cache: TokenCache, out_dir: str | Path, model_name: str, site
         "d_model": int(model.config.hidden_size),
     })
     shutil.rmtree(shard_dir)
-    artifacts.stamp(folder, full_fp)
+    artifacts.stamp(folder, full_fp, inputs)
+    barrier()
     return store
+
+
+def _process_group() -> tuple[int, int, Callable[[], None]]:
+    """(rank, world size, barrier) inside a data-parallel launch (accelerate launch / torchrun: WORLD_SIZE
+    > 1), else (0, 1, no-op). On CPU the processes join a gloo group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.wait_for_everyone
+
+
+def launch_extract(cfg, stage: str) -> str:
+    """Extract one stage with `extract.num_processes` processes (`accelerate launch -m rlvr_utils extract`):
+    the token cache's shards are split between them, and the store is the one a single process writes.
+    Returns the processes' output."""
+    import subprocess
+
+    from .train import accelerate_command
+
+    params_file = artifacts.write_json(cfg.path("trainer", f"extract-{stage}-params.json"), cfg.model_dump(mode="json"))
+    cmd = accelerate_command(cfg.extract.num_processes) + [
+        "-m", "rlvr_utils", "extract", "--stage", stage, "--params", str(params_file)]
+    with artifacts.run_lock(cfg.run_dir):  # the launched processes see that this one holds the run's lock
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"extraction of {stage} failed under accelerate launch (exit {result.returncode}):\n"
+                           f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
 
 
 def _keep_matching_shards(folder: Path, shard_dir: Path, fingerprint: str) -> None:
@@ -489,7 +529,8 @@ def run_token_cache(cfg) -> TokenCache:
               _file_digest(completions_path) if completions_path and completions_path.exists() else None]
     fingerprint = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
     folder = cfg.path("tokens")
-    if artifacts.is_current(folder, fingerprint):
+    inputs = [p for p in (eval_path, completions_path) if p is not None]  # content-checked by the stamp
+    if artifacts.is_current(folder, fingerprint, inputs):
         log.info("token cache is up to date (%s)", folder)
         return TokenCache.load(folder)
 
@@ -507,7 +548,7 @@ def run_token_cache(cfg) -> TokenCache:
         tokenizer.pad_token = tokenizer.eos_token
     cache = build_token_cache(tokenizer, problems, completions, source)
     cache.save(folder)
-    artifacts.stamp(folder, fingerprint, token_cache=cache.fingerprint, n_sequences=len(cache))
+    artifacts.stamp(folder, fingerprint, inputs, token_cache=cache.fingerprint, n_sequences=len(cache))
     log.info("token cache: %d sequences, %d completion tokens (%s completions)",
              len(cache), sum(cache.completion_lengths), source)
     return cache
@@ -524,14 +565,18 @@ def run_extract(cfg, stage: str, cache: TokenCache, device: str | None = None) -
     fingerprint = cfg.fingerprint("extract", "model") + checkpoint_fingerprint(ref)
     store = ActivationStore(store_dir)
     expected = store_fingerprint(cache, stage, e.sites, e.layers, e.positions, fingerprint, e.dtype)
-    if artifacts.is_current(store_dir / stage, expected):  # checked before loading the weights
+    inputs = [ref, cfg.path("tokens")]  # content-checked by the stamp
+    if artifacts.is_current(store_dir / stage, expected, inputs):  # checked before loading the weights
         log.info("activations of %s are up to date: skipping", stage)
         return store
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if e.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        launch_extract(cfg, stage)
+        return store
+    device = device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     model, _ = load(ref, cfg, device)
     extract(model, cache, store_dir, stage, sites=e.sites, layers=e.layers, positions=e.positions,
-            batch_size=e.batch_size, shard_size=e.shard_size, fingerprint=fingerprint, dtype=e.dtype)
+            batch_size=e.batch_size, shard_size=e.shard_size, fingerprint=fingerprint, dtype=e.dtype, inputs=inputs)
     log.info("%s: activations ready in %.1f s", stage, time.perf_counter() - started)
     return store
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, data, stats
+from . import artifacts, data, stats, variants
 from .rewards import extract_answer, is_correct, is_formatted
 
 STAGES = ("base", "sft", "rlvr")
@@ -31,7 +31,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
              num_samples: int = 1, temperature: float | None = None, seed: int = 0, desc: str = "generating",
              stop: str | None = None) -> list[list[str]]:
     """Completions per prompt: greedy when `temperature` is None, else `num_samples` samples each; a
-    sequence also ends at `stop` (a few-shot prompt's separator, which a base model never ends on its own)."""
+    sequence also ends at `stop` (a few-shot prompt's separator, which a base model never ends on its own).
+    A `VLLMModel` generates through vLLM instead, with the same output."""
+    if isinstance(model, VLLMModel):
+        return model.generate(prompts, max_new_tokens, num_samples, temperature, seed, stop)
     tokenizer.padding_side = "left"
     torch.manual_seed(seed)
     per_batch = max(1, batch_size // num_samples)
@@ -46,6 +49,57 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         texts = tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         out += [[_cut(t) for t in texts[j:j + num_samples]] for j in range(0, len(texts), num_samples)]
     return out
+
+
+class VLLMModel:
+    """A checkpoint served by vLLM for evaluation (`evaluation.backend`); `generate` dispatches to it.
+
+    Where it differs from `generate` (README, "Real scale"): samples come from per-request seeded streams,
+    not one torch stream over the batch, so the same seed gives other samples (pass@k agrees in
+    distribution, not draw for draw); vLLM drops a stop string from the text, `generate` keeps it and
+    `_cut` removes it, so the returned text is the same; greedy answers can differ where two tokens'
+    logits tie within the kernels' rounding (bf16 on a GPU)."""
+
+    def __init__(self, ref: str, cfg):
+        from vllm import LLM
+
+        self.ref = ref
+        self.llm = LLM(model=ref, dtype=cfg.model.dtype, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
+
+    def generate(self, prompts: list[str], max_new_tokens: int, num_samples: int = 1,
+                 temperature: float | None = None, seed: int = 0, stop: str | None = None) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        sampling = SamplingParams(n=num_samples, temperature=temperature or 0.0, top_p=1.0, max_tokens=max_new_tokens,
+                                  seed=seed if temperature else None, stop=[stop] if stop else None)
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        return [[_cut(o.text) for o in out.outputs] for out in outputs]
+
+
+def choose_backend(requested: str) -> str:
+    """'vllm' or 'hf' for `evaluation.backend` ('auto': vLLM when it is installed and a GPU is present)."""
+    import importlib.util
+
+    have_vllm, gpu = importlib.util.find_spec("vllm") is not None, torch.cuda.is_available()
+    if requested not in ("auto", "hf", "vllm"):
+        raise ValueError(f"evaluation.backend (got {requested!r}): expected 'auto', 'hf' or 'vllm'")
+    if requested == "vllm" and not (have_vllm and gpu):
+        raise RuntimeError(f"evaluation.backend (got 'vllm'): vLLM needs the gpu extra (pip install -e '.[gpu]') and "
+                           f"a CUDA GPU; here vllm installed={have_vllm}, GPU present={gpu}. Set evaluation.backend "
+                           "to 'hf' or 'auto'.")
+    return "vllm" if requested == "vllm" or (requested == "auto" and have_vllm and gpu) else "hf"
+
+
+def load_for_generation(cfg, ref: str):
+    """(model, tokenizer) that `generate` accepts, through the backend `evaluation.backend` picks."""
+    from transformers import AutoTokenizer
+
+    from .models import load
+
+    if choose_backend(cfg.evaluation.backend) == "hf":
+        return load(ref, cfg, "cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=cfg.model.trust_remote_code)
+    return VLLMModel(ref, cfg), tokenizer
 
 
 def few_shot_prompt(problem: dict, shots: list[dict]) -> str:
@@ -95,6 +149,10 @@ def evaluate_stage(cfg, stage: str, model, tokenizer, problems: list[dict], shot
     stop = FEW_SHOT_SEPARATOR if stage == "base" and shots else None
     rows = greedy_eval(model, tokenizer, held_out, ev.max_new_tokens, ev.batch_size, prompts, stop)
     data.write_jsonl(cfg.path("eval", f"{stage}_greedy.jsonl"), rows)
+    few_shot = [few_shot_prompt(p, shots) for p in held_out]
+    if stage == "base" and shots and few_shot != prompts:  # the organism: also the answer format, few-shot
+        data.write_jsonl(cfg.path("eval", "base_fewshot_greedy.jsonl"),
+                         greedy_eval(model, tokenizer, held_out, ev.max_new_tokens, ev.batch_size, few_shot, stop))
     n_pass = min(ev.pass_problems, len(held_out))
     counts = sampled_eval(model, tokenizer, held_out[:n_pass], prompts[:n_pass], ev, cfg.seed, stop)
     data.write_jsonl(cfg.path("eval", f"{stage}_samples.jsonl"),
@@ -124,26 +182,85 @@ def summarize(cfg) -> dict:
             for k in ev.pass_k}
         out["summary"][f"accuracy_{stage}"] = {**out["greedy"][stage]["accuracy"],
                                                "description": f"greedy accuracy of {stage} on held-out problems"}
+    fewshot_path = cfg.path("eval", "base_fewshot_greedy.jsonl")
+    if "base" in correct and fewshot_path.exists():  # base asked in the answer format with worked examples
+        rows = data.read_jsonl(fewshot_path)
+        fewshot = np.array([r["correct"] for r in rows], dtype=float)
+        out["greedy"]["base_fewshot"] = {
+            "accuracy": stats.bootstrap(fewshot, **boot),
+            "format_rate": stats.bootstrap(np.array([r["formatted"] for r in rows], dtype=float), **boot)}
+        out["summary"]["accuracy_base_fewshot"] = {
+            **out["greedy"]["base_fewshot"]["accuracy"],
+            "description": f"greedy accuracy of base in the answer format with {ev.few_shot} worked examples"}
+        if fewshot.mean() > correct["base"].mean():
+            correct["base"] = fewshot
+    if "base" in correct and "rlvr" in correct:
+        out["summary"]["rlvr_minus_base_accuracy"] = {
+            **stats.paired_difference(correct["rlvr"], correct["base"], **boot),
+            "description": "RLVR minus base's best prompt format, greedy accuracy (paired bootstrap over problems)"}
     if "sft" in correct and "rlvr" in correct:
         out["summary"]["rlvr_minus_sft_accuracy"] = {
             **stats.paired_difference(correct["rlvr"], correct["sft"], **boot),
             "description": "RLVR minus SFT greedy accuracy (paired bootstrap over problems)"}
+    out["variants"] = variant_summary(cfg, correct.get("sft"), correct.get("rlvr"), boot)
+    for name in variants.control_names(cfg):
+        if name in out["variants"]:
+            out["summary"][f"{name}_minus_sft_accuracy"] = {
+                **out["variants"][name]["gain"], "description": f"{name} control minus SFT greedy accuracy"}
     artifacts.write_json(cfg.path("metrics", "eval.json"), out)
     return out
 
 
+def variant_summary(cfg, sft_correct, rlvr_correct, boot: dict) -> dict:
+    """Per treatment: greedy accuracy, its gain over SFT and its difference from RLVR (paired intervals)."""
+    out = {}
+    if sft_correct is None:
+        return out
+    for name in variants.treatments(cfg):
+        path = cfg.path("eval", f"{name}_greedy.jsonl")
+        if not path.exists():
+            continue
+        correct = np.array([r["correct"] for r in data.read_jsonl(path)], dtype=float)
+        if correct.shape != sft_correct.shape:
+            continue  # evaluated on another problem set: stale, re-run notebook 03
+        out[name] = {"accuracy": stats.bootstrap(correct, **boot),
+                     "gain": stats.paired_difference(correct, sft_correct, **boot)}
+        if rlvr_correct is not None and name != "rlvr":
+            out[name]["minus_rlvr"] = stats.paired_difference(correct, rlvr_correct, **boot)
+    return out
+
+
+def run_variant(cfg, name: str, force: bool = False) -> str:
+    """Greedy evaluation of one variant (no pass@k: the nulls and controls are compared on accuracy)."""
+    from .activations import checkpoint_fingerprint
+
+    path = cfg.path("eval", f"{name}_greedy.jsonl")
+    fingerprint = cfg.fingerprint("evaluation", "data", "seed") + checkpoint_fingerprint(cfg.model_ref(name))
+    inputs = [cfg.model_ref(name), cfg.path("data", "eval.jsonl")]  # content-checked by the stamp
+    if artifacts.is_current(path, fingerprint, inputs) and not force:
+        return f"{name}: evaluation up to date, skipped"
+    start = time.time()
+    problems = data.prepare_eval_set(cfg)[: cfg.evaluation.n_problems]
+    model, tokenizer = load_for_generation(cfg, cfg.model_ref(name))
+    ev = cfg.evaluation
+    data.write_jsonl(path, greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size))
+    artifacts.stamp(path, fingerprint, inputs, seconds=time.time() - start)
+    return f"{name}: evaluated in {time.time() - start:.0f} s"
+
+
 def run(cfg, stage: str, force: bool = False) -> str:
     """Evaluate one stage unless its per-problem files are up to date for these params."""
-    from .models import load_stage
     from .train import STAGE_SECTIONS
 
     path = cfg.path("eval", f"{stage}_greedy.jsonl")
     fingerprint = cfg.fingerprint(*STAGE_SECTIONS[stage], "evaluation")
-    if artifacts.is_current(path, fingerprint) and not force:
+    inputs = [cfg.model_ref(stage), cfg.path("data", "eval.jsonl")]  # content-checked by the stamp
+    if artifacts.is_current(path, fingerprint, inputs) and not force:
         return f"{stage}: evaluation up to date, skipped"
     problems = data.prepare_eval_set(cfg)
-    shots = data.sft_problems(cfg, held_out=problems)[: cfg.evaluation.few_shot] if stage == "base" else []
-    model, tokenizer = load_stage(cfg, stage)
+    # worked examples from GRPO's problems: the evaluation distribution's wording, never a held-out problem
+    shots = data.grpo_problems(cfg, held_out=problems)[: cfg.evaluation.few_shot] if stage == "base" else []
+    model, tokenizer = load_for_generation(cfg, cfg.model_ref(stage))
     seconds = evaluate_stage(cfg, stage, model, tokenizer, problems, shots)["seconds"]
-    artifacts.stamp(path, fingerprint, seconds=seconds)
+    artifacts.stamp(path, fingerprint, inputs, outputs=[cfg.path("eval", f"{stage}_samples.jsonl")], seconds=seconds)
     return f"{stage}: evaluated in {seconds:.0f} s"

@@ -1,0 +1,118 @@
+"""Multi-process runs on CPU: `accelerate launch` with two processes (gloo) trains SFT with the same artifact
+layout as one process, resumes after the launcher is killed, reports its processes; data-parallel
+extraction writes the store a single process writes."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rlvr_utils import activations, config, rehearsal, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _params(tmp_path: Path, base: Path, name: str, **sft) -> Path:
+    raw = yaml.safe_load((ROOT / "params" / "rehearsal.yaml").read_text())
+    raw.update(name=name, runs_dir=str(tmp_path / "runs"))
+    raw["model"]["base"] = str(base)
+    raw["sft"].update(steps=6, eval_steps=2, patience=5, batch_size=2, max_length=128, logging_steps=1, **sft)
+    raw["data"]["max_rows"] = 60
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _layout(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_two_process_sft_resumes_after_a_kill_and_matches_one_process(tmp_path):
+    base = tmp_path / "base"
+    rehearsal.build(base, pretrain_steps=0)  # weights do not matter here; the path does
+    two = config.load(_params(tmp_path, base, "two", num_processes=2))
+    cmd = train.launch_command(two, "sft", two.source)
+    assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
+
+    # Kill the whole launch (launcher, torchrun and both workers) once the first trainer checkpoint exists.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    trainer_dir = train._trainer_dir(two, "sft")
+    deadline = time.time() + 300
+    while not list(trainer_dir.glob("checkpoint-*/trainer_state.json")) and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.5)
+    killed = proc.poll() is None
+    # SIGTERM to the launcher's group: torchrun's agent then ends its workers, which run in sessions of their
+    # own (a SIGKILLed launcher would leave them training).
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert killed, proc.stdout.read().decode()[-3000:]
+    while subprocess.run(["pgrep", "-f", str(two.source)], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "workers of the killed launch still run"
+        time.sleep(0.5)
+    assert not train.is_trained(two, "sft")
+
+    message = train.run_stage(two, "sft")  # the same launch again: resumes from the trainer checkpoint
+    assert message.startswith("trained sft")
+    record = json.loads(two.path("metrics", "train_sft.json").read_text())
+    assert record["resumed_from_step"] >= 2 and record["num_processes"] == 2
+    assert record["stopping"]["max_steps"] == 6
+
+    one = config.load(_params(tmp_path, base, "one", num_processes=1))
+    assert not train.needs_launcher(one, "sft")
+    train.run_stage(one, "sft")
+    assert _layout(one.path("models", "sft")) == _layout(two.path("models", "sft"))
+    one_record = json.loads(one.path("metrics", "train_sft.json").read_text())
+    assert set(one_record) == set(record) and one_record["num_processes"] == 1
+    assert sorted(p.name for p in one.path("metrics").iterdir()) == sorted(p.name for p in two.path("metrics").iterdir())
+    assert not two.path("trainer").exists() or not any(two.path("trainer").glob("sft-*"))  # scratch removed
+
+
+def test_data_parallel_extraction_equals_one_process(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlvr_utils.organism import build_tokenizer
+
+    raw = {"name": "dp", "runs_dir": str(tmp_path / "runs"),
+           "organism": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
+           "extract": {"num_processes": 2, "shard_size": 3, "batch_size": 2, "positions": ["last_prompt", "completion", "frac:0.5"]}}
+    cfg = config.from_dict(raw)
+    tokenizer = build_tokenizer(["Ida had 3 apples. 3 + 4 = 7."] * 4, 300)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(rehearsal.model_config(tokenizer, hidden_size=32, num_layers=2, num_heads=2,
+                                                                    num_kv_heads=1, intermediate_size=64))
+    ref = cfg.path("models", "sft")
+    model.save_pretrained(str(ref))
+    tokenizer.save_pretrained(str(ref))
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(4, 14, size=11)
+    cache = activations.TokenCache([rng.integers(1, 250, size=n).tolist() for n in lengths],
+                                   [int(rng.integers(1, n)) for n in lengths], list(range(11)), "gold",
+                                   tokenizer.pad_token_id)
+    cache.save(cfg.path("tokens"))
+
+    output = activations.launch_extract(cfg, "sft")  # 4 shards over 2 processes
+    assert "process 0 of 2" in output and "process 1 of 2" in output, output[-2000:]
+    joined = activations.ActivationStore(cfg.path("activations"))
+    assert joined.models() == ["sft"]
+    assert activations.run_extract(cfg, "sft", cache) is not None  # up to date now: no second launch
+
+    e = cfg.extract
+    single = activations.extract(model.eval(), cache, tmp_path / "single", "sft", sites=e.sites, layers=e.layers,
+                                 positions=e.positions, batch_size=e.batch_size, shard_size=e.shard_size)
+    meta_joined, meta_single = joined.meta("sft"), single.meta("sft")
+    assert meta_joined == meta_single
+    for name in meta_single["site_names"]:
+        for sel in e.positions:
+            a, rows_a = joined.read("sft", name, sel)
+            b, rows_b = single.read("sft", name, sel)
+            assert np.array_equal(rows_a, rows_b)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert not (cfg.path("activations", "sft", "shards")).exists()
