@@ -362,7 +362,10 @@ def caveats(cfg, metrics: Mapping[str, dict], table: pd.DataFrame, other_seeds: 
     if cfg.model.analyze_only:
         out.append("Analyze-only: the checkpoints were given, not trained here; the controls and nulls are "
                    "only as comparable to them as their training recipes are.")
-    if other_seeds:
+    if cfg.model.analyze_only:
+        out.append("Seeds: one given RLVR checkpoint; the intervals resample problems, not training runs, and "
+                   "the controls were trained here with this run's GRPO params from the given SFT model.")
+    elif other_seeds:
         out.append(f"Seeds: this run (seed {cfg.seed}) and replicate seeds {', '.join(map(str, other_seeds))}; a "
                    "row counts only where every seed agrees.")
     else:
