@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# The book of the run lands in runs/<name>/book/_build/html/index.html (the last line printed says where).
 book: install
 	$(PY) -m rlvr_utils run --params $(PARAMS)
 
@@ -32,4 +33,4 @@ bench: install
 	$(PY) benchmarks/bench_extract_cka.py
 
 clean:
-	rm -rf _build book/executed
+	rm -rf _build book/executed runs/*/book  # each run's book; its notebooks re-run next time (stages skip)

@@ -35,8 +35,10 @@ class ModelParams(Section):
     base: str = Field(ORGANISM, description="'organism' builds the embedded model; else a hub id or local folder")
     sft: str | None = Field(None, description="existing SFT checkpoint (hub id or folder): skips SFT training")
     rlvr: str | None = Field(None, description="existing RL-trained checkpoint: skips GRPO training")
-    trust_remote_code: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = Field(False, description="let from_pretrained run a hub model's own Python code (off: "
+                                                       "safetensors and known architectures only)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the checkpoints are "
+                                                                                    "loaded in for evaluation and analysis")
 
     @property
     def analyze_only(self) -> bool:
@@ -46,17 +48,21 @@ class ModelParams(Section):
 class OrganismParams(Section):
     """The ~1M-parameter Qwen2-architecture model organism and its pretraining on narrative arithmetic."""
 
-    hidden_size: int = Field(128, gt=0)
-    intermediate_size: int = Field(512, gt=0)
-    num_layers: int = Field(4, gt=0)
-    num_heads: int = Field(4, gt=0)
+    hidden_size: int = Field(128, gt=0, description="model width (d_model) of the embedded Qwen2-architecture "
+                                                    "organism")
+    intermediate_size: int = Field(512, gt=0, description="MLP hidden width of the organism")
+    num_layers: int = Field(4, gt=0, description="transformer blocks of the organism")
+    num_heads: int = Field(4, gt=0, description="attention heads per block (must divide hidden_size)")
     vocab_size: int = Field(400, ge=64, description="byte-level BPE size; digits are always single tokens")
-    corpus_documents: int = Field(40_000, gt=0)
-    pretrain_steps: int = Field(700, gt=0)
-    pretrain_batch_size: int = Field(32, gt=0)
-    pretrain_seq_len: int = Field(64, ge=16)
-    pretrain_lr: float = Field(3e-3, gt=0)
-    warmup_steps: int = Field(50, ge=0)
+    corpus_documents: int = Field(40_000, gt=0, description="synthetic arithmetic documents in the pretraining "
+                                                            "corpus")
+    pretrain_steps: int = Field(350, gt=0, description="optimizer steps of base pretraining; organism: 700 made "
+                                "base too good in its own narrative (90% on validation, within 4 points of RLVR), "
+                                "see book/methods.md")
+    pretrain_batch_size: int = Field(32, gt=0, description="sequences per pretraining step")
+    pretrain_seq_len: int = Field(64, ge=16, description="tokens per pretraining sequence")
+    pretrain_lr: float = Field(3e-3, gt=0, description="peak learning rate of pretraining (cosine schedule)")
+    warmup_steps: int = Field(50, ge=0, description="linear warmup steps of pretraining")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self):
@@ -68,30 +74,34 @@ class OrganismParams(Section):
 class DataParams(Section):
     """Where problems come from. 'synthetic' is the organism's arithmetic; the others load real data sets."""
 
-    sft_source: Literal["synthetic", "numina_cot", "gsm8k"] = "synthetic"
+    sft_source: Literal["synthetic", "numina_cot", "gsm8k"] = Field("synthetic", description="SFT data: synthetic "
+                                                                                             "stories (organism), NuminaMath-CoT or GSM8K solutions (real scale)")
     sft_path: str | None = Field(None, description="hub id or local .jsonl/.parquet for a real sft_source")
-    grpo_source: Literal["synthetic", "gsm8k"] = "synthetic"
-    grpo_path: str | None = None
+    grpo_source: Literal["synthetic", "gsm8k"] = Field("synthetic", description="GRPO and evaluation problems: "
+                                                                                "synthetic (organism) or GSM8K (real scale)")
+    grpo_path: str | None = Field(None, description="hub id or local .jsonl/.parquet of GSM8K train when grpo_source "
+                                                    "is gsm8k")
     eval_path: str | None = Field(None, description="GSM8K test split (hub id or file) when grpo_source is gsm8k")
     prompt_template: str = Field("{question}", description="what the model sees; '{question}' is replaced. "
                                  "The organism reads its story straight into the working; hub models do better "
                                  "with 'Question: {question}\\nAnswer:'")
     min_steps: int = Field(2, ge=1, le=3, description="arithmetic steps per synthetic problem (difficulty)")
-    max_steps: int = Field(2, ge=1, le=3)
-    max_start: int = Field(20, ge=1)
-    max_operand: int = Field(9, ge=1)
+    max_steps: int = Field(2, ge=1, le=3, description="most arithmetic steps per synthetic problem (with min_steps: "
+                                                      "the difficulty)")
+    max_start: int = Field(20, ge=1, description="largest starting quantity of a synthetic story")
+    max_operand: int = Field(9, ge=1, description="largest number added or taken away in one step")
     max_value: int = Field(40, ge=1, description="running values stay in 0..max_value")
     sft_min_steps: int = Field(1, ge=1, le=3, description="steps per synthetic SFT problem: SFT's own "
                                "distribution, easier and shorter than the evaluation's, as NuminaMath is not GSM8K")
-    sft_max_steps: int = Field(2, ge=1, le=3)
+    sft_max_steps: int = Field(2, ge=1, le=3, description="most steps per synthetic SFT problem")
     sft_verbs: Literal["old", "new"] = Field("old", description="wording of SFT problems' events (data.VERBS)")
     rl_verbs: Literal["old", "new"] = Field("new", description="wording of the evaluation, validation and GRPO "
                                             "problems: the wording shift from SFT's data")
     corpus_new_verbs: float = Field(0.5, ge=0, le=1, description="share of the corpus's worked-as-it-happens "
                                     "stories told with the new verbs: base meets them, never in the eval template. "
                                     "Without it GRPO gained nothing significant (book/methods.md)")
-    n_sft: int = Field(4000, gt=0)
-    n_grpo: int = Field(4000, gt=0)
+    n_sft: int = Field(4000, gt=0, description="SFT training examples")
+    n_grpo: int = Field(4000, gt=0, description="GRPO training prompts")
     n_eval: int = Field(500, gt=0, description="held-out test problems (read once, by the final evaluation)")
     n_validation: int = Field(500, gt=0, description="validation problems from the evaluation distribution, "
                               "disjoint from the test set: settings are chosen on them")
@@ -123,15 +133,15 @@ class SFTParams(Section):
     patience: int = Field(3, gt=0, description="stop after this many measurements without improvement")
     min_delta: float = Field(0.0, ge=0, description="smaller improvements than this do not count")
     n_validation: int = Field(200, gt=0, description="held-out problems of SFT's distribution for the stopping rule")
-    batch_size: int = Field(32, gt=0)
-    learning_rate: float = Field(1e-3, gt=0)
-    max_length: int = Field(128, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    gradient_accumulation_steps: int = Field(1, gt=0)
+    batch_size: int = Field(32, gt=0, description="sequences per device per SFT step")
+    learning_rate: float = Field(1e-3, gt=0, description="peak SFT learning rate")
+    max_length: int = Field(128, gt=0, description="tokens per SFT sequence (longer ones are cut)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of SFT steps spent warming up the learning rate")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
     num_processes: int = Field(1, gt=0, description=">1 launches through accelerate")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config file (launches through accelerate)")
-    bf16: bool = False
-    logging_steps: int = Field(5, gt=0)
+    bf16: bool = Field(False, description="train in bfloat16 (GPUs)")
+    logging_steps: int = Field(5, gt=0, description="steps between two logged losses")
 
 
 class RewardWeights(Section):
@@ -146,27 +156,31 @@ class RewardWeights(Section):
 
 
 class GRPOParams(Section):
-    steps: int = Field(300, gt=0)
+    steps: int = Field(300, gt=0, description="GRPO optimizer steps (the RLVR model is the last one)")
     learning_rate: float = Field(2e-5, gt=0, description="organism: at 1e-4 without warmup greedy accuracy "
                                                          "drops 25-36 points by step 60, see book/methods.md")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of GRPO steps spent warming up the learning rate")
     per_device_train_batch_size: int = Field(64, gt=0, description="completions per device per step")
     num_generations: int = Field(8, ge=2, description="completions per prompt (the GRPO group)")
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    max_completion_length: int = Field(56, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    max_completion_length: int = Field(56, gt=0, description="most generated tokens per completion during GRPO")
     temperature: float = Field(0.3, gt=0, description="sampling temperature of the groups; organism: at 0.8 "
                                                       "GRPO rewards cancelling errors and lowers greedy accuracy")
     beta: float = Field(0.0, ge=0, description="KL coefficient; >0 loads a reference model")
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
-    scale_rewards: Literal["group", "batch", "none"] = "none"
-    reward_weights: RewardWeights = RewardWeights()
-    use_vllm: bool = False
-    vllm_mode: Literal["colocate", "server"] = "colocate"
-    num_processes: int = Field(1, gt=0)
-    deepspeed: str | None = None
-    bf16: bool = False
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field("dapo", description="TRL's GRPO loss normalisation "
+                                                                                      "(GRPOConfig.loss_type)")
+    scale_rewards: Literal["group", "batch", "none"] = Field("none", description="advantage scaling by the reward "
+                                                                                 "std of the group, the batch or none (TRL)")
+    reward_weights: RewardWeights = Field(RewardWeights(), description="R = accuracy x R_accuracy + format x "
+                                                                       "R_format")
+    use_vllm: bool = Field(False, description="generate GRPO's completions with vLLM (GPU extra only)")
+    vllm_mode: Literal["colocate", "server"] = Field("colocate", description="vLLM inside the training processes "
+                                                                             "(colocate) or as a separate server")
+    num_processes: int = Field(1, gt=0, description=">1 launches GRPO through accelerate (one process per GPU)")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config file (launches through accelerate)")
+    bf16: bool = Field(False, description="train in bfloat16 (GPUs)")
     save_steps: int = Field(60, gt=0, description="intermediate checkpoints for training dynamics")
-    logging_steps: int = Field(5, gt=0)
+    logging_steps: int = Field(5, gt=0, description="steps between two logged rewards and losses")
 
     @model_validator(mode="after")
     def _batch_is_whole_groups(self):
@@ -180,15 +194,16 @@ class GRPOParams(Section):
 
 class EvalParams(Section):
     n_problems: int = Field(500, gt=0, description="held-out problems for greedy accuracy")
-    max_new_tokens: int = Field(64, gt=0)
+    max_new_tokens: int = Field(64, gt=0, description="most generated tokens per evaluated answer")
     few_shot: int = Field(3, ge=0, description="worked examples in the base model's prompt")
     pass_k: list[Annotated[int, Field(ge=1)]] = Field([1, 2, 4, 8, 16, 32, 64], min_length=1,
                                                       description="k of pass@k, each >= 1")
     pass_problems: int = Field(100, gt=0, description="problems sampled for pass@k (max(pass_k) samples each)")
-    temperature: float = Field(0.8, gt=0)
+    temperature: float = Field(0.8, gt=0, description="sampling temperature of the pass@k samples (greedy accuracy "
+                                                      "uses none)")
     batch_size: int = Field(1024, gt=0, description="sequences generated at once (samples of one prompt count)")
-    n_bootstrap: int = Field(2000, gt=0)
-    confidence: float = Field(0.95, gt=0, lt=1)
+    n_bootstrap: int = Field(2000, gt=0, description="bootstrap resamples of problems for accuracy intervals")
+    confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
     backend: Literal["auto", "hf", "vllm"] = Field(
         "auto", description="what generates: 'hf' (transformers generate), 'vllm' (GPU extra and a GPU), 'auto' "
         "(vllm when both are present, else hf); how they differ: README, 'Real scale'")
@@ -199,19 +214,21 @@ class EvalParams(Section):
 
 
 class ExtractParams(Section):
-    completions_from: Literal["rlvr", "sft", "base", "gold"] = "rlvr"
-    n_problems: int = Field(256, gt=0)
+    completions_from: Literal["rlvr", "sft", "base", "gold"] = Field("rlvr", description="whose greedy completions "
+                                                                                         "fill the shared token cache ('gold': the worked solutions)")
+    n_problems: int = Field(256, gt=0, description="held-out problems replayed through every model")
     positions: list[str] = Field(
         ["last_prompt", "completion"], min_length=1,
         description="'last_prompt', 'completion' (every completion token) or 'frac:0.25' style fractions",
     )
     sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"]] = Field(
-        ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"], min_length=1)
+        ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"], min_length=1, description="hook sites stored per layer (TransformerLens names)")
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, min_length=1, description="None = every layer; else layer indices 0..num_layers-1")
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, description="sequences per forward pass")
     shard_size: int = Field(64, gt=0, description="problems per stored shard")
-    dtype: Literal["float32", "float16"] = Field("float32", description="stored activations; float16 halves disk at real scale")
+    dtype: Literal["float32", "float16"] = Field("float32", description="stored activations; float16 halves disk at "
+                                                                        "real scale")
     num_processes: int = Field(1, gt=0, description=">1: the token cache's shards are split across this many "
                                "processes (accelerate launch, one model copy each) and joined into one store")
 
@@ -244,10 +261,11 @@ class CKAParams(Section):
     sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"]] = Field(
         ["hook_attn_out", "hook_mlp_out", "hook_resid_post"], min_length=1,
         description="components compared (each must have been extracted)")
-    debiased: bool = Field(True, description="unbiased HSIC (Song et al. 2012); False reproduces the inflated estimator")
+    debiased: bool = Field(True, description="unbiased HSIC (Song et al. 2012); False reproduces the inflated "
+                                             "estimator")
     n_bootstrap: int = Field(200, gt=0, description="resamples of problems for confidence intervals")
     n_permutations: int = Field(20, gt=0, description="row shuffles per layer and component for the chance baseline")
-    confidence: float = Field(0.95, gt=0, lt=1)
+    confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of the bootstrap intervals")
 
 
 class ProbeParams(Section):
@@ -255,7 +273,8 @@ class ProbeParams(Section):
 
     targets: list[Literal["intermediate", "answer_last_digit", "correct"]] = Field([
         "intermediate", "answer_last_digit", "correct",
-    ], min_length=1)
+    ], min_length=1, description="what the probes decode: the intermediate result, the answer's last digit, whether "
+                                 "the answer is correct")
     sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"]] = Field(
         ["hook_attn_out", "hook_mlp_out", "hook_resid_post"], min_length=1,
         description="sites probed (must be extracted); resid_pre of layer l is resid_post of layer l-1")
@@ -263,7 +282,8 @@ class ProbeParams(Section):
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of problems on which the L2 strength "
                                        "and the layer and site are chosen (the test problems are scored once)")
     Cs: list[float] = Field([0.01, 0.1, 1.0], min_length=1,
-                            description="inverse L2 strengths tried, chosen on validation (features are standardised)")
+                            description="inverse L2 strengths tried, chosen on validation (features are "
+                                        "standardised)")
     max_iter: int = Field(200, gt=0, description="lbfgs iterations per probe fit")
     tol: float = Field(1e-3, gt=0, description="lbfgs tolerance; 1e-3 halves the time of 1e-4 at equal test accuracy")
     n_bootstrap: int = Field(200, gt=0, description="bootstrap resamples of validation and test problems")
@@ -273,7 +293,7 @@ class ProbeParams(Section):
                                     "accuracy beats the majority class by more than this (lower interval bound)")
     lens_agreement: float = Field(0.5, gt=0, le=1, description="lens answer layer: first layer whose top-1 at the "
                                   "answer position matches the model's final top-1 on this share of problems")
-    lens_batch_size: int = Field(16, gt=0)
+    lens_batch_size: int = Field(16, gt=0, description="sequences per forward pass of the logit lens")
 
     @field_validator("Cs")
     @classmethod
@@ -286,10 +306,11 @@ class ProbeParams(Section):
 class PatchingParams(Section):
     """Cross-model and clean/corrupted activation patching, and component grafting (notebook 06)."""
 
-    n_problems: int = Field(64, gt=0, description="problems patched: the first token-cache sequences with a final answer")
-    sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out"]] = [
+    n_problems: int = Field(64, gt=0, description="problems patched: the first token-cache sequences with a final "
+                                                  "answer")
+    sites: list[Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out"]] = Field([
         "hook_resid_pre", "hook_attn_out", "hook_mlp_out",
-    ]
+    ], description="sites patched across models (per layer)")
     positions: list[Literal["all", "target"]] = Field(
         ["all"], min_length=1,
         description="cross-model: patch every position up to the answer ('all') and/or only the answer position")
@@ -306,7 +327,7 @@ class PatchingParams(Section):
     graft_ranges: list[Literal["all", "first_half", "second_half"]] = Field(
         ["all"], min_length=1,
         description="layer ranges of attention-/MLP-only grafts (each range costs two greedy evaluations)")
-    n_bootstrap: int = Field(1000, gt=0)
+    n_bootstrap: int = Field(1000, gt=0, description="bootstrap resamples of problems for intervals")
 
 
 class WeightParams(Section):
@@ -358,13 +379,13 @@ class CrosscoderParams(Section):
     k: int = Field(8, gt=0, description="active latents per token on average (BatchTopK over the batch)")
     steps: int = Field(1000, gt=0, description="Adam steps per crosscoder (~10-25 s each on 2 CPU cores)")
     batch_size: int = Field(256, gt=0, description="tokens per step (BatchTopK keeps k x batch_size activations)")
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of the crosscoder")
     seeds: int = Field(3, ge=1, description="crosscoders per pair (seeds seed, seed+1, ...): intervals over seeds")
     specific_threshold: float = Field(0.9, gt=0.5, lt=1, description="relative decoder norm ||d_T|| / (||d_SFT|| + "
                                       "||d_T||) above which a latent is a candidate T-specific latent")
     presence_threshold: float = Field(0.3, gt=0, lt=1, description="Latent Scaling: a candidate counts as "
                                       "T-specific only when SFT's error explains less than this share of it")
-    treatments: list[str] | None = Field(None, description="treatments diffed against SFT; None = rlvr and the nulls")
+    treatments: list[str] | None = Field(None, description="treatments diffed against SFT; None = rlvr, the controls and the nulls")
     causal_treatments: list[str] = Field(["rlvr"], description="treatments whose specific latents are ablated and "
                                          "transplanted in greedy generation (each costs ~4 greedy passes per seed)")
     causal_seeds: int = Field(1, ge=1, description="crosscoder seeds whose latents the causal test edits (each "
@@ -374,8 +395,8 @@ class CrosscoderParams(Section):
     causal_problems: int = Field(244, gt=0, description="held-out problems of the causal test: eval.jsonl rows after "
                                  "the extract.n_problems the crosscoders trained on")
     top_latents: int = Field(4, gt=0, description="top specific and top shared latents read out in the chapter")
-    n_bootstrap: int = Field(1000, gt=0)
-    confidence: float = Field(0.95, gt=0, lt=1)
+    n_bootstrap: int = Field(1000, gt=0, description="bootstrap resamples for intervals")
+    confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
 
 
 class VerdictParams(Section):
@@ -406,7 +427,8 @@ class Params(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds torch, numpy and data (numpy takes 0..2**32-1)")
     rehearsal: bool = Field(False, description="a rehearsal of the real-scale path on a toy model "
                             "(params/rehearsal.yaml): the book says its numbers mean nothing")
-    runs_dir: str = "runs"
+    runs_dir: str = Field("runs", description="folder of all runs (relative to the project, or absolute); this run's "
+                                              "artifacts go to <runs_dir>/<name>")
     model: ModelParams = ModelParams()
     organism: OrganismParams = OrganismParams()
     data: DataParams = DataParams()

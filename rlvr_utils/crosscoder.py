@@ -422,10 +422,13 @@ def _digest(obj) -> str:
 
 # --- one run: notebook 07 ----------------------------------------------------------------------------------
 def treatments_of(cfg) -> list[str]:
-    """Treatments diffed against SFT: crosscoder.treatments, else RLVR and the nulls."""
-    from .variants import STUDY, null_names
+    """Treatments diffed against SFT: crosscoder.treatments, else RLVR, the controls (which calibrate the
+    verdict's row) and the nulls."""
+    from .variants import STUDY, control_names, null_names
 
-    return list(cfg.crosscoder.treatments) if cfg.crosscoder.treatments is not None else [STUDY, *null_names(cfg)]
+    if cfg.crosscoder.treatments is not None:
+        return list(cfg.crosscoder.treatments)
+    return [STUDY, *control_names(cfg), *null_names(cfg)]
 
 
 def pairs_of(cfg, available: list[str]) -> list[tuple[str, str]]:

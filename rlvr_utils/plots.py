@@ -10,12 +10,36 @@ sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
 STAGE_COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "rlvr": "#d62728"}
 
 
-def save(fig: plt.Figure, cfg, name: str) -> Path:
-    """Save `fig` as runs/<name>/figures/<name>.png (the notebook still shows it inline)."""
+def save(fig: plt.Figure, cfg, name: str, caption: str | None = None) -> Path:
+    """Save `fig` as runs/<name>/figures/<name>.png. In a notebook, show it here with its caption (the book
+    numbers it as a figure: rlvr_utils.publish); the caption defaults to the figure's title."""
     path = cfg.path("figures", f"{name}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    _show(fig, caption or figure_title(fig))
     return path
+
+
+def figure_title(fig: plt.Figure) -> str:
+    """The suptitle, else the axes' titles joined."""
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        return fig._suptitle.get_text()
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    return "; ".join(dict.fromkeys(titles))
+
+
+def _show(fig: plt.Figure, caption: str) -> None:
+    """Display now, with the caption in the output's metadata, and close (the inline backend would show it
+    a second time, without one)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    if get_ipython() is None or "IPKernelApp" not in get_ipython().config:
+        return
+    display(fig, metadata={"caption": caption})
+    plt.close(fig)
 
 
 def training_curves(history: list[dict], panels: dict[str, str], title: str) -> plt.Figure:
@@ -24,8 +48,13 @@ def training_curves(history: list[dict], panels: dict[str, str], title: str) -> 
 
     frame = pd.DataFrame([h for h in history if "step" in h])
     keys = [k for k in panels if k in frame]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.2 * max(1, len(keys)), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    # at most two panels per row: four in one row are too short to read at the book's page width
+    cols = min(2, max(1, len(keys)))
+    rows = max(1, -(-len(keys) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
         rows = frame[["step", key]].dropna().astype(float)
         sns.lineplot(data=rows, x="step", y=key, ax=ax, marker="o", markersize=3)
         ax.set(title=panels[key], xlabel="training step", ylabel=key)

@@ -1,9 +1,13 @@
 """The rendered book in a real browser: every page loads with its images, working internal links, no error
-output and no console error. Screenshots of every page land in tests/output/screenshots/."""
+output and no console error; no raw-pipe table, warning, progress bar or absolute path of the building machine
+in what a reader sees, and every figure numbered with a caption. Screenshots of every page land in
+tests/output/screenshots/."""
 import functools
 import http.server
 import os
+import re
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
@@ -14,6 +18,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync"]
 SHOTS = Path(__file__).parent / "output" / "screenshots"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +104,55 @@ def test_chapters_show_their_figures(browser, site):
         n_images = page.eval_on_selector_all(".cell_output img", "imgs => imgs.length")
         page.close()
         assert n_images >= 1, f"{rel} shows no figure"
+
+
+PIPE_ROW = re.compile(r"^\s*\|.*\|\s*$")
+PIPE_SEP = re.compile(r"^\s*\|(\s*:?-{3,}:?\s*\|)+\s*$")
+CLUTTER = re.compile(r"\b\w*Warning\b|\d+%\|| \d+(\.\d+)?(it/s|s/it)\]|Traceback|\bINFO\b|PosixPath\(")
+
+
+def clutter(texts: list[str], body: str, machine_paths: list[str]) -> list[str]:
+    """What a reader should never see: raw-pipe tables and warnings, progress bars or logging in outputs, and
+    absolute paths of the machine that built the book anywhere on the page."""
+    problems = []
+    for text in texts:
+        lines = text.splitlines()
+        if any(PIPE_ROW.match(a) and PIPE_SEP.match(b) for a, b in zip(lines, lines[1:])):
+            problems.append(f"raw-pipe table {text[:80]!r}")
+        found = CLUTTER.search(text)
+        if found:
+            problems.append(f"warning, progress bar or log line {found.group(0)!r} in {text[:80]!r}")
+    problems += [f"absolute path {p!r} of the building machine" for p in machine_paths if p in body]
+    return problems
+
+
+def test_clutter_check_can_fail():
+    assert clutter(["| a | b |\n| --- | --- |\n| 1 | 2 |"], "", [])
+    assert clutter(["FutureWarning: x"], "", []) and clutter([" 50%|#####     | 5/10"], "", [])
+    assert clutter([], "saved /home/me/project/runs/x.png", ["/home/me/project"])
+    assert not clutter(["accuracy 0.16 [0.12, 0.20]"], "runs/ci/figures/x.png", ["/home/me/project"])
+
+
+def test_pages_show_no_clutter_and_numbered_figures(browser, site, built_book):
+    html, base = site
+    machine = [str(ROOT), str(built_book[1].parent), tempfile.gettempdir() + "/"]
+    if str(Path.home()) not in ("/", ""):
+        machine.append(str(Path.home()) + "/")
+    problems = []
+    for rel in _pages(html):
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + rel, wait_until="load")
+        texts = page.eval_on_selector_all(
+            ".cell_output", "els => els.map(e => Array.from(e.querySelectorAll('pre, p, .output'))"
+            ".filter(x => !x.closest('table')).map(x => x.innerText).join('\\n'))")
+        body = page.eval_on_selector("article, main, body", "e => e.innerText")
+        problems += [f"{rel}: {p}" for p in clutter(texts, body, machine)]
+        problems += [f"{rel}: stderr output shown" for _ in page.query_selector_all(".cell_output .stderr")]
+        unnumbered = page.eval_on_selector_all(".cell_output img", """imgs => imgs.filter(i => {
+            const f = i.closest('figure');
+            const c = f && f.querySelector('figcaption');
+            return !c || !c.querySelector('.caption-number') || c.innerText.trim().length < 12;
+        }).map(i => i.src.slice(-40))""")
+        problems += [f"{rel}: figure without a number and caption {src}" for src in unnumbered]
+        page.close()
+    assert not problems, "\n".join(problems)
