@@ -1,5 +1,7 @@
 """GRPO recipe sweep: train GRPO from a finished run's SFT model under changed params and report what it does
-to greedy accuracy on that run's held-out problems, at the end and at every intermediate checkpoint.
+to greedy accuracy on the run's VALIDATION problems (data/validation.jsonl), at the end and at every
+intermediate checkpoint. The held-out test problems are never read here: only the book's final
+evaluation touches them, so settings chosen with this tool are not tuned on the numbers the book reports.
 
 This is how the organism's GRPO settings in params/default.yaml were chosen (book/methods.md lists the
 measurements). The run's base and SFT models are reused; each variant trains into runs/<run>-<variant>/.
@@ -54,7 +56,7 @@ def main() -> None:
     parser.add_argument("--params", default="params/default.yaml", help="a run that has finished notebook 02")
     args = parser.parse_args()
     run, cfg = variant_params(args.params, args.overrides)
-    problems = data.read_jsonl(run.path("data", "eval.jsonl"))[: cfg.evaluation.n_problems]
+    problems = data.prepare_validation_set(run)  # never the test set
     for stage in ("sft", "rlvr"):
         print(train.run_stage(cfg, stage), flush=True)
     sft = greedy_correct(cfg.model_ref("sft"), problems, cfg)
@@ -64,7 +66,7 @@ def main() -> None:
     history = json.loads(cfg.path("metrics", "train_rlvr.json").read_text())
     reward = [h["rewards/accuracy_reward/mean"] for h in history["log_history"] if "rewards/accuracy_reward/mean" in h]
     print(json.dumps({
-        "overrides": args.overrides, "run_dir": str(cfg.run_dir), "grpo_seconds": round(history["seconds"]),
+        "overrides": args.overrides, "scored_on": f"{len(problems)} validation problems", "run_dir": str(cfg.run_dir), "grpo_seconds": round(history["seconds"]),
         "greedy_sft": sft.mean(), "greedy_rlvr": rlvr.mean(), "greedy_by_checkpoint": by_step,
         "rlvr_minus_sft": stats.paired_difference(rlvr, sft, seed=cfg.seed),
         "accuracy_reward_first_last": [float(np.mean(reward[:3])), float(np.mean(reward[-3:]))],

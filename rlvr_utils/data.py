@@ -18,8 +18,13 @@ from typing import Iterable
 
 NAMES = ["Ida", "Raj", "Mia", "Leo", "Ana", "Tom", "Eva", "Sam", "Zoe", "Max"]
 ITEMS = ["apples", "marbles", "coins", "books", "stamps", "shells", "pens", "cards"]
-GAIN_VERBS = ["found", "bought", "got"]
-LOSS_VERBS = ["lost", "gave away", "sold"]
+# The wording shift between SFT's data and RLVR's (as NuminaMath's wording differs from GSM8K's): SFT
+# problems use the old verbs, evaluation and GRPO problems the new ones. Base has met both in its corpus.
+VERBS = {
+    "old": {"+": ["found", "bought", "got"], "-": ["lost", "gave away", "sold"]},
+    "new": {"+": ["picked up", "received", "won"], "-": ["dropped", "used", "spent"]},
+}
+GAIN_VERBS, LOSS_VERBS = VERBS["old"]["+"], VERBS["old"]["-"]
 
 
 def prompt_for(question: str, template: str) -> str:
@@ -27,18 +32,20 @@ def prompt_for(question: str, template: str) -> str:
 
 
 # --- the organism's synthetic task ----------------------------------------------------------------
-def _story(rng: random.Random, data) -> dict:
-    """One word problem: a start value and 1-3 add/subtract events, running values within 0..max_value."""
+def _story(rng: random.Random, data, verbs: str = "old", steps: tuple[int, int] | None = None) -> dict:
+    """One word problem: a start value and add/subtract events (`steps`, default the data's), running
+    values within 0..max_value, every event worded with one verb set ('old' or 'new')."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     value = rng.randint(1, data.max_start)
     start, events, equations, values = value, [], [], []
-    for _ in range(rng.randint(data.min_steps, data.max_steps)):
+    lo, hi = steps or (data.min_steps, data.max_steps)
+    for _ in range(rng.randint(lo, hi)):
         ops = [op for op in "+-" if (value + 1 if op == "+" else value - 1) in range(0, data.max_value + 1)]
         op = rng.choice(ops)
         limit = data.max_value - value if op == "+" else value
         operand = rng.randint(1, min(data.max_operand, limit))
         new = value + operand if op == "+" else value - operand
-        verb = rng.choice(GAIN_VERBS if op == "+" else LOSS_VERBS)
+        verb = rng.choice(VERBS[verbs][op])
         more = " more" if op == "+" else ""
         events.append(f"{name} {verb} {operand}{more} {item}")
         equations.append(f"{value} {op} {operand} = {new}.")
@@ -67,11 +74,13 @@ def _row(s: dict, idx: int, template: str) -> dict:
             "intermediates": [float(v) for v in s["values"]]}
 
 
-def synthetic_problems(data, n: int, seed: int, exclude: Iterable[str] = ()) -> list[dict]:
-    """`n` distinct GSM8K-style problems, none of whose questions is in `exclude` (held-out set)."""
+def synthetic_problems(data, n: int, seed: int, exclude: Iterable[str] = (), verbs: str | None = None,
+                       steps: tuple[int, int] | None = None) -> list[dict]:
+    """`n` distinct GSM8K-style problems, none of whose questions is in `exclude` (held-out sets).
+    `verbs` and `steps` default to the evaluation distribution (data.rl_verbs, min/max_steps)."""
     rng, seen, rows = random.Random(seed), set(exclude), []
     for _ in range(200 * n):
-        s = _story(rng, data)
+        s = _story(rng, data, verbs or data.rl_verbs, steps)
         q = _question(s)
         if q not in seen:
             seen.add(q)
@@ -103,14 +112,17 @@ def pretraining_corpus(data, n: int, seed: int, exclude: Iterable[str] = ()) -> 
 
     Half 'deferred' stories (events first, then the working: the model learns to read operands back out
     of the text), a quarter 'local' stories (working right after each event), a quarter arithmetic facts.
+    A share `data.corpus_new_verbs` of the local stories uses the new verbs, so base has met the words of
+    the evaluation problems, but never in a deferred story like the one it is evaluated on.
     """
     rng, held_out, docs = random.Random(seed), set(exclude), []
     while len(docs) < n:
-        s = _story(rng, data)
+        kind = rng.random()
+        verbs = "new" if 0.5 <= kind < 0.75 and rng.random() < data.corpus_new_verbs else "old"
+        s = _story(rng, data, verbs)
         if _question(s) in held_out:
             continue
         who, item = s["name"], s["item"]
-        kind = rng.random()
         if kind < 0.5:
             docs.append(_story_text(s) + " So "
                         + " ".join(s["equations"]) + f" In the end {who} had {s['values'][-1]} {item}.")
@@ -186,31 +198,69 @@ def load_numina(ref: str, split: str = "train", max_rows: int | None = None,
     return [numina_row(r, i, template) for i, r in enumerate(load_records(ref, split, max_rows))]
 
 
-# --- the three problem sets of one run ------------------------------------------------------------
-EVAL_SEED_OFFSET = 10_007  # held-out problems come from their own seed
+# --- the problem sets of one run -----------------------------------------------------------------
+EVAL_SEED_OFFSET = 10_007  # held-out test problems come from their own seed
+VALIDATION_SEED_OFFSET = 20_011  # and the validation problems from another
 
 
 def eval_problems(cfg) -> list[dict]:
+    """The held-out test problems: read once, by the final evaluation."""
     d = cfg.data
     if d.grpo_source == "gsm8k":
         return load_gsm8k(d.eval_path or d.grpo_path, "test", cfg.evaluation.n_problems, d.prompt_template)
     return synthetic_problems(d, max(d.n_eval, cfg.evaluation.n_problems), cfg.seed + EVAL_SEED_OFFSET)
 
 
+def validation_problems(cfg) -> list[dict]:
+    """Problems from the evaluation distribution, disjoint from the test set, on which settings are chosen
+    (benchmarks/grpo_sweep.py). For GSM8K: the last `n_validation` rows of the train split, which
+    `grpo_problems` then leaves out."""
+    d = cfg.data
+    if d.grpo_source == "gsm8k":
+        rows = load_gsm8k(d.grpo_path, "train", d.max_rows, d.prompt_template)
+        return rows[len(rows) - _gsm8k_validation_size(d, len(rows)):]
+    test = [p["question"] for p in eval_problems(cfg)]
+    return synthetic_problems(d, d.n_validation, cfg.seed + VALIDATION_SEED_OFFSET, exclude=test)
+
+
+def _gsm8k_validation_size(d, n_rows: int) -> int:
+    return min(d.n_validation, n_rows // 10)
+
+
+def held_out_questions(cfg) -> list[str]:
+    """Questions of the test and validation sets: excluded from every training set and the corpus."""
+    return [p["question"] for p in eval_problems(cfg) + validation_problems(cfg)]
+
+
 def sft_problems(cfg, held_out: list[dict]) -> list[dict]:
+    """SFT's data. The organism's comes from its own distribution (old verbs, sft_min/max_steps)."""
     d = cfg.data
     if d.sft_source == "numina_cot":
         return load_numina(d.sft_path, "train", d.max_rows, d.prompt_template)
     if d.sft_source == "gsm8k":
         return load_gsm8k(d.sft_path, "train", d.max_rows, d.prompt_template)
-    return synthetic_problems(d, d.n_sft, cfg.seed + 1, exclude=[p["question"] for p in held_out])
+    exclude = [p["question"] for p in held_out + validation_problems(cfg)]
+    return synthetic_problems(d, d.n_sft, cfg.seed + 1, exclude=exclude,
+                              verbs=d.sft_verbs, steps=(d.sft_min_steps, d.sft_max_steps))
+
+
+def sft_validation_problems(cfg, held_out: list[dict]) -> list[dict]:
+    """Held-out problems of SFT's own distribution: its stopping rule watches their loss."""
+    d, train = cfg.data, sft_problems(cfg, held_out)
+    if d.sft_source != "synthetic":
+        return train[-cfg.sft.n_validation:]
+    exclude = [p["question"] for p in held_out + train]
+    return synthetic_problems(d, cfg.sft.n_validation, cfg.seed + 3, exclude=exclude,
+                              verbs=d.sft_verbs, steps=(d.sft_min_steps, d.sft_max_steps))
 
 
 def grpo_problems(cfg, held_out: list[dict]) -> list[dict]:
     d = cfg.data
     if d.grpo_source == "gsm8k":
-        return load_gsm8k(d.grpo_path, "train", d.max_rows, d.prompt_template)
-    return synthetic_problems(d, d.n_grpo, cfg.seed + 2, exclude=[p["question"] for p in held_out])
+        rows = load_gsm8k(d.grpo_path, "train", d.max_rows, d.prompt_template)
+        return rows[: len(rows) - _gsm8k_validation_size(d, len(rows))]
+    exclude = [p["question"] for p in held_out + validation_problems(cfg)]  # both held-out sets, always
+    return synthetic_problems(d, d.n_grpo, cfg.seed + 2, exclude=exclude)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
@@ -235,5 +285,16 @@ def prepare_eval_set(cfg) -> list[dict]:
     path, fingerprint = cfg.path("data", "eval.jsonl"), cfg.fingerprint("seed", "data", "evaluation")
     if not artifacts.is_current(path, fingerprint):
         write_jsonl(path, eval_problems(cfg))
+        artifacts.stamp(path, fingerprint)
+    return read_jsonl(path)
+
+
+def prepare_validation_set(cfg) -> list[dict]:
+    """data/validation.jsonl: the problems settings are chosen on (never the test set)."""
+    from . import artifacts
+
+    path, fingerprint = cfg.path("data", "validation.jsonl"), cfg.fingerprint("seed", "data", "evaluation")
+    if not artifacts.is_current(path, fingerprint):
+        write_jsonl(path, validation_problems(cfg))
         artifacts.stamp(path, fingerprint)
     return read_jsonl(path)

@@ -7,6 +7,8 @@ Multi-process and DeepSpeed runs cannot start inside a notebook kernel: `launch_
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,15 +24,28 @@ STAGE_SECTIONS = {  # the params an artifact depends on: change one and the stag
     "base": ("seed", "model", "organism", "data"),
     "sft": ("seed", "model", "organism", "data", "sft"),
     "rlvr": ("seed", "model", "organism", "data", "sft", "grpo"),
+    "attn_only": ("seed", "model", "organism", "data", "sft", "grpo"),
+    "mlp_only": ("seed", "model", "organism", "data", "sft", "grpo"),
 }
+# Positive controls: the RLVR recipe with one component group trainable and everything else frozen.
+CONTROL_TRAINS = {"attn_only": "attention", "mlp_only": "mlp"}
 
 
 def fingerprint(cfg: Params, stage: str) -> str:
     return cfg.fingerprint(*STAGE_SECTIONS[stage])
 
 
+def inputs(cfg: Params, stage: str) -> list[str]:
+    """Artifacts a stage's checkpoint is computed from: the checkpoint it starts from and local data files
+    (their content is checked, so an edited input re-trains the stage and everything after it)."""
+    start = {"base": [], "sft": [cfg.model_ref("base")]}.get(stage, [cfg.model_ref("sft")])
+    path = cfg.data.sft_path if stage == "sft" else cfg.data.grpo_path if stage != "base" else None
+    files = [str(resolve(path))] if path and resolve(path).is_file() else []
+    return start + files
+
+
 def is_trained(cfg: Params, stage: str) -> bool:
-    return artifacts.is_current(cfg.path("models", stage), fingerprint(cfg, stage))
+    return artifacts.is_current(cfg.path("models", stage), fingerprint(cfg, stage), inputs(cfg, stage))
 
 
 def _common_args(cfg: Params, stage: str) -> dict:
@@ -45,18 +60,82 @@ def _trainer_dir(cfg: Params, stage: str) -> Path:
     return cfg.path("trainer", f"{stage}-{fingerprint(cfg, stage)}")
 
 
+SESSION = "session.json"  # in a stage's trainer folder: when this session began, what the run had done before
+
+
 def _last_checkpoint(output_dir: str) -> str | None:
+    """The checkpoint to resume from (None: start afresh). Called as a session starts, it also notes in
+    output_dir/session.json the step and the seconds the run had reached at that checkpoint, so that
+    `_finish` reports time over the whole run rather than the resumed part."""
     checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return str(checkpoints[-1]) if checkpoints else None
+    last = str(checkpoints[-1]) if checkpoints else None
+    session_file = Path(output_dir) / SESSION
+    before = {"step": 0, "seconds": 0.0}
+    if last is not None:
+        state_file = Path(last) / "trainer_state.json"
+        step = json.loads(state_file.read_text())["global_step"]
+        previous = json.loads(session_file.read_text()) if session_file.exists() else None
+        seconds = 0.0
+        if previous is not None:  # the session that wrote `last` (one at a time: the run's lock)
+            seconds = previous["before"]["seconds"]
+            if previous["before"]["step"] != step:
+                seconds += max(0.0, state_file.stat().st_mtime - previous["started"])
+        before = {"step": step, "seconds": seconds}
+    if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one process keeps the record
+        artifacts.write_json(session_file, {"started": time.time(), "before": before})
+    return last
+
+
+def whole_run_history(history: list[dict], resume_step: int) -> list[dict]:
+    """Log history of a run resumed at `resume_step`, with counters over the whole run: token counts that
+    restarted at the resume (TRL's SFT num_tokens) continue from the checkpoint's, and the closing
+    train_loss averages every step, not only the resumed ones (each logged loss is the mean over the
+    steps since the previous log; steps between the last log and the checkpoint take that log's mean)."""
+    if resume_step <= 0:
+        return history
+    history = [dict(e) for e in history]
+    before = [e for e in history if e.get("step", 0) <= resume_step]
+    after = [e for e in history if e.get("step", 0) > resume_step]
+    tokens = [e["num_tokens"] for e in before if "num_tokens" in e]
+    later = [e for e in after if "num_tokens" in e]
+    if tokens and later and later[0]["num_tokens"] < tokens[-1]:
+        for e in later:
+            e["num_tokens"] += tokens[-1]
+    loss_sum, last_step, last_loss = 0.0, 0, None
+    for e in before:
+        if "loss" in e:
+            loss_sum += e["loss"] * (e["step"] - last_step)
+            last_step, last_loss = e["step"], e["loss"]
+    if last_loss is not None:
+        loss_sum += last_loss * (resume_step - last_step)
+    for e in after:
+        if "train_loss" in e:
+            final_step = e["step"]
+            e["session_train_loss"] = e["train_loss"]
+            e["train_loss"] = (loss_sum + e["train_loss"] * (final_step - resume_step)) / max(final_step, 1)
+    return history
 
 
 def _finish(cfg: Params, stage: str, trainer, tokenizer, seconds: float) -> list[dict]:
+    if not trainer.is_world_process_zero():  # other processes of a launch: only join DeepSpeed's gather
+        trainer.save_model(str(_trainer_dir(cfg, stage)))  # writes nothing off the main process
+        return trainer.state.log_history
     with artifacts.atomic_dir(cfg.path("models", stage)) as tmp:
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-    history = trainer.state.log_history
-    artifacts.write_json(cfg.path("metrics", f"train_{stage}.json"), {"seconds": seconds, "log_history": history})
-    artifacts.stamp(cfg.path("models", stage), fingerprint(cfg, stage), seconds=seconds)
+    session_file = _trainer_dir(cfg, stage) / SESSION
+    before = (json.loads(session_file.read_text())["before"] if session_file.exists()
+              else {"step": 0, "seconds": 0.0})
+    history = whole_run_history(trainer.state.log_history, before["step"])
+    session_seconds, seconds = seconds, before["seconds"] + seconds
+    for e in history:
+        if "train_runtime" in e:
+            e["session_train_runtime"], e["train_runtime"] = e["train_runtime"], seconds
+    metrics = cfg.path("metrics", f"train_{stage}.json")
+    artifacts.write_json(metrics, {"seconds": seconds, "session_seconds": session_seconds,
+                                   "resumed_from_step": before["step"],
+                                   "num_processes": trainer.accelerator.num_processes, "log_history": history})
+    artifacts.stamp(cfg.path("models", stage), fingerprint(cfg, stage), inputs(cfg, stage), seconds=seconds)
     if stage == "rlvr":
         _keep_intermediate_checkpoints(cfg, tokenizer)
     shutil.rmtree(_trainer_dir(cfg, stage), ignore_errors=True)  # optimizer states: only needed to resume
@@ -69,7 +148,7 @@ def pretrain_base(cfg: Params) -> list[dict]:
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     org = cfg.organism
-    held_out = [p["question"] for p in data.eval_problems(cfg)]
+    held_out = data.held_out_questions(cfg)
     corpus = data.pretraining_corpus(cfg.data, org.corpus_documents, cfg.seed, exclude=held_out)
     tokenizer = organism.build_tokenizer(corpus, org.vocab_size)
     torch.manual_seed(cfg.seed)
@@ -101,14 +180,21 @@ def record_given(cfg: Params, stage: str) -> None:
 
 # --- SFT --------------------------------------------------------------------------------------------
 def sft_args(cfg: Params) -> dict:
-    """Keyword arguments of TRL's SFTConfig, from params."""
+    """Keyword arguments of TRL's SFTConfig, from params. With a stopping rule, the held-out loss (or token
+    accuracy) of SFT's own distribution is measured every `eval_steps`, and the best checkpoint is kept."""
     s = cfg.sft
+    stopping = {}
+    if s.stop_metric is not None:
+        stopping = dict(eval_strategy="steps", eval_steps=s.eval_steps, per_device_eval_batch_size=s.batch_size,
+                        load_best_model_at_end=True, metric_for_best_model=f"eval_{s.stop_metric}",
+                        greater_is_better=s.stop_metric != "loss")
     return dict(
         max_steps=s.steps, per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate,
         gradient_accumulation_steps=s.gradient_accumulation_steps, warmup_steps=int(s.warmup_ratio * s.steps),
         lr_scheduler_type="cosine", max_length=s.max_length, completion_only_loss=True, bf16=s.bf16,
         deepspeed=str(resolve(s.deepspeed)) if s.deepspeed else None, logging_steps=s.logging_steps,
-        save_strategy="steps", save_steps=max(1, s.steps // 2), **_common_args(cfg, "sft"))
+        save_strategy="steps", save_steps=s.eval_steps if stopping else max(1, s.steps // 2),
+        **stopping, **_common_args(cfg, "sft"))
 
 
 def sft_config(cfg: Params):
@@ -119,18 +205,38 @@ def sft_config(cfg: Params):
 
 def train_sft(cfg: Params) -> list[dict]:
     from datasets import Dataset
+    from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
     from .models import load
 
-    problems = data.sft_problems(cfg, held_out=data.eval_problems(cfg))
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "completion": p["answer"]} for p in problems])
+    held_out = data.eval_problems(cfg)
+    problems = data.sft_problems(cfg, held_out=held_out)
+
+    def pairs(rows):
+        return Dataset.from_list([{"prompt": p["prompt"], "completion": p["answer"]} for p in rows])
+
     model, tokenizer = load(cfg.model_ref("base"), cfg)
     model.train()
-    trainer = SFTTrainer(model=model, args=sft_config(cfg), train_dataset=dataset, processing_class=tokenizer)
+    s, callbacks, eval_dataset = cfg.sft, [], None
+    if s.stop_metric is not None:
+        eval_dataset = pairs(data.sft_validation_problems(cfg, held_out))
+        callbacks = [EarlyStoppingCallback(early_stopping_patience=s.patience, early_stopping_threshold=s.min_delta)]
+    trainer = SFTTrainer(model=model, args=sft_config(cfg), train_dataset=pairs(problems), eval_dataset=eval_dataset,
+                         processing_class=tokenizer, callbacks=callbacks)
     start = time.time()
     trainer.train(resume_from_checkpoint=_last_checkpoint(trainer.args.output_dir))
-    return _finish(cfg, "sft", trainer, tokenizer, time.time() - start)
+    state = trainer.state
+    history = _finish(cfg, "sft", trainer, tokenizer, time.time() - start)
+    if s.stop_metric is not None and trainer.is_world_process_zero():  # what the stopping rule decided
+        best = state.best_model_checkpoint
+        record = artifacts.read_json(cfg.path("metrics", "train_sft.json"))
+        record["stopping"] = {"metric": f"eval_{s.stop_metric}", "best_value": state.best_metric,
+                              "best_step": int(best.rsplit("-", 1)[1]) if best else None,
+                              "stopped_at_step": state.global_step, "max_steps": s.steps,
+                              "converged": state.global_step < s.steps}
+        artifacts.write_json(cfg.path("metrics", "train_sft.json"), record)
+    return history
 
 
 # --- GRPO -------------------------------------------------------------------------------------------
@@ -170,6 +276,62 @@ def train_grpo(cfg: Params) -> list[dict]:
     return _finish(cfg, "rlvr", trainer, tokenizer, time.time() - start)
 
 
+def train_control(cfg: Params, name: str) -> list[dict]:
+    """A positive control: GRPO with RLVR's recipe from the same SFT model, training only the attention
+    (q, k, v, o) or only the MLP (gate, up, down) weights; embeddings and norms stay frozen in both, so the
+    change is confined to one known component."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+
+    from .weights import classify
+
+    trained = CONTROL_TRAINS[name]
+    problems = data.grpo_problems(cfg, held_out=data.eval_problems(cfg))
+    dataset = Dataset.from_list([{"prompt": p["prompt"], "final": p["final"]} for p in problems])
+    sft_ref = cfg.model_ref("sft")
+    tokenizer = AutoTokenizer.from_pretrained(sft_ref, trust_remote_code=cfg.model.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(sft_ref, use_safetensors=True,
+                                                 trust_remote_code=cfg.model.trust_remote_code)
+    n_trained = 0
+    for pname, param in model.named_parameters():
+        param.requires_grad_(classify(pname)[2] == trained)
+        n_trained += param.numel() if param.requires_grad else 0
+    if n_trained == 0:
+        raise ValueError(f"control {name!r}: no {trained} weights found in {sft_ref} to train")
+    args = grpo_args(cfg) | {"output_dir": str(_trainer_dir(cfg, name))}
+    from trl import GRPOConfig
+
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards.REWARD_FUNCS, args=GRPOConfig(**args),
+                          train_dataset=dataset, processing_class=tokenizer)
+    start = time.time()
+    trainer.train(resume_from_checkpoint=_last_checkpoint(trainer.args.output_dir))
+    return _finish(cfg, name, trainer, tokenizer, time.time() - start)
+
+
+def train_controls(cfg: Params, names: list[str], force: bool = False) -> list[str]:
+    """Train the controls not yet up to date, side by side in one process each: the organism's steps are
+    too small to use two cores in one process, so two single-threaded runs take the time of one."""
+    todo = [n for n in names if force or not is_trained(cfg, n)]
+    messages = [f"{n}: checkpoint is up to date ({cfg.path('models', n)}): skipped" for n in names if n not in todo]
+    if not todo:
+        return messages
+    start = time.time()
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if len(todo) > 1 else os.environ.get("OMP_NUM_THREADS", "")}
+    env = {k: v for k, v in env.items() if v != ""}
+    params_file = artifacts.write_json(cfg.path("trainer", "controls-params.json"), cfg.model_dump(mode="json"))
+    with artifacts.run_lock(cfg.run_dir):  # the children see that this process holds the run's lock
+        env[artifacts.LOCK_ENV] = os.environ[artifacts.LOCK_ENV]
+        procs = {n: subprocess.Popen([sys.executable, "-m", "rlvr_utils", "train", "--stage", n, "--params",
+                                      str(params_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env) for n in todo}
+        for n, proc in procs.items():
+            output, _ = proc.communicate()
+            if proc.returncode:
+                raise RuntimeError(f"control {n} failed (exit {proc.returncode}):\n{output[-3000:]}")
+    return messages + [f"trained {', '.join(todo)} in {time.time() - start:.0f} s (in parallel)"]
+
+
 def _keep_intermediate_checkpoints(cfg: Params, tokenizer) -> None:
     """Model weights of GRPO's periodic checkpoints (no optimizer state) for training-dynamics plots."""
     shutil.rmtree(cfg.path("models", "rlvr_checkpoints"), ignore_errors=True)
@@ -183,7 +345,8 @@ def _keep_intermediate_checkpoints(cfg: Params, tokenizer) -> None:
 
 
 # --- launching ----------------------------------------------------------------------------------------
-TRAINERS = {"base": pretrain_base, "sft": train_sft, "rlvr": train_grpo}
+TRAINERS = {"base": pretrain_base, "sft": train_sft, "rlvr": train_grpo,
+            **{name: (lambda cfg, name=name: train_control(cfg, name)) for name in CONTROL_TRAINS}}
 
 
 def needs_launcher(cfg: Params, stage: str) -> bool:
@@ -194,12 +357,27 @@ def needs_launcher(cfg: Params, stage: str) -> bool:
 def launch_command(cfg: Params, stage: str, params_file: str) -> list[str]:
     """`accelerate launch` line that runs one stage in its own processes (DeepSpeed, several GPUs)."""
     section = {"sft": cfg.sft, "rlvr": cfg.grpo}[stage]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(section.num_processes)]
-    if section.deepspeed:
-        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(resolve(section.deepspeed))]
-    if section.bf16:
-        cmd += ["--mixed_precision", "bf16"]
-    return cmd + ["-m", "rlvr_utils", "train", "--stage", stage, "--params", str(params_file)]
+    return accelerate_command(section.num_processes, section.deepspeed, section.bf16) + [
+        "-m", "rlvr_utils", "train", "--stage", stage, "--params", str(params_file)]
+
+
+def accelerate_command(num_processes: int, deepspeed: str | None = None, bf16: bool = False) -> list[str]:
+    """`accelerate launch` and its flags, without the program. Every flag is given so that no accelerate
+    config file of the machine changes the run. Without a GPU, `--multi_gpu` only makes accelerate spawn
+    the processes through torchrun: each joins a gloo group on the CPU (accelerate's MULTI_CPU)."""
+    import socket
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "bf16" if bf16 else "no"]
+    if deepspeed:
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(resolve(deepspeed))]
+    elif num_processes > 1:
+        cmd += ["--multi_gpu"]
+    if num_processes > 1:
+        with socket.socket() as sock:  # a free port: two launches on one machine must not collide
+            sock.bind(("127.0.0.1", 0))
+            cmd += ["--main_process_port", str(sock.getsockname()[1])]
+    return cmd
 
 
 def run_stage(cfg: Params, stage: str, force: bool = False) -> str:

@@ -362,9 +362,13 @@ def caveats(cfg, metrics: Mapping[str, dict], table: pd.DataFrame, other_seeds: 
     if cfg.model.analyze_only:
         out.append("Analyze-only: the checkpoints were given, not trained here; the controls and nulls are "
                    "only as comparable to them as their training recipes are.")
+    if not variants.control_names(cfg):
+        out.append("No positive controls (variants.controls is empty): no row can show that it tells a Routing "
+                   "change from a Representation change, so none counts and the verdict is inconclusive.")
     if cfg.model.analyze_only:
-        out.append("Seeds: one given RLVR checkpoint; the intervals resample problems, not training runs, and "
-                   "the controls were trained here with this run's GRPO params from the given SFT model.")
+        out.append("Seeds: one given RLVR checkpoint; the intervals resample problems, not training runs"
+                   + (", and the controls were trained here with this run's GRPO params from the given SFT model."
+                      if variants.control_names(cfg) else "."))
     elif other_seeds:
         out.append(f"Seeds: this run (seed {cfg.seed}) and replicate seeds {', '.join(map(str, other_seeds))}; a "
                    "row counts only where every seed agrees.")

@@ -42,13 +42,18 @@ def test_incompatible_checkpoints_are_named(tmp_path):
 def test_analyze_only_runs_every_notebook_on_local_checkpoints(tmp_path):
     folders = _checkpoints(tmp_path)
     raw = yaml.safe_load((config.PROJECT_ROOT / "params" / "ci.yaml").read_text())
-    raw.update(name="analyze-only", runs_dir=str(tmp_path / "runs"), model={k: str(v) for k, v in folders.items()})
+    # controls would train GRPO from the given SFT model: off here, so nothing is trained at all
+    raw.update(name="analyze-only", runs_dir=str(tmp_path / "runs"), model={k: str(v) for k, v in folders.items()},
+               variants={"controls": [], "nulls": 2})
     params = tmp_path / "analyze.yaml"
     params.write_text(yaml.safe_dump(raw))
     result = run_book(params, tmp_path / "site", "--no-book")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     run = tmp_path / "runs" / "analyze-only"
-    assert not (run / "models").exists(), "analyze-only must not train"
+    assert sorted(p.name for p in (run / "models").iterdir()) == ["identical", "null_0", "null_1"], \
+        "analyze-only trains nothing: only the weight-built variants are written"
     summary = json.loads((run / "metrics" / "eval.json").read_text())["summary"]
     assert {"accuracy_base", "accuracy_sft", "accuracy_rlvr"} <= set(summary)
-    assert (run / "metrics" / "verdict.json").exists()
+    result = json.loads((run / "metrics" / "verdict.json").read_text())
+    assert result["verdict"] == "inconclusive"  # no row is calibrated without the controls
+    assert all("control attn_only not measured" in row["calibration"] for row in result["rows"])

@@ -29,14 +29,49 @@ def test_difficulty_is_a_parameter():
 
 
 def test_held_out_problems_never_in_training_data():
-    cfg = Params(data={"n_sft": 2000, "n_grpo": 2000, "n_eval": 300})
-    held_out = data.eval_problems(cfg)
-    questions = {p["question"] for p in held_out}
-    assert not questions & {p["question"] for p in data.sft_problems(cfg, held_out)}
-    assert not questions & {p["question"] for p in data.grpo_problems(cfg, held_out)}
+    """Test and validation sets are disjoint, and neither is in SFT's, GRPO's or the corpus's data."""
+    cfg = Params(data={"n_sft": 2000, "n_grpo": 2000, "n_eval": 300, "n_validation": 300,
+                       "sft_verbs": "new", "sft_min_steps": 2})  # SFT drawn from the eval distribution: collisions possible
+    test, validation = data.eval_problems(cfg), data.validation_problems(cfg)
+    questions = {p["question"] for p in test}
+    assert len(validation) == 300 and not questions & {p["question"] for p in validation}
+    questions |= {p["question"] for p in validation}
+    assert set(data.held_out_questions(cfg)) == questions
+    assert not questions & {p["question"] for p in data.sft_problems(cfg, test)}
+    assert not questions & {p["question"] for p in data.grpo_problems(cfg, test)}
+    assert not questions & {p["question"] for p in data.sft_validation_problems(cfg, test)}
     corpus = data.pretraining_corpus(cfg.data, 3000, seed=0, exclude=questions)
     stories = {doc.split(" So ")[0] for doc in corpus}
-    assert not {data.story_prompt(p).removesuffix(" So") for p in held_out} & stories
+    assert not {data.story_prompt(p).removesuffix(" So") for p in test + validation} & stories
+
+
+def _verbs_used(text: str) -> set[str]:
+    return {kind for kind, by_op in data.VERBS.items() for verbs in by_op.values() for v in verbs if f" {v} " in text}
+
+
+def test_wording_shift_between_sft_and_rlvr_data():
+    """SFT's problems (old verbs, 1-2 steps) come from another distribution than the evaluation's and GRPO's
+    (new verbs, 2 steps); SFT's stopping-rule problems come from SFT's own."""
+    cfg = Params()
+    test = data.eval_problems(cfg)
+    for rows, verbs, steps in [(test, "new", {2}), (data.validation_problems(cfg), "new", {2}),
+                               (data.grpo_problems(cfg, test), "new", {2}),
+                               (data.sft_problems(cfg, test), "old", {1, 2}),
+                               (data.sft_validation_problems(cfg, test), "old", {1, 2})]:
+        assert {len(p["intermediates"]) for p in rows} == steps
+        assert set().union(*(_verbs_used(p["question"]) for p in rows)) == {verbs}
+    sft = {p["question"] for p in data.sft_problems(cfg, test)}
+    assert not sft & {p["question"] for p in data.sft_validation_problems(cfg, test)}
+
+
+def test_corpus_meets_the_new_verbs_only_in_worked_as_it_happens_stories():
+    docs = data.pretraining_corpus(Params().data, 4000, seed=0)
+    local = [d for d in docs if ", so " in d]
+    new_local = [d for d in local if _verbs_used(d) == {"new"}]
+    assert abs(len(new_local) / len(local) - 0.5) < 0.05  # data.corpus_new_verbs
+    assert all(_verbs_used(d) <= {"old"} for d in docs if ", so " not in d)  # deferred stories and facts
+    none = data.pretraining_corpus(Params(data={"corpus_new_verbs": 0.0}).data, 1000, seed=0)
+    assert all(_verbs_used(d) <= {"old"} for d in none)
 
 
 def test_pretraining_corpus_never_uses_the_sft_format():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rlvr_utils import stats
+from rlvr_utils import evaluate, stats
 from rlvr_utils.evaluate import pass_at_k
 
 
@@ -43,3 +43,21 @@ def test_paired_difference_sees_a_consistent_gain():
     b = np.array([1, 1, 0, 0] * 50, dtype=float)
     d = stats.paired_difference(a, b, n_bootstrap=500)
     assert d["value"] == pytest.approx(0.25) and d["ci"][0] > 0.15
+
+
+def test_summary_compares_rlvr_with_bases_better_format(tmp_path):
+    """Base is asked in its own narrative and with few-shot examples; RLVR is compared with the better one."""
+    from rlvr_utils import config, data
+
+    cfg = config.Params(runs_dir=str(tmp_path), name="fmt", evaluation={"pass_k": [1], "n_bootstrap": 200})
+    correct = {"base": [1, 0, 0, 0], "base_fewshot": [1, 1, 0, 0], "sft": [1, 1, 1, 0], "rlvr": [1, 1, 1, 1]}
+    for name, values in correct.items():
+        data.write_jsonl(cfg.path("eval", f"{name}_greedy.jsonl"),
+                         [{"id": i, "completion": "", "correct": bool(c), "formatted": True} for i, c in enumerate(values)])
+        if name != "base_fewshot":
+            data.write_jsonl(cfg.path("eval", f"{name}_samples.jsonl"),
+                             [{"id": i, "n": 1, "correct": c} for i, c in enumerate(values)])
+    s = evaluate.summarize(cfg)["summary"]
+    assert s["accuracy_base"]["value"] == 0.25 and s["accuracy_base_fewshot"]["value"] == 0.5
+    assert s["rlvr_minus_base_accuracy"]["value"] == 0.5  # against few-shot, the better format
+    assert s["rlvr_minus_sft_accuracy"]["value"] == 0.25

@@ -1,4 +1,5 @@
 """Real-scale params on this CPU machine: they validate, and the launch line and TRL configs are what they say."""
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ REAL = ROOT / "params" / "qwen2.5-1.5b.yaml"
 
 @pytest.fixture(scope="module")
 def real():
-    return config.load(REAL)
+    return config.load(REAL, machine=False)  # a GPU machine's file: vLLM need not be installed here
 
 
 def test_real_scale_is_the_studys_setting(real):
@@ -94,3 +95,38 @@ def test_same_seed_gives_the_same_models_and_metrics(tmp_path):
         a = (first.path("models", stage) / "model.safetensors").read_bytes()
         assert a == (second.path("models", stage) / "model.safetensors").read_bytes(), stage
     assert metrics_a == metrics_b
+
+
+def _tiny(runs_dir, **sft) -> config.Params:
+    return config.Params(
+        runs_dir=str(runs_dir), name="stop",
+        organism={"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "vocab_size": 200,
+                  "corpus_documents": 300, "pretrain_steps": 4, "pretrain_batch_size": 8, "warmup_steps": 1},
+        data={"n_sft": 64, "n_grpo": 16, "n_eval": 8, "n_validation": 8},
+        sft={"batch_size": 8, "n_validation": 16, "eval_steps": 2, "patience": 2, **sft},
+        evaluation={"n_problems": 8}, extract={"n_problems": 8})
+
+
+def test_sft_stopping_rule_stops_when_held_out_loss_stops_improving(tmp_path):
+    """Planted: a learning rate so small that the held-out loss cannot improve after the first measurement.
+    The rule must stop after `patience` more measurements and keep the first; without a rule (the null),
+    SFT runs every step; with a real learning rate the loss keeps falling and it also runs every step."""
+    frozen = _tiny(tmp_path, steps=40, learning_rate=1e-12, min_delta=1e-3)
+    train.run_stage(frozen, "base")
+    train.run_stage(frozen, "sft")
+    stop = json.loads(frozen.path("metrics", "train_sft.json").read_text())["stopping"]
+    assert stop["metric"] == "eval_loss" and stop["best_step"] == 2
+    assert stop["stopped_at_step"] == 2 * (1 + 2) and stop["converged"]
+
+    base = str(frozen.path("models", "base"))
+    no_rule = _tiny(tmp_path, steps=8, learning_rate=1e-12, stop_metric=None)
+    no_rule.name, no_rule.model.base = "no-rule", base
+    train.run_stage(no_rule, "sft")
+    record = json.loads(no_rule.path("metrics", "train_sft.json").read_text())
+    assert "stopping" not in record and max(h["step"] for h in record["log_history"]) == 8
+
+    learning = _tiny(tmp_path, steps=8, learning_rate=3e-3)
+    learning.name, learning.model.base = "learning", base
+    train.run_stage(learning, "sft")
+    stop = json.loads(learning.path("metrics", "train_sft.json").read_text())["stopping"]
+    assert stop["stopped_at_step"] == 8 and not stop["converged"] and stop["best_step"] == 8
