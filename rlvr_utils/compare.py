@@ -28,9 +28,10 @@ def table(runs: list[str]) -> pd.DataFrame:
         folder = _run_dir(run)
         metrics = verdict.load_metrics(folder / "metrics")
         column = {}
-        for key in ("accuracy_base", "accuracy_sft", "accuracy_rlvr", "rlvr_minus_sft_accuracy",
-                    "attn_only_minus_sft_accuracy", "mlp_only_minus_sft_accuracy"):
-            value = verdict.summary_value(metrics, "eval.json", key)
+        for file, key in (("eval.json", "accuracy_base"), ("eval.json", "accuracy_sft"), ("eval.json", "accuracy_rlvr"),
+                          ("eval.json", "rlvr_minus_sft_accuracy"), ("variants.json", "attn_only_minus_sft_accuracy"),
+                          ("variants.json", "mlp_only_minus_sft_accuracy")):
+            value = verdict.summary_value(metrics, file, key)
             column[key] = verdict.format_observed(*(value or (None, None)))
         result = _read_verdict(folder)
         for row in (result or {}).get("rows", []):

@@ -497,7 +497,8 @@ def _looks_local(ref: str) -> bool:
     folder here (e.g. 'runs/sft', 'checkpoints/x') is a local path."""
     if ref.startswith((".", "/", "~")) or resolve(ref).exists() or ref.count("/") != 1:
         return True
-    return resolve(ref.split("/")[0]).is_dir()
+    first = ref.split("/")[0]
+    return first == "runs" or resolve(first).is_dir()  # runs/ may not exist yet on a fresh clone
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

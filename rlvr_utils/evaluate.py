@@ -202,20 +202,30 @@ def summarize(cfg) -> dict:
         out["summary"]["rlvr_minus_sft_accuracy"] = {
             **stats.paired_difference(correct["rlvr"], correct["sft"], **boot),
             "description": "RLVR minus SFT greedy accuracy (paired bootstrap over problems)"}
-    out["variants"] = variant_summary(cfg, correct.get("sft"), correct.get("rlvr"), boot)
+    artifacts.write_json(cfg.path("metrics", "eval.json"), out)
+    return out
+
+
+def summarize_variants(cfg) -> dict:
+    """metrics/variants.json (notebook 03; eval.json stays chapter 02's): per treatment, greedy accuracy, its
+    gain over SFT and its difference from RLVR, with paired intervals; the controls' gains as summary keys."""
+    ev = cfg.evaluation
+    boot = dict(n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=cfg.seed)
+    read = lambda name: np.array([r["correct"] for r in data.read_jsonl(cfg.path("eval", f"{name}_greedy.jsonl"))],
+                                 dtype=float)  # noqa: E731
+    sft, rlvr = read("sft"), read("rlvr")
+    out = {"n_problems": len(sft), "variants": variant_summary(cfg, sft, rlvr, boot), "summary": {}}
     for name in variants.control_names(cfg):
         if name in out["variants"]:
             out["summary"][f"{name}_minus_sft_accuracy"] = {
                 **out["variants"][name]["gain"], "description": f"{name} control minus SFT greedy accuracy"}
-    artifacts.write_json(cfg.path("metrics", "eval.json"), out)
+    artifacts.write_json(cfg.path("metrics", "variants.json"), out)
     return out
 
 
 def variant_summary(cfg, sft_correct, rlvr_correct, boot: dict) -> dict:
     """Per treatment: greedy accuracy, its gain over SFT and its difference from RLVR (paired intervals)."""
     out = {}
-    if sft_correct is None:
-        return out
     for name in variants.treatments(cfg):
         path = cfg.path("eval", f"{name}_greedy.jsonl")
         if not path.exists():

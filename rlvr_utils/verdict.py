@@ -40,8 +40,8 @@ REPRESENTATION = "Representation learning"
 NO_EVIDENCE = "no evidence"
 NOT_MEASURED = "not measured"
 INCONCLUSIVE = "inconclusive"
-METRICS_FILES = ("eval.json", "same_input.json", "cka.json", "probes.json", "crosscoder.json", "patching.json",
-                 "weights.json")
+METRICS_FILES = ("eval.json", "variants.json", "same_input.json", "cka.json", "probes.json", "crosscoder.json",
+                 "patching.json", "weights.json")
 EXPECTED = {"attn_only": ROUTING, "mlp_only": REPRESENTATION}
 
 
@@ -105,8 +105,8 @@ RULES: tuple[Rule, ...] = (
 # Shown beside the evidence, not tallied: did RLVR help, and by how much did the controls and nulls?
 CONTEXT: tuple[tuple[str, str], ...] = (
     ("eval.json", "accuracy_base"), ("eval.json", "accuracy_sft"), ("eval.json", "accuracy_rlvr"),
-    ("eval.json", "rlvr_minus_sft_accuracy"), ("eval.json", "attn_only_minus_sft_accuracy"),
-    ("eval.json", "mlp_only_minus_sft_accuracy"),
+    ("eval.json", "rlvr_minus_sft_accuracy"), ("variants.json", "attn_only_minus_sft_accuracy"),
+    ("variants.json", "mlp_only_minus_sft_accuracy"),
     ("weights.json", "rlvr_relative_update_norm"), ("weights.json", "sft_relative_update_norm"),
     ("cka.json", "cka_permutation_baseline"),
     ("patching.json", "graft_attn_share"), ("patching.json", "graft_mlp_share"),

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rlvr_utils import config
 
@@ -13,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_params_validate(path):
-    cfg = config.load(path, machine=False)
+    raw = yaml.safe_load(path.read_text())
+    base = raw.get("model", {}).get("base", "")
+    if base.startswith("./runs/") and not (ROOT / base).exists():
+        raw["model"]["base"] = "organism"  # built by a documented command (rehearsal): the rest must still hold
+    cfg = config.from_dict(raw, source=str(path), machine=False)
     assert cfg.name == path.stem or cfg.name
 
 
