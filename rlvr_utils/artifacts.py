@@ -258,6 +258,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         tmp.rename(path)
 
 
+def json_safe(value: Any) -> Any:
+    """NaN and infinities as null, numpy scalars as Python numbers: the metrics files are strict JSON."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -622,21 +622,12 @@ def run_cka(cfg, store=None) -> dict:
         store, c.position, REFERENCE, names, c.debiased, c.n_bootstrap, c.confidence, cfg.seed)
     result["variants_reference"], result["variants_label"] = REFERENCE, END_TO_END
     result["seconds"] = time.perf_counter() - started
-    result = _finite(result)
+    result = artifacts.json_safe(result)
     artifacts.write_json(path, result)
     artifacts.stamp(path, fingerprint, inputs)
     return result
 
 
-def _finite(value):
-    """NaN and infinities as null: the metrics files are strict JSON."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 # --- figures -----------------------------------------------------------------------------------------------

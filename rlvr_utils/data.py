@@ -278,23 +278,22 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def prepare_eval_set(cfg) -> list[dict]:
-    """data/eval.jsonl: the held-out problems every later notebook reads (rewritten only when params change)."""
+def _prepare(cfg, name: str, problems) -> list[dict]:
+    """data/<name>.jsonl from `problems(cfg)`, rewritten only when the params it depends on change."""
     from . import artifacts
 
-    path, fingerprint = cfg.path("data", "eval.jsonl"), cfg.fingerprint("seed", "data", "evaluation")
+    path, fingerprint = cfg.path("data", f"{name}.jsonl"), cfg.fingerprint("seed", "data", "evaluation")
     if not artifacts.is_current(path, fingerprint):
-        write_jsonl(path, eval_problems(cfg))
+        write_jsonl(path, problems(cfg))
         artifacts.stamp(path, fingerprint)
     return read_jsonl(path)
+
+
+def prepare_eval_set(cfg) -> list[dict]:
+    """data/eval.jsonl: the held-out problems every later notebook reads (rewritten only when params change)."""
+    return _prepare(cfg, "eval", eval_problems)
 
 
 def prepare_validation_set(cfg) -> list[dict]:
     """data/validation.jsonl: the problems settings are chosen on (never the test set)."""
-    from . import artifacts
-
-    path, fingerprint = cfg.path("data", "validation.jsonl"), cfg.fingerprint("seed", "data", "evaluation")
-    if not artifacts.is_current(path, fingerprint):
-        write_jsonl(path, validation_problems(cfg))
-        artifacts.stamp(path, fingerprint)
-    return read_jsonl(path)
+    return _prepare(cfg, "validation", validation_problems)

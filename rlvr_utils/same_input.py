@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -312,23 +311,12 @@ def run(cfg, force: bool = False) -> dict:
         result["n"], result["n_problems"] = out["n"], out["n_problems"]
         result["seconds"][name] = time.perf_counter() - started
         log.info("same-input %s vs %s: %.1f s", name, REFERENCE, result["seconds"][name])
-    result = _json_safe(result)
+    result = artifacts.json_safe(result)
     artifacts.write_json(path, result)
     artifacts.stamp(path, fingerprint, inputs, seconds=sum(result["seconds"].values()))
     return result
 
 
-def _json_safe(value):
-    """NaN and infinities as null: the metrics files are strict JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 # --- reading it beside the end-to-end comparison ---------------------------------------------------------------

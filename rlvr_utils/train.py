@@ -317,8 +317,7 @@ def train_controls(cfg: Params, names: list[str], force: bool = False) -> list[s
     if not todo:
         return messages
     start = time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": "1" if len(todo) > 1 else os.environ.get("OMP_NUM_THREADS", "")}
-    env = {k: v for k, v in env.items() if v != ""}
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if len(todo) > 1 else {})}
     params_file = artifacts.write_json(cfg.path("trainer", "controls-params.json"), cfg.model_dump(mode="json"))
     with artifacts.run_lock(cfg.run_dir):  # the children see that this process holds the run's lock
         env[artifacts.LOCK_ENV] = os.environ[artifacts.LOCK_ENV]
