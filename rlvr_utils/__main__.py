@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--params", required=True)
     rep.add_argument("--seeds", nargs="+", type=int, help="instead of verdict.replicate_seeds")
     rep.add_argument("--no-book", action="store_true", help="replicate only; do not re-run the verdict or build")
+    rep.add_argument("--book-root", type=Path, default=None, help="the main run's book root, as given to `run`")
 
     show = sub.add_parser("show-params", help="print a params file's effective config, defaults filled in")
     show.add_argument("file")
@@ -119,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             if args.no_book:
                 return 0
-            if not runner.execute(args.params, only=["10"], force=True):
+            root = args.book_root.resolve() if args.book_root else runner.run_book_root(cfg)
+            if not runner.execute(args.params, only=["10"], force=True, book_root=root):
                 return 1
-            runner.build_book(params=cfg)
+            runner.build_book(root, params=cfg)
             return 0
         root = args.book_root.resolve() if args.book_root else runner.run_book_root(cfg)
         if not runner.execute(args.params, args.only, args.start, args.force, root):

@@ -174,7 +174,7 @@ def read_signal(signal: Signal, value, nulls: list, params) -> SignalReading:
     if signal.effect == "relative":
         scale = float(np.abs(null_values).mean() + null_values.std(ddof=1))
         needed = params.min_relative_effect
-        effect = (x - mean) / scale if scale > 0 else np.sign(x - mean) * np.inf
+        effect = (x - mean) / scale if scale > 0 else (np.sign(x - mean) * np.inf if x != mean else 0.0)
     else:
         needed = float(getattr(params, signal.effect))
         effect = x - mean
@@ -233,6 +233,13 @@ def calibration(rule: Rule, readings: Mapping[str, str], null_names: list[str]) 
     return "counts" if not problems else "; ".join(problems)
 
 
+def calibration_short(calibration: str) -> str:
+    """A row's calibration in a few words, for per-seed tables."""
+    if calibration == "counts":
+        return "counts"
+    return "not counted by design" if calibration.startswith("not counted") else "fails calibration"
+
+
 def evidence(metrics: Mapping[str, dict], treatments: list[str], null_names: list[str], params) -> pd.DataFrame:
     """One row per rule: each treatment's reading, RLVR's signals, and whether the row counts."""
     rows = []
@@ -278,17 +285,17 @@ def replicate_dirs(cfg) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def replicate(table: pd.DataFrame, others: Mapping[int, dict]) -> pd.DataFrame:
-    """Add per-seed RLVR readings and calibrations from other seeds' verdict.json; a row keeps counting only
-    when it counts on every seed and RLVR reads the same on all of them."""
+def replicate(table: pd.DataFrame, seed: int, others: Mapping[int, dict]) -> pd.DataFrame:
+    """Add per-seed RLVR readings and calibrations (this run's `seed`, and other seeds' verdict.json); a row
+    keeps counting only when it counts on every seed and RLVR reads the same on all of them."""
     table = table.copy()
     seeds_reading, final = [], []
     for i, row in table.iterrows():
-        per_seed = {"this run": (row["rlvr"], row["calibration"])}
+        per_seed = {f"seed {seed}": (row["rlvr"], row["calibration"])}
         for seed, result in others.items():
             match = next((r for r in result["rows"] if r["measurement"] == row["measurement"]), None)
             per_seed[f"seed {seed}"] = (match["rlvr"], match["calibration"]) if match else (NOT_MEASURED, "missing")
-        seeds_reading.append({k: v[0] for k, v in per_seed.items()})
+        seeds_reading.append({k: {"rlvr": v[0], "calibration": v[1]} for k, v in per_seed.items()})
         agree = len({v[0] for v in per_seed.values()}) == 1 and all(v[1] == "counts" for v in per_seed.values())
         if row["calibration"] == "counts" and not agree:
             final.append("seeds disagree: " + ", ".join(f"{k} {v[0]} ({v[1]})" for k, v in per_seed.items()))
@@ -308,12 +315,16 @@ def build(cfg) -> dict:
     treatments = variants.treatments(cfg)
     table = evidence(metrics, treatments, null_names, cfg.verdict)
     single_seed = table.copy()
-    others = {}
+    others, per_seed = {}, {}
     for seed, folder in replicate_dirs(cfg).items():
-        if folder != cfg.path("metrics"):
-            others[seed] = json.loads((folder / "verdict.json").read_text())["single_seed"]
+        if folder == cfg.path("metrics"):
+            reading = overall(tally(single_seed, variants.STUDY), cfg.verdict)
+        else:
+            other = json.loads((folder / "verdict.json").read_text())
+            others[seed], reading = other["single_seed"], other["verdict"]
+        per_seed[seed] = {"verdict": reading, "gains": _gains(folder)}
     if others:
-        table = replicate(table, others)
+        table = replicate(table, cfg.seed, others)
     verdicts = {t: overall(tally(table, t), cfg.verdict) for t in treatments}
     counts = tally(table)
     return {
@@ -331,10 +342,18 @@ def build(cfg) -> dict:
         "rows": _records(table),
         "single_seed": {"rows": _records(single_seed)},
         "seeds": [cfg.seed, *others],
+        "per_seed": per_seed,
         "context": context(metrics),
         "thresholds": cfg.verdict.model_dump(),
         "caveats": caveats(cfg, metrics, table, list(others)),
     }
+
+
+def _gains(metrics_dir: Path) -> dict[str, dict]:
+    """Each treatment's greedy accuracy gain over SFT on that seed (chapter 03), with its interval."""
+    path = metrics_dir / "variants.json"
+    found = json.loads(path.read_text())["variants"] if path.exists() else {}
+    return {t: v["gain"] for t, v in found.items() if "gain" in v}
 
 
 def context(metrics: Mapping[str, dict]) -> list[dict]:

@@ -1,4 +1,5 @@
 """Shared fixtures: the whole book built once on params/ci.yaml, for the end-to-end and browser tests."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,29 @@ def ci_params(tmp_path: Path) -> Path:
 def run_book(params: Path, book_root: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "rlvr_utils", "run", "--params", str(params), "--book-root", str(book_root), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+
+
+def assert_models_learn(run: Path) -> None:
+    """A ci-sized run is small, but its models must learn: a run whose SFT writes '1111...' and whose GRPO is
+    paid nothing (RLVR = SFT) exercises code, not behaviour, and must fail here."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    greedy = json.loads((run / "metrics" / "eval.json").read_text())["greedy"]
+    for stage in ("sft", "rlvr"):
+        assert greedy[stage]["format_rate"]["ci"][0] > 0.5, (run.name, stage, greedy[stage])
+        assert greedy[stage]["accuracy"]["ci"][0] > 0.05, (run.name, stage, greedy[stage])
+    assert greedy["base"]["accuracy"]["value"] > 0, greedy["base"]  # base does arithmetic in its own format
+    sft_log = json.loads((run / "metrics" / "train_sft.json").read_text())
+    assert sft_log["stopping"]["best_step"], sft_log.get("stopping")
+    history = json.loads((run / "metrics" / "train_rlvr.json").read_text())["log_history"]
+    paid = [h["rewards/accuracy_reward/mean"] for h in history if "rewards/accuracy_reward/mean" in h]
+    assert paid and np.mean(paid) > 0.1, paid  # GRPO was paid: its groups had correct samples to learn from
+    sft, rlvr = (load_file(str(run / "models" / s / "model.safetensors")) for s in ("sft", "rlvr"))
+    assert sum(float(np.abs(rlvr[k] - sft[k]).sum()) for k in sft) > 0, "RLVR's weights are SFT's"
+    answers = {s: [r["completion"] for r in map(json.loads, (run / "eval" / f"{s}_greedy.jsonl").read_text().splitlines())]
+               for s in ("sft", "rlvr")}
+    assert answers["rlvr"] != answers["sft"], "RLVR writes exactly what SFT writes"
 
 
 @pytest.fixture(scope="session")

@@ -115,8 +115,8 @@ def test_rows_count_only_when_the_seeds_agree():
     agreeing = {"rows": verdict._records(table)}
     other = verdict.evidence(calibrated_metrics(rlvr_attn=0.012, rlvr_mlp=0.011), TREATMENTS, NULLS, PARAMS)
     disagreeing = {"rows": verdict._records(other)}
-    assert row(verdict.replicate(table, {1: agreeing}), "same_input.json")["calibration"] == "counts"
-    replicated = verdict.replicate(table, {1: agreeing, 2: disagreeing})
+    assert row(verdict.replicate(table, 0, {1: agreeing}), "same_input.json")["calibration"] == "counts"
+    replicated = verdict.replicate(table, 0, {1: agreeing, 2: disagreeing})
     assert row(replicated, "same_input.json")["calibration"].startswith("seeds disagree")
 
 
