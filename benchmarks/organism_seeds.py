@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlvr_utils import config, data, evaluate, models, stats, train  # noqa: E402
 
 
-def screen_params(params_file: str, overrides: list[str], seed: int) -> config.Params:
+def screen_params(params_file: str, overrides: list[str], seed: int, tag: str | None = None) -> config.Params:
     raw = yaml.safe_load(Path(params_file).read_text())
     for item in overrides:
         key, _, value = item.partition("=")
         section, _, field = key.partition(".")
         raw.setdefault(section, {})[field] = yaml.safe_load(value)
-    tag = hashlib.sha1(" ".join(sorted(overrides)).encode()).hexdigest()[:8]
+    tag = tag or hashlib.sha1(" ".join(sorted(overrides)).encode()).hexdigest()[:8]
     raw.update(name=f"{raw.get('name', 'run')}-{tag}-s{seed}", seed=seed)
     return config.from_dict(raw, source=f"{params_file} with {overrides}, seed {seed}")
 
@@ -65,9 +65,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="section.key=value (YAML value)")
     parser.add_argument("--params", default="params/default.yaml")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--tag", help="name of the screen's runs (default: a hash of the overrides); give one "
+                        "when the code, not the params, changed")
     args = parser.parse_args()
     for seed in args.seeds:
-        result = screen(screen_params(args.params, args.overrides, seed))
+        result = screen(screen_params(args.params, args.overrides, seed, args.tag))
         print(json.dumps({"overrides": args.overrides, "scored_on": "validation", **result}), flush=True)
 
 

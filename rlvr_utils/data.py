@@ -20,9 +20,12 @@ NAMES = ["Ida", "Raj", "Mia", "Leo", "Ana", "Tom", "Eva", "Sam", "Zoe", "Max"]
 ITEMS = ["apples", "marbles", "coins", "books", "stamps", "shells", "pens", "cards"]
 # The wording shift between SFT's data and RLVR's (as NuminaMath's wording differs from GSM8K's): SFT
 # problems use the old verbs, evaluation and GRPO problems the new ones. Base has met both in its corpus.
+# How well SFT transfers depends on each new verb, so the new set is larger: with three verbs per operation
+# SFT's transfer ranged from 54% to 94% over seeds, and one seed left RLVR nothing to fix.
 VERBS = {
     "old": {"+": ["found", "bought", "got"], "-": ["lost", "gave away", "sold"]},
-    "new": {"+": ["picked up", "received", "won"], "-": ["dropped", "used", "spent"]},
+    "new": {"+": ["picked up", "received", "won", "earned", "collected", "made"],
+            "-": ["dropped", "used", "spent", "broke", "ate", "donated"]},
 }
 GAIN_VERBS, LOSS_VERBS = VERBS["old"]["+"], VERBS["old"]["-"]
 
