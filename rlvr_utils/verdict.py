@@ -292,9 +292,9 @@ def replicate(table: pd.DataFrame, seed: int, others: Mapping[int, dict]) -> pd.
     seeds_reading, final = [], []
     for i, row in table.iterrows():
         per_seed = {f"seed {seed}": (row["rlvr"], row["calibration"])}
-        for seed, result in others.items():
+        for other, result in others.items():
             match = next((r for r in result["rows"] if r["measurement"] == row["measurement"]), None)
-            per_seed[f"seed {seed}"] = (match["rlvr"], match["calibration"]) if match else (NOT_MEASURED, "missing")
+            per_seed[f"seed {other}"] = (match["rlvr"], match["calibration"]) if match else (NOT_MEASURED, "missing")
         seeds_reading.append({k: {"rlvr": v[0], "calibration": v[1]} for k, v in per_seed.items()})
         agree = len({v[0] for v in per_seed.values()}) == 1 and all(v[1] == "counts" for v in per_seed.values())
         if row["calibration"] == "counts" and not agree:

@@ -38,6 +38,7 @@ def test_a_second_seed_replicates_the_ci_study(built_book):
     assert all("rlvr" in s["gains"] for s in verdict["per_seed"].values())
     for row, alone in zip(verdict["rows"], single):
         assert row["measurement"] == alone["measurement"]
+        assert set(row["seeds"]) == {"seed 0", "seed 1"}
         assert row["seeds"]["seed 1"] == {"rlvr": alone["rlvr"], "calibration": alone["calibration"]}
         if row["calibration"] == "counts":  # counts only where both seeds count with one reading
             assert alone["calibration"] == "counts" and alone["rlvr"] == row["rlvr"], row

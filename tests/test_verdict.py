@@ -118,6 +118,7 @@ def test_rows_count_only_when_the_seeds_agree():
     assert row(verdict.replicate(table, 0, {1: agreeing}), "same_input.json")["calibration"] == "counts"
     replicated = verdict.replicate(table, 0, {1: agreeing, 2: disagreeing})
     assert row(replicated, "same_input.json")["calibration"].startswith("seeds disagree")
+    assert all(set(seeds) == {"seed 0", "seed 1", "seed 2"} for seeds in replicated["seeds"])
 
 
 def test_missing_metrics_leave_every_row_not_measured_and_the_verdict_inconclusive(tmp_path):
