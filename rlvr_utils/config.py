@@ -94,9 +94,9 @@ class DataParams(Section):
     sft_min_steps: int = Field(1, ge=1, le=3, description="steps per synthetic SFT problem: SFT's own "
                                "distribution, easier and shorter than the evaluation's, as NuminaMath is not GSM8K")
     sft_max_steps: int = Field(2, ge=1, le=3, description="most steps per synthetic SFT problem")
-    sft_verbs: Literal["old", "new"] = Field("old", description="wording of SFT problems' events (data.VERBS)")
-    rl_verbs: Literal["old", "new"] = Field("new", description="wording of the evaluation, validation and GRPO "
-                                            "problems: the wording shift from SFT's data")
+    sft_verbs: Literal["old", "new", "new3"] = Field("old", description="wording of SFT problems' events (data.VERBS)")
+    rl_verbs: Literal["old", "new", "new3"] = Field("new", description="wording of the evaluation, validation and GRPO "
+                                            "problems: the wording shift from SFT's data ('new': six verbs per operation; 'new3': the first three)")
     corpus_new_verbs: float = Field(0.5, ge=0, le=1, description="share of the corpus's worked-as-it-happens "
                                     "stories told with the new verbs: base meets them, never in the eval template. "
                                     "Without it GRPO gained nothing significant (book/methods.md)")

@@ -21,12 +21,14 @@ ITEMS = ["apples", "marbles", "coins", "books", "stamps", "shells", "pens", "car
 # The wording shift between SFT's data and RLVR's (as NuminaMath's wording differs from GSM8K's): SFT
 # problems use the old verbs, evaluation and GRPO problems the new ones. Base has met both in its corpus.
 # How well SFT transfers depends on each new verb, so the new set is larger: with three verbs per operation
-# SFT's transfer ranged from 54% to 94% over seeds, and one seed left RLVR nothing to fix.
+# ('new3', the first organism's) SFT's transfer ranged from 54% to 94% over seeds, and one seed left RLVR
+# little to fix. 'new3' stays for the ci run, whose 2-layer model learns that shift within its few steps.
 VERBS = {
     "old": {"+": ["found", "bought", "got"], "-": ["lost", "gave away", "sold"]},
     "new": {"+": ["picked up", "received", "won", "earned", "collected", "made"],
             "-": ["dropped", "used", "spent", "broke", "ate", "donated"]},
 }
+VERBS["new3"] = {op: verbs[:3] for op, verbs in VERBS["new"].items()}
 GAIN_VERBS, LOSS_VERBS = VERBS["old"]["+"], VERBS["old"]["-"]
 
 
@@ -121,7 +123,8 @@ def pretraining_corpus(data, n: int, seed: int, exclude: Iterable[str] = ()) -> 
     rng, held_out, docs = random.Random(seed), set(exclude), []
     while len(docs) < n:
         kind = rng.random()
-        verbs = "new" if 0.5 <= kind < 0.75 and rng.random() < data.corpus_new_verbs else "old"
+        shifted = data.rl_verbs if data.rl_verbs != "old" else "new"  # the evaluation's wording
+        verbs = shifted if 0.5 <= kind < 0.75 and rng.random() < data.corpus_new_verbs else "old"
         s = _story(rng, data, verbs)
         if _question(s) in held_out:
             continue
