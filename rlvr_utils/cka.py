@@ -628,8 +628,6 @@ def run_cka(cfg, store=None) -> dict:
     return result
 
 
-
-
 # --- figures -----------------------------------------------------------------------------------------------
 def plot_components(result: dict):
     """Heatmaps, one per model pair: CKA per layer (rows) and component (columns), each cell annotated

@@ -121,9 +121,9 @@ def pretraining_corpus(data, n: int, seed: int, exclude: Iterable[str] = ()) -> 
     the evaluation problems, but never in a deferred story like the one it is evaluated on.
     """
     rng, held_out, docs = random.Random(seed), set(exclude), []
+    shifted = data.rl_verbs if data.rl_verbs != "old" else "new"  # the evaluation's wording
     while len(docs) < n:
         kind = rng.random()
-        shifted = data.rl_verbs if data.rl_verbs != "old" else "new"  # the evaluation's wording
         verbs = shifted if 0.5 <= kind < 0.75 and rng.random() < data.corpus_new_verbs else "old"
         s = _story(rng, data, verbs)
         if _question(s) in held_out:

@@ -211,10 +211,10 @@ def summarize_variants(cfg) -> dict:
     gain over SFT and its difference from RLVR, with paired intervals; the controls' gains as summary keys."""
     ev = cfg.evaluation
     boot = dict(n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=cfg.seed)
-    read = lambda name: np.array([r["correct"] for r in data.read_jsonl(cfg.path("eval", f"{name}_greedy.jsonl"))],
-                                 dtype=float)  # noqa: E731
-    sft, rlvr = read("sft"), read("rlvr")
-    out = {"n_problems": len(sft), "variants": variant_summary(cfg, sft, rlvr, boot), "summary": {}}
+    correct = {name: c for name in ["sft", *variants.treatments(cfg)] if (c := _greedy_correct(cfg, name)) is not None}
+    if "sft" not in correct:
+        raise FileNotFoundError(f"{cfg.path('eval', 'sft_greedy.jsonl')}: SFT is not evaluated yet (notebook 02)")
+    out = {"n_problems": len(correct["sft"]), "variants": variant_summary(correct, boot), "summary": {}}
     for name in variants.control_names(cfg):
         if name in out["variants"]:
             out["summary"][f"{name}_minus_sft_accuracy"] = {
@@ -223,20 +223,22 @@ def summarize_variants(cfg) -> dict:
     return out
 
 
-def variant_summary(cfg, sft_correct, rlvr_correct, boot: dict) -> dict:
-    """Per treatment: greedy accuracy, its gain over SFT and its difference from RLVR (paired intervals)."""
-    out = {}
-    for name in variants.treatments(cfg):
-        path = cfg.path("eval", f"{name}_greedy.jsonl")
-        if not path.exists():
-            continue
-        correct = np.array([r["correct"] for r in data.read_jsonl(path)], dtype=float)
-        if correct.shape != sft_correct.shape:
-            continue  # evaluated on another problem set: stale, re-run notebook 03
-        out[name] = {"accuracy": stats.bootstrap(correct, **boot),
-                     "gain": stats.paired_difference(correct, sft_correct, **boot)}
-        if rlvr_correct is not None and name != "rlvr":
-            out[name]["minus_rlvr"] = stats.paired_difference(correct, rlvr_correct, **boot)
+def _greedy_correct(cfg, name: str) -> np.ndarray | None:
+    """Per problem, whether `name`'s greedy answer is right (eval/<name>_greedy.jsonl); None if not evaluated."""
+    path = cfg.path("eval", f"{name}_greedy.jsonl")
+    return np.array([r["correct"] for r in data.read_jsonl(path)], dtype=float) if path.exists() else None
+
+
+def variant_summary(correct: dict[str, np.ndarray], boot: dict) -> dict:
+    """Per treatment in `correct` (besides 'sft'): greedy accuracy, its gain over SFT and its difference from
+    RLVR (paired intervals)."""
+    out, sft, rlvr = {}, correct["sft"], correct.get("rlvr")
+    for name, c in correct.items():
+        if name == "sft" or c.shape != sft.shape:
+            continue  # a different shape: evaluated on another problem set, stale; re-run notebook 03
+        out[name] = {"accuracy": stats.bootstrap(c, **boot), "gain": stats.paired_difference(c, sft, **boot)}
+        if rlvr is not None and name != "rlvr":
+            out[name]["minus_rlvr"] = stats.paired_difference(c, rlvr, **boot)
     return out
 
 

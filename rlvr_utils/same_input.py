@@ -317,8 +317,6 @@ def run(cfg, force: bool = False) -> dict:
     return result
 
 
-
-
 # --- reading it beside the end-to-end comparison ---------------------------------------------------------------
 def per_layer_table(same_input: dict, cka_result: dict | None = None) -> "pd.DataFrame":
     """One row per variant, layer, component and measure ('same input' / 'end to end (mixes upstream
