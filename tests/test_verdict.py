@@ -126,3 +126,21 @@ def test_missing_metrics_leave_every_row_not_measured_and_the_verdict_inconclusi
     result = verdict.build(cfg)
     assert result["verdict"] == verdict.INCONCLUSIVE
     assert all(r["rlvr"] == verdict.NOT_MEASURED for r in result["rows"])
+
+
+def test_nulls_without_spread_read_no_evidence_and_a_planted_mlp_change_still_fires():
+    """Counts such as the crosscoder's specific latents are exactly 0 on every null (no spread, no width): a
+    treatment equal to them reads no evidence, with a finite effect, and a planted MLP-only change still reads
+    Representation learning, so the row counts."""
+    import warnings
+
+    counts = {"rlvr": entry(0.0, 0.0), "attn_only": entry(0.0, 0.0), "mlp_only": entry(5.0, 2.0),
+              "identical": entry(0.0, 0.0), **{n: entry(0.0, 0.0) for n in NULLS}}
+    metrics = {"crosscoder.json": {"variants": {t: {"specific_latents": e} for t, e in counts.items()}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0 × inf would warn and give a NaN effect
+        r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "crosscoder.json")
+    assert r["readings"]["mlp_only"] == verdict.REPRESENTATION
+    assert all(r["readings"][n] == verdict.NO_EVIDENCE for n in ["rlvr", "attn_only", "identical", *NULLS])
+    assert r["calibration"] == "counts"
+    assert all(s["effect"] == 0.0 for s in r["signals"])
