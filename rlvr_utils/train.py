@@ -240,8 +240,9 @@ def train_sft(cfg: Params) -> list[dict]:
 
 
 # --- GRPO -------------------------------------------------------------------------------------------
-def grpo_args(cfg: Params) -> dict:
-    """Keyword arguments of TRL's GRPOConfig, from params: every GRPO knob the study names."""
+def grpo_args(cfg: Params, stage: str = "rlvr") -> dict:
+    """Keyword arguments of TRL's GRPOConfig, from params: every GRPO knob the study names (`stage`: RLVR or
+    a control, which differ only in where they keep their checkpoints)."""
     g = cfg.grpo
     return dict(
         max_steps=g.steps, learning_rate=g.learning_rate, warmup_steps=int(g.warmup_ratio * g.steps),
@@ -251,46 +252,45 @@ def grpo_args(cfg: Params) -> dict:
         loss_type=g.loss_type, scale_rewards=g.scale_rewards, reward_weights=rewards.reward_weights(cfg),
         use_vllm=g.use_vllm, vllm_mode=g.vllm_mode, bf16=g.bf16,
         deepspeed=str(resolve(g.deepspeed)) if g.deepspeed else None, logging_steps=g.logging_steps,
-        save_strategy="steps", save_steps=g.save_steps, **_common_args(cfg, "rlvr"))
+        save_strategy="steps", save_steps=g.save_steps, **_common_args(cfg, stage))
 
 
-def grpo_config(cfg: Params):
+def grpo_config(cfg: Params, stage: str = "rlvr"):
     from trl import GRPOConfig
 
-    return GRPOConfig(**grpo_args(cfg))
+    return GRPOConfig(**grpo_args(cfg, stage))
 
 
 def train_grpo(cfg: Params) -> list[dict]:
+    return _grpo(cfg, "rlvr", cfg.model_ref("sft"))
+
+
+def _grpo(cfg: Params, stage: str, model) -> list[dict]:
+    """GRPO from the SFT model (`model`: its reference, or the model itself with some weights frozen)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
     problems = data.grpo_problems(cfg, held_out=data.eval_problems(cfg))
     dataset = Dataset.from_list([{"prompt": p["prompt"], "final": p["final"]} for p in problems])
-    sft_ref = cfg.model_ref("sft")
-    tokenizer = AutoTokenizer.from_pretrained(sft_ref, trust_remote_code=cfg.model.trust_remote_code)
-    trainer = GRPOTrainer(model=sft_ref, reward_funcs=rewards.REWARD_FUNCS, args=grpo_config(cfg),
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_ref("sft"), trust_remote_code=cfg.model.trust_remote_code)
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards.REWARD_FUNCS, args=grpo_config(cfg, stage),
                           train_dataset=dataset, processing_class=tokenizer)
     start = time.time()
     trainer.train(resume_from_checkpoint=_last_checkpoint(trainer.args.output_dir))
-    return _finish(cfg, "rlvr", trainer, tokenizer, time.time() - start)
+    return _finish(cfg, stage, trainer, tokenizer, time.time() - start)
 
 
 def train_control(cfg: Params, name: str) -> list[dict]:
     """A positive control: GRPO with RLVR's recipe from the same SFT model, training only the attention
     (q, k, v, o) or only the MLP (gate, up, down) weights; embeddings and norms stay frozen in both, so the
     change is confined to one known component."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOTrainer
+    from transformers import AutoModelForCausalLM
 
     from .weights import classify
 
     trained = CONTROL_TRAINS[name]
-    problems = data.grpo_problems(cfg, held_out=data.eval_problems(cfg))
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "final": p["final"]} for p in problems])
     sft_ref = cfg.model_ref("sft")
-    tokenizer = AutoTokenizer.from_pretrained(sft_ref, trust_remote_code=cfg.model.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(sft_ref, use_safetensors=True,
                                                  trust_remote_code=cfg.model.trust_remote_code)
     n_trained = 0
@@ -299,14 +299,7 @@ def train_control(cfg: Params, name: str) -> list[dict]:
         n_trained += param.numel() if param.requires_grad else 0
     if n_trained == 0:
         raise ValueError(f"control {name!r}: no {trained} weights found in {sft_ref} to train")
-    args = grpo_args(cfg) | {"output_dir": str(_trainer_dir(cfg, name))}
-    from trl import GRPOConfig
-
-    trainer = GRPOTrainer(model=model, reward_funcs=rewards.REWARD_FUNCS, args=GRPOConfig(**args),
-                          train_dataset=dataset, processing_class=tokenizer)
-    start = time.time()
-    trainer.train(resume_from_checkpoint=_last_checkpoint(trainer.args.output_dir))
-    return _finish(cfg, name, trainer, tokenizer, time.time() - start)
+    return _grpo(cfg, name, model)
 
 
 def train_controls(cfg: Params, names: list[str], force: bool = False) -> list[str]:
