@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rlvr_utils import activations, cka  # noqa: E402
+from rlvr_utils.activations import store as activations
+from rlvr_utils.instruments.cka import cka  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -34,7 +34,7 @@ stage() {  # stage NAME SECONDS PYTHON-CODE: run one stage under a time limit, r
 stage build 120 "
 import torch
 from transformers import AutoModelForCausalLM
-from rlvr_utils import rehearsal
+from rlvr_utils.training import rehearsal
 tok = rehearsal.build_tokenizer(rehearsal.corpus())
 cfg = rehearsal.model_config(tok, hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2,
                              intermediate_size=8960, vocab_size=151936)
@@ -64,14 +64,14 @@ EOF
 P="$OUT/smoke.yaml"
 
 stage sft 150 "
-from rlvr_utils import config, train, artifacts
+from rlvr_utils.core import config, artifacts; from rlvr_utils.training import train
 cfg = config.load('$P'); print(train.run_stage(cfg, 'sft'))
 log = artifacts.read_json(cfg.path('metrics', 'train_sft.json'))
 tokens = max(e.get('num_tokens', 0) for e in log['log_history'])
 print(f'SFT tokens/s {tokens / log[\"seconds\"]:.0f} ({tokens:.0f} tokens, {log[\"seconds\"]:.1f} s, {log[\"num_processes\"]} processes)')
 "
 stage grpo 180 "
-from rlvr_utils import config, train, artifacts
+from rlvr_utils.core import config, artifacts; from rlvr_utils.training import train
 cfg = config.load('$P'); print(train.run_stage(cfg, 'rlvr'))
 log = artifacts.read_json(cfg.path('metrics', 'train_rlvr.json'))
 tokens = max(e.get('num_tokens', 0) for e in log['log_history'])
@@ -79,7 +79,7 @@ print(f'GRPO tokens/s {tokens / log[\"seconds\"]:.0f} (prompt + completion, {log
 "
 stage eval 120 "
 import time
-from rlvr_utils import config, data, evaluate
+from rlvr_utils.core import config; from rlvr_utils.training import data; from rlvr_utils.evaluation import evaluate
 cfg = config.load('$P'); t = time.time()
 print(evaluate.run(cfg, 'sft')); seconds = time.time() - t
 from transformers import AutoTokenizer
@@ -90,7 +90,7 @@ print(f'eval (vLLM): greedy {len(rows)} answers, {n} generated tokens; {n / seco
 "
 stage extract 90 "
 import time
-from rlvr_utils import activations, config, data
+from rlvr_utils.activations import store; from rlvr_utils.core import config; from rlvr_utils.training import data
 cfg = config.load('$P'); data.prepare_eval_set(cfg)
 cache = activations.run_token_cache(cfg); t = time.time()
 activations.run_extract(cfg, 'sft', cache)

@@ -25,7 +25,10 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rlvr_utils import config, data, evaluate, models, stats, train  # noqa: E402
+from rlvr_utils.core import config, stats
+from rlvr_utils.training import data, train
+from rlvr_utils.evaluation import evaluate
+from rlvr_utils.models import loading as models  # noqa: E402
 
 
 def variant_params(params_file: str, overrides: list[str]) -> tuple[config.Params, config.Params]:

@@ -10,7 +10,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from rlvr_utils import patching
+from rlvr_utils.instruments.patching import patching
 
 
 def main(n_problems: int = 64, seq: int = 90, batch_size: int = 16, answer_tokens: int = 3):

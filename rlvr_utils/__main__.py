@@ -6,12 +6,12 @@ import os
 import sys
 from pathlib import Path
 
-from .artifacts import RunLocked, acquire_run_lock
-from .config import PROJECT_ROOT, ParamsError, load, unchecked
+from rlvr_utils.core.artifacts import RunLocked, acquire_run_lock
+from rlvr_utils.core.config import PROJECT_ROOT, ParamsError, load, unchecked
 
 
 def runner_interrupted() -> type[Exception]:
-    from .runner import Interrupted
+    from rlvr_utils.publish.runner import Interrupted
 
     return Interrupted
 
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="the files are for another machine: skip what only this one decides (vLLM installed)")
 
     train = sub.add_parser("train", help="train one stage (what `accelerate launch` runs)")
-    train.add_argument("--stage", required=True, choices=["base", "sft", "rlvr", "attn_only", "mlp_only"])
+    train.add_argument("--stage", required=True, help="base, sft, rlvr, or a trained treatment of the params' "
+                       "registry (a control)")
     train.add_argument("--params", required=True)
 
     ext = sub.add_parser("extract", help="extract one model's activations over the run's token cache (what "
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=False), end="")
             return 0
         if args.command == "compare":
-            from . import compare
+            from rlvr_utils.evidence import compare
 
             try:
                 frame = compare.table(args.runs)
@@ -95,26 +96,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nwritten: {md} and {csv}")
             return 0
         if args.command == "train":
-            from . import train as training
+            from rlvr_utils.training import train as training
+            from rlvr_utils.treatments import controls, registry
 
             cfg = load(args.params)
+            trained = registry.names(cfg, "control")
+            if args.stage not in (*training.TRAINERS, *trained):
+                print(f"--stage {args.stage!r}: expected one of {', '.join([*training.TRAINERS, *trained])}",
+                      file=sys.stderr)
+                return 2
             if os.environ.get("RANK", "0") == "0":  # under accelerate launch, rank 0 holds the run's lock
                 acquire_run_lock(cfg.run_dir)
-            training.TRAINERS[args.stage](cfg)
+            if args.stage in training.TRAINERS:
+                training.TRAINERS[args.stage](cfg)
+            else:
+                controls.train_control(cfg, args.stage)
             return 0
         if args.command == "extract":
-            from . import activations
+            from rlvr_utils.activations import store as activations
 
             cfg = load(args.params)
             if os.environ.get("RANK", "0") == "0":
                 acquire_run_lock(cfg.run_dir)
             activations.run_extract(cfg, args.stage, activations.TokenCache.load(cfg.path("tokens")))
             return 0
-        from . import runner
+        from rlvr_utils.publish import runner
 
         cfg = load(args.params)
         if args.command == "replicate":
-            from . import replicate
+            from rlvr_utils.evidence import replicate
 
             if not replicate.run(args.params, args.seeds):
                 return 1

@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils import activations as act
-from rlvr_utils import organism
-from rlvr_utils.architecture import SITES, final_norm, site_name
+from rlvr_utils.activations import store as act
+from rlvr_utils.training import organism
+from rlvr_utils.models.families import SITES, final_norm, site_name
 
 VOCAB = 300  # the organism's byte-level tokenizer: 256 bytes, its special token, a few merges
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -254,7 +254,8 @@ def test_store_reports_missing_model(tmp_path):
 
 # --- one run, as notebook 03 drives it -------------------------------------------------------------------------
 def test_run_token_cache_and_extract_skip_when_current(tmp_path, tokenizer, monkeypatch):
-    from rlvr_utils import config, models
+    from rlvr_utils.core import config
+    from rlvr_utils.models import loading as models
 
     cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path),
                             "extract": {"n_problems": 4, "positions": ["completion"], "batch_size": 2, "shard_size": 2}})

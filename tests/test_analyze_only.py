@@ -7,7 +7,9 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from conftest import run_book
-from rlvr_utils import config, data, models, organism
+from rlvr_utils.core import config
+from rlvr_utils.training import data, organism
+from rlvr_utils.models import loading as models
 
 
 def _checkpoints(tmp_path, hidden=64, vocab_docs=300, seed=0):

@@ -15,8 +15,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils import activations as act
-from rlvr_utils import artifacts, models
+from rlvr_utils.activations import store as act
+from rlvr_utils.core import artifacts
+from rlvr_utils.models import loading as models
 
 
 @pytest.fixture(autouse=True)
@@ -165,7 +166,7 @@ def test_digest_cache_is_cheap_and_never_stale(tmp_path):
 
 LOCK_HOLDER = """
 import sys, time
-from rlvr_utils import artifacts
+from rlvr_utils.core import artifacts
 artifacts.acquire_run_lock(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)

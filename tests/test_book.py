@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import assert_models_learn, ci_params, run_book
-from rlvr_utils import runner
+from rlvr_utils.publish import runner
 
 
 
@@ -53,7 +53,7 @@ def test_every_evidence_row_is_measured(built_book):
     params, _, _ = built_book
     run = Path(yaml.safe_load(params.read_text())["runs_dir"]) / "ci"
     verdict = json.loads((run / "metrics" / "verdict.json").read_text())
-    from rlvr_utils.verdict import NOT_MEASURED
+    from rlvr_utils.evidence.verdict import NOT_MEASURED
 
     # ci's problems have one step, so there is no intermediate result for the probe row to decode; the
     # identical model has no update, so its update shares are undefined. Everything else must be measured.
@@ -95,9 +95,9 @@ def test_cka_dynamics_ends_at_the_rlvr_model(built_book):
     """GRPO's last saved checkpoint is the RLVR model: its CKA with SFT equals the main comparison's."""
     import numpy as np
 
-    from rlvr_utils import config
-    from rlvr_utils import cka as cka_analysis
-    from rlvr_utils.activations import TokenCache
+    from rlvr_utils.core import config
+    from rlvr_utils.instruments.cka import cka as cka_analysis
+    from rlvr_utils.activations.store import TokenCache
 
     cfg = config.load(built_book[0])
     rows = cka_analysis.run_dynamics(cfg, TokenCache.load(cfg.path("tokens")))

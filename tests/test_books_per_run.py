@@ -9,10 +9,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rlvr_utils import artifacts, runner
+from rlvr_utils.core import artifacts
+from rlvr_utils.publish import runner
 
-PARAMS = 'params_file = "params/default.yaml"\nfrom rlvr_utils.config import guard_papermill; guard_papermill()'
-SETUP = "from rlvr_utils import config, artifacts\n\ncfg = config.from_notebook(globals())\n"
+PARAMS = 'params_file = "params/default.yaml"\nfrom rlvr_utils.core.config import guard_papermill; guard_papermill()'
+SETUP = "from rlvr_utils.core import config, artifacts\n\ncfg = config.from_notebook(globals())\n"
 # 00 writes a.json from organism.hidden_size; 01 reads it and writes b.json with cka.n_bootstrap
 NB_A = SETUP + """path = cfg.path("metrics", "a.json")
 fp = cfg.fingerprint("organism")
@@ -75,7 +76,7 @@ def _outputs(path: Path) -> str:
 
 
 def test_two_runs_one_after_the_other_keep_two_correct_books(project, capsys):
-    from rlvr_utils.config import load
+    from rlvr_utils.core.config import load
 
     a, b = project["params"]("run-a", hidden=32), project["params"]("run-b", hidden=48)
     for params in (a, b):

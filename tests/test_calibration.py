@@ -10,8 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from rlvr_utils import same_input, variants, verdict, weights
-from rlvr_utils.activations import TokenCache
+from rlvr_utils.instruments.cka import same_input
+from rlvr_utils.treatments import registry
+from rlvr_utils.evidence import verdict
+from rlvr_utils.instruments.weights import weights
+from rlvr_utils.activations.store import TokenCache
 
 NULLS = [f"null_{k}" for k in range(5)]
 TREATMENTS = ["rlvr", "attn_only", "mlp_only", "identical", *NULLS]
@@ -147,6 +150,6 @@ def test_nulls_and_identical_model_get_an_inconclusive_verdict(metrics):
 
 
 def verdict_params():
-    from rlvr_utils.config import VerdictParams
+    from rlvr_utils.core.config import VerdictParams
 
     return VerdictParams(min_decided_rows=1, min_margin=1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import ortho_group
 
-from rlvr_utils import cka
+from rlvr_utils.instruments.cka import cka
 
 
 # --- naive references, written from the definitions -------------------------------------------------
@@ -283,7 +283,7 @@ def test_minibatch_cka():
 def store(tmp_path_factory):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rlvr_utils import activations as act
+    from rlvr_utils.activations import store as act
 
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 64, size=int(rng.integers(8, 14))).tolist() for _ in range(24)]
@@ -340,7 +340,7 @@ def test_figures_have_titles_and_labels(store):
 
 
 def test_run_cka_writes_metrics_and_skips_when_current(store, tmp_path, monkeypatch):
-    from rlvr_utils import config
+    from rlvr_utils.core import config
 
     cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path), "cka": {"n_bootstrap": 5, "n_permutations": 2}})
     result = cka.run_cka(cfg, store)
@@ -359,7 +359,7 @@ def variant_store(tmp_path_factory):
     """SFT, a different RLVR, an identical copy and an attention-only planted update; no base model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rlvr_utils import activations as act
+    from rlvr_utils.activations import store as act
 
     rng = np.random.default_rng(1)
     seqs = [rng.integers(0, 64, size=int(rng.integers(8, 14))).tolist() for _ in range(24)]
@@ -406,7 +406,7 @@ def test_compare_variants_end_to_end(variant_store):
 
 
 def test_run_cka_takes_the_pairs_and_treatments_that_exist(variant_store, tmp_path):
-    from rlvr_utils import config
+    from rlvr_utils.core import config
 
     cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path), "cka": {"n_bootstrap": 5, "n_permutations": 2}})
     result = cka.run_cka(cfg, variant_store)

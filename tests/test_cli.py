@@ -4,7 +4,8 @@ import json
 
 import yaml
 
-from rlvr_utils import config, pages
+from rlvr_utils.core import config
+from rlvr_utils.publish import pages
 from rlvr_utils.__main__ import main
 
 

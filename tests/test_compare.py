@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from rlvr_utils import compare
+from rlvr_utils.evidence import compare
 
 
 def fake_run(root, name, gain, reading):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlvr_utils import config
+from rlvr_utils.core import config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from rlvr_utils import config, crosscoder, organism
+from rlvr_utils.core import config
+from rlvr_utils.instruments.crosscoder import crosscoder
+from rlvr_utils.training import organism
 
 D, SHARED, EXTRA = 24, 40, 3
 TRAIN = dict(n_latents=96, k=4, steps=800, batch_size=256, lr=3e-3, progress=False)

@@ -1,9 +1,9 @@
 """Problem sets: the synthetic task's invariants, the held-out split, and the real GSM8K loader."""
 from pathlib import Path
 
-from rlvr_utils import data
-from rlvr_utils.config import Params
-from rlvr_utils.rewards import extract_answer, is_correct
+from rlvr_utils.training import data
+from rlvr_utils.core.config import Params
+from rlvr_utils.training.rewards import extract_answer, is_correct
 
 FIXTURES = Path(__file__).parent / "data" / "gsm8k"
 

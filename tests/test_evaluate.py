@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from rlvr_utils import evaluate, stats
-from rlvr_utils.evaluate import pass_at_k
+from rlvr_utils.evaluation import evaluate
+from rlvr_utils.core import stats
+from rlvr_utils.evaluation.evaluate import pass_at_k
 
 
 @pytest.mark.parametrize("n, c, k", [(5, 2, 1), (5, 2, 3), (8, 0, 4), (8, 8, 2), (10, 3, 10), (64, 5, 16)])
@@ -47,7 +48,8 @@ def test_paired_difference_sees_a_consistent_gain():
 
 def test_summary_compares_rlvr_with_bases_better_format(tmp_path):
     """Base is asked in its own narrative and with few-shot examples; RLVR is compared with the better one."""
-    from rlvr_utils import config, data
+    from rlvr_utils.core import config
+    from rlvr_utils.training import data
 
     cfg = config.Params(runs_dir=str(tmp_path), name="fmt", evaluation={"pass_k": [1], "n_bootstrap": 200})
     correct = {"base": [1, 0, 0, 0], "base_fewshot": [1, 1, 0, 0], "sft": [1, 1, 1, 0], "rlvr": [1, 1, 1, 1]}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Olmo2Config, Qwen2Config
 
-from rlvr_utils import grafting
+from rlvr_utils.instruments.patching import grafting
 
 VOCAB = 96
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils import lens
-from rlvr_utils.activations import TokenCache
+from rlvr_utils.instruments.probes import lens
+from rlvr_utils.activations.store import TokenCache
 
 VOCAB = 90
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

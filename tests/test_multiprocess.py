@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from rlvr_utils import activations, config, rehearsal, train
+from rlvr_utils.activations import store as activations
+from rlvr_utils.core import config
+from rlvr_utils.training import rehearsal, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +80,7 @@ def test_data_parallel_extraction_equals_one_process(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlvr_utils.organism import build_tokenizer
+    from rlvr_utils.training.organism import build_tokenizer
 
     raw = {"name": "dp", "runs_dir": str(tmp_path / "runs"),
            "organism": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},

@@ -10,7 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
-from rlvr_utils import architecture, config, data, grafting, organism, patching
+from rlvr_utils.models import families as architecture
+from rlvr_utils.core import config
+from rlvr_utils.training import data, organism
+from rlvr_utils.instruments.patching import grafting, patching
 
 VOCAB = 64
 SITES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
@@ -387,7 +390,8 @@ def test_corrupted_prompt_changes_one_digit_and_targets_its_copy(problems_and_to
 
 # --- the notebook's step --------------------------------------------------------------------------------
 def test_run_writes_every_variant_and_summary_key(tmp_path, problems_and_tokenizer):
-    from rlvr_utils import activations, artifacts
+    from rlvr_utils.activations import store as activations
+    from rlvr_utils.core import artifacts
 
     rows, tokenizer = problems_and_tokenizer
     cfg = config.Params(name="t", runs_dir=str(tmp_path), variants=dict(nulls=1, controls=[], identical=True),

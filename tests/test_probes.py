@@ -9,8 +9,10 @@ import torch
 from sklearn.metrics import f1_score
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils import activations, organism, probes
-from rlvr_utils.config import ProbeParams
+from rlvr_utils.activations import store as activations
+from rlvr_utils.training import organism
+from rlvr_utils.instruments.probes import probes
+from rlvr_utils.core.config import ProbeParams
 
 
 

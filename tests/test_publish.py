@@ -4,7 +4,8 @@ import base64
 
 import nbformat
 
-from rlvr_utils import fmt, publish
+from rlvr_utils.core import fmt
+from rlvr_utils.publish import clean as publish
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 

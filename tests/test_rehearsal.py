@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from conftest import run_book
-from rlvr_utils import config, data, evaluate, rehearsal
+from rlvr_utils.core import config
+from rlvr_utils.training import data, rehearsal
+from rlvr_utils.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +109,7 @@ def test_backend_auto_picks_vllm_only_with_vllm_and_a_gpu(monkeypatch, fake_vllm
 def test_vllm_backend_gives_the_same_rows_as_generate(monkeypatch, tmp_path, fake_vllm):
     import torch
 
-    from rlvr_utils.organism import build_tokenizer
+    from rlvr_utils.training.organism import build_tokenizer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     tokenizer = build_tokenizer(["2 + 2 = 4"] * 3, 300)

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from rlvr_utils import config, train
+from rlvr_utils.core import config
+from rlvr_utils.training import train
 
 
 def test_token_counter_that_restarted_continues_and_loss_averages_every_step():

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_utils import rewards
-from rlvr_utils.data import gsm8k_row
+from rlvr_utils.training import rewards
+from rlvr_utils.training.data import gsm8k_row
 
 GSM8K_TEST = Path(__file__).parent / "data" / "gsm8k" / "test.jsonl"
 
@@ -55,7 +55,7 @@ def test_format_reward_is_anchored(text, formatted):
 
 
 def test_combined_reward_weights_follow_params():
-    from rlvr_utils.config import Params
+    from rlvr_utils.core.config import Params
 
     cfg = Params(grpo={"reward_weights": {"accuracy": 1.0, "format": 0.01}})
     assert rewards.reward_weights(cfg) == [1.0, 0.01]

@@ -14,11 +14,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rlvr_utils import artifacts, runner
+from rlvr_utils.core import artifacts
+from rlvr_utils.publish import runner
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = 'params_file = "params/default.yaml"\nfrom rlvr_utils.config import guard_papermill; guard_papermill()'
-SETUP = "from rlvr_utils import config\n\ncfg = config.from_notebook(globals())\nfrom rlvr_utils import artifacts\n"
+PARAMS = 'params_file = "params/default.yaml"\nfrom rlvr_utils.core.config import guard_papermill; guard_papermill()'
+SETUP = "from rlvr_utils.core import config\n\ncfg = config.from_notebook(globals())\nfrom rlvr_utils.core import artifacts\n"
 # notebook 00 writes a.json (stamped); 01 computes b.json from it
 NB_A = SETUP + """path = cfg.path("metrics", "a.json")
 if not artifacts.is_current(path, "fa"):
@@ -105,7 +106,7 @@ def test_force_recomputes_what_it_names(project, capsys):
 def test_killed_rerun_never_yields_a_book_with_a_half_executed_chapter(project, capsys):
     assert _execute(project)
     _notebook(project["nbs"] / "01_b.ipynb", NB_SLOW)  # a re-run that will be killed mid-chapter
-    code = (f"from pathlib import Path; from rlvr_utils import runner; "
+    code = (f"from pathlib import Path; from rlvr_utils.publish import runner; "
             f"runner.execute({str(project['params'])!r}, notebook_dir=Path({str(project['nbs'])!r}), "
             f"book_root=Path({str(project['book'])!r}))")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
@@ -145,7 +146,7 @@ def test_killed_rerun_never_yields_a_book_with_a_half_executed_chapter(project, 
 
 LOCK_HOLDER = """
 import sys, time
-from rlvr_utils import artifacts
+from rlvr_utils.core import artifacts
 artifacts.acquire_run_lock(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)
@@ -170,7 +171,7 @@ def test_papermill_injection_is_refused_and_never_runs(tmp_path):
     import papermill as pm
 
     nb = tmp_path / "nb.ipynb"
-    _notebook(nb, "from rlvr_utils import config\n\ncfg = config.from_notebook(globals(), lock=False)\n")
+    _notebook(nb, "from rlvr_utils.core import config\n\ncfg = config.from_notebook(globals(), lock=False)\n")
     marker = tmp_path / "pwned"
     attacks = [{f'a = 1; open({str(marker)!r}, "w"); b': 1},  # a key written as code
                {"params_file": f'x\\"; open({str(marker)!r}, "w"); #'},  # a value that breaks out of its string

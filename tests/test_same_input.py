@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from rlvr_utils import activations as act
-from rlvr_utils import cka, same_input
+from rlvr_utils.activations import store as act
+from rlvr_utils.instruments.cka import cka, same_input
 
 N_LAYERS = 3
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -97,7 +97,7 @@ COMPONENT_MODULES = {
 def test_one_hooked_pass_equals_naive_per_layer_hybrids(family, cache):
     from transformers import AutoConfig
 
-    from rlvr_utils.architecture import blocks
+    from rlvr_utils.models.families import blocks
 
     torch.manual_seed(0)
     reference = AutoModelForCausalLM.from_config(AutoConfig.for_model(family, **FAMILY_CONFIGS[family])).eval()
@@ -218,7 +218,8 @@ def test_unsupported_family_is_a_clear_error():
 
 # --- a run: every available treatment, stamped, beside the end-to-end comparison ---------------------------------
 def test_run_writes_variants_and_skips_when_current(sft, cache, tmp_path, monkeypatch):
-    from rlvr_utils import config, organism
+    from rlvr_utils.core import config
+    from rlvr_utils.training import organism
 
     cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path), "cka": {"n_bootstrap": 10},
                             "variants": {"nulls": 2, "controls": ["attn_only", "mlp_only"], "identical": True}})

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_utils import config, rewards, train
+from rlvr_utils.core import config
+from rlvr_utils.training import rewards, train
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "params" / "qwen2.5-1.5b.yaml"
@@ -72,7 +73,7 @@ def test_deepspeed_configs_are_valid_json(name):
 
 def test_same_seed_gives_the_same_models_and_metrics(tmp_path):
     """All three stages and the evaluation, twice with one seed: bit-for-bit the same weights and metrics."""
-    from rlvr_utils import evaluate
+    from rlvr_utils.evaluation import evaluate
 
     def run(runs_dir):
         cfg = config.Params(

@@ -3,7 +3,8 @@ it classifies the controls and leaves the nulls and the identical model at "no e
 without an interval."""
 import numpy as np
 
-from rlvr_utils import config, verdict
+from rlvr_utils.core import config
+from rlvr_utils.evidence import verdict
 
 NULLS = [f"null_{k}" for k in range(5)]
 TREATMENTS = ["rlvr", "attn_only", "mlp_only", "identical", *NULLS]

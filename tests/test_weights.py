@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils import artifacts, config, weights
+from rlvr_utils.core import artifacts, config
+from rlvr_utils.instruments.weights import weights
 
 TINY = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)
@@ -245,7 +246,7 @@ def test_analyze_writes_a_json_summary_and_training_dynamics(tmp_path):
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, re, sys
-    from rlvr_utils import weights
+    from rlvr_utils.instruments.weights import weights
 
     def status(key):
         return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024

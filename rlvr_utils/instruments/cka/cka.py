@@ -1,0 +1,795 @@
+"""Centered kernel alignment (CKA) between two sets of activations at the same tokens, with honest
+statistics.
+
+CKA(X, Y) = HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y)) for X [n, dx], Y [n, dy] with rows paired.
+- The biased estimator (Kornblith et al. 2019) is inflated when n is not much larger than d: the
+  diagonal of the Gram matrices (each sample paired with itself) dominates. Two independent random
+  matrices with n = 64, d = 512 score ~0.9.
+- The debiased estimator uses the unbiased HSIC of Song et al. (2012), recommended by Kornblith et al.
+  (2019) and Murphy et al. (2024); it is near 0 for independent data at any n >= 4.
+Linear CKA uses the feature-space form (d x d products, O(n d^2), no n x n matrix) when n > d and
+the Gram form (n x n) otherwise; both give the same number.
+
+Resampling: a bootstrap resample of problems is a weighting of rows (counts), so it needs no copy of
+the data. For the debiased estimator a copy must not pair with itself: `linear_cka(weights=...)`
+excludes pairs between copies of one row, and `bootstrap_cka` pairs between two copies of one
+problem, exactly as the Gram diagonal is excluded, so a resample does not bring back the bias that
+debiasing removed. Rows are centred at the unweighted mean of the rows given (with such exclusions
+the debiased estimate is only approximately shift-invariant, so the centre is fixed this way).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from rlvr_utils.core.stats import bootstrap_indices
+from rlvr_utils.treatments.registry import REFERENCE, STUDY
+
+MIN_SAMPLES = {False: 2, True: 4}  # below these, (n-1) or n(n-3) normalisers vanish
+_GROUPED_BYTES = 2 << 30  # per-problem d x d statistics above this size: bootstrap loops instead
+
+
+# --- input handling ---------------------------------------------------------------------------------
+def _matrix(X, name: str) -> torch.Tensor:
+    if isinstance(X, torch.Tensor):
+        t = X.detach().to(torch.float64)
+    else:  # share float64 arrays (never written to); convert others, e.g. float32 memmaps
+        arr = np.asarray(X, dtype=np.float64)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d array [n_samples, n_features], got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+def _pair(X, Y, debiased: bool, weights=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    X, Y = _matrix(X, "X"), _matrix(Y, "Y")
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y must have the same number of rows (paired samples), got {X.shape[0]} and {Y.shape[0]}")
+    w = _weights(weights, X.shape[0], X.device)
+    _check_n(float(w.sum()), debiased)
+    return X, Y, w
+
+
+def _weights(weights, n: int, device) -> torch.Tensor:
+    if weights is None:
+        return torch.ones(n, dtype=torch.float64, device=device)
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64), device=device)
+    if w.shape != (n,) or (w < 0).any():
+        raise ValueError(f"weights must be {n} non-negative numbers (one per row), got shape {tuple(w.shape)}")
+    return w
+
+
+def _check_n(n: float, debiased: bool) -> None:
+    need = MIN_SAMPLES[debiased]
+    if n < need:
+        kind = "debiased" if debiased else "biased"
+        raise ValueError(f"the {kind} CKA estimator needs at least {need} samples, got n={n:g}")
+
+
+def _ratio(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+    """xy / sqrt(xx yy), 0 where either self-similarity is not positive (constant data, tiny n)."""
+    denom = torch.sqrt(torch.clamp(xx, min=0) * torch.clamp(yy, min=0))
+    return torch.where(denom > 0, xy / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(xy))
+
+
+# --- HSIC from sufficient statistics -------------------------------------------------------------------
+# Every statistic the feature form needs is a (weighted) sum over rows, so one formula serves plain
+# estimates (sums over rows), bootstrap resamples (per-problem sums times counts) and minibatches.
+# For the debiased form, with K = X X^T and L = Y Y^T, the sums over *allowed* pairs (a row never pairs
+# with itself or with a copy of itself) are written as a full sum minus a correction:
+#   sum K~ L~  = |S|^2 - c1,   sum K~ = |sx|^2 - qx,   sum_j w_j (K~ w)_j (L~ w)_j = sx' S sy - sx.vx - sy.vy + c3
+# with S = sum_i w_i x_i y_i^T and sx = sum_i w_i x_i.
+def _weighted(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return X if bool((w == 1).all()) else X * w[:, None]  # no copy of the data for unit weights
+
+
+def _self_sums(X: torch.Tensor, w: torch.Tensor) -> dict:
+    r = (X * X).sum(1)
+    w2 = w * w
+    return {"N": w.sum(), "s": X.T @ w, "S": X.T @ _weighted(X, w), "q": w2 @ r, "c1": w2 @ (r * r),
+            "c3": (w2 * w) @ (r * r), "v": X.T @ (w2 * r), "r": r}
+
+
+def _cross_sums(X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor, rx: torch.Tensor, ry: torch.Tensor) -> dict:
+    w2 = w * w
+    return {"S": X.T @ _weighted(Y, w), "c1": w2 @ (rx * ry), "c3": (w2 * w) @ (rx * ry),
+            "vx": X.T @ (w2 * ry), "vy": Y.T @ (w2 * rx)}
+
+
+def _hsic(N, S, sx, sy, debiased: bool, c1=None, c3=None, vx=None, vy=None, qx=None, qy=None) -> torch.Tensor:
+    """HSIC from sums (see above); leading batch dims allowed. Biased: |centred S|^2 / (N-1)^2.
+    Debiased: Song et al. (2012), eq. 5, with n = N."""
+    if not debiased:
+        centred = S - sx[..., :, None] * sy[..., None, :] / N[..., None, None]
+        return (centred * centred).sum((-2, -1)) / (N - 1) ** 2
+    trace = (S * S).sum((-2, -1)) - c1
+    k_sum = (sx * sx).sum(-1) - qx
+    l_sum = (sy * sy).sum(-1) - qy
+    quad = torch.einsum("...i,...ij,...j->...", sx, S, sy) - (sx * vx).sum(-1) - (sy * vy).sum(-1) + c3
+    return (trace + k_sum * l_sum / ((N - 1) * (N - 2)) - 2 * quad / (N - 2)) / (N * (N - 3))
+
+
+def _self_hsic(a: dict, debiased: bool) -> torch.Tensor:
+    return _hsic(a["N"], a["S"], a["s"], a["s"], debiased, a["c1"], a["c3"], a["v"], a["v"], a["q"], a["q"])
+
+
+def _cross_hsic(a: dict, b: dict, c: dict, debiased: bool) -> torch.Tensor:
+    return _hsic(a["N"], c["S"], a["s"], b["s"], debiased, c["c1"], c["c3"], c["vx"], c["vy"], a["q"], b["q"])
+
+
+def _centre(X: torch.Tensor) -> torch.Tensor:
+    """Subtract the column mean: CKA (both estimators) is shift-invariant; this only avoids cancellation."""
+    return X - X.mean(0, keepdim=True)
+
+
+# --- Gram form ---------------------------------------------------------------------------------------------
+def _pair_weights(w: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight of each ordered pair of rows in a (resampled) sample, [..., n, n].
+
+    w_i = how many copies of row i. Pairs of distinct problems count w_i w_j; rows of one problem
+    (`index` gives each row's problem; None = every row its own problem) pair only within the same
+    copy, so w_i times; a row never pairs with itself.
+    """
+    n = w.shape[-1]
+    same = torch.eye(n, dtype=torch.bool, device=w.device) if index is None else index[:, None] == index[None, :]
+    W = torch.where(same, w[..., :, None].expand(*w.shape, n), w[..., :, None] * w[..., None, :])
+    return W * ~torch.eye(n, dtype=torch.bool, device=w.device)
+
+
+def _gram_hsic(K: torch.Tensor, L: torch.Tensor, w: torch.Tensor, debiased: bool,
+               index: torch.Tensor | None = None) -> torch.Tensor:
+    """HSIC from n x n kernel matrices and row weights w [..., n] (leading batch dims allowed)."""
+    N = w.sum(-1)
+    if not debiased:  # a V-statistic: copies count as ordinary rows
+        kw, lw = w @ K, w @ L  # K symmetric
+        Kc = K - kw[..., :, None] / N[..., None, None] - kw[..., None, :] / N[..., None, None] \
+            + ((kw * w).sum(-1) / N ** 2)[..., None, None]
+        Lc = L - lw[..., :, None] / N[..., None, None] - lw[..., None, :] / N[..., None, None] \
+            + ((lw * w).sum(-1) / N ** 2)[..., None, None]
+        return torch.einsum("...i,...ij,...j->...", w, Kc * Lc, w) / (N - 1) ** 2
+    W = _pair_weights(w, index)
+    trace = (W * K * L).sum((-2, -1))
+    k_sum, l_sum = (W * K).sum((-2, -1)), (W * L).sum((-2, -1))
+    kw, lw = (W * K).sum(-2), (W * L).sum(-2)  # for row j: sum over the rows it may pair with, times w_j
+    quad = torch.where(w > 0, kw * lw / torch.where(w > 0, w, torch.ones_like(w)), torch.zeros_like(w)).sum(-1)
+    return (trace + k_sum * l_sum / ((N - 1) * (N - 2)) - 2 * quad / (N - 2)) / (N * (N - 3))
+
+
+def _gram_cka(K, L, w, debiased, index=None) -> torch.Tensor:
+    return _ratio(_gram_hsic(K, L, w, debiased, index), _gram_hsic(K, K, w, debiased, index),
+                  _gram_hsic(L, L, w, debiased, index))
+
+
+def _use_features(n: int, dx: int, dy: int) -> bool:
+    return n > max(dx, dy)
+
+
+# --- public estimators ---------------------------------------------------------------------------------
+def linear_cka(X, Y, debiased: bool = False, weights=None) -> float:
+    """Linear CKA of X [n, dx] and Y [n, dy] (numpy arrays or tensors, rows paired).
+
+    Feature-space form when n > max(dx, dy), Gram form otherwise (same result). `debiased` uses the
+    unbiased HSIC estimator (needs n >= 4). `weights` count repeats of each row. Returns a float; 0
+    when either input has no variance.
+    """
+    X, Y, w = _pair(X, Y, debiased, weights)
+    X, Y = _centre(X), _centre(Y)
+    n, dx, dy = X.shape[0], X.shape[1], Y.shape[1]
+    if _use_features(n, dx, dy):
+        a, b = _self_sums(X, w), _self_sums(Y, w)
+        c = _cross_sums(X, Y, w, a["r"], b["r"])
+        return float(_ratio(_cross_hsic(a, b, c, debiased), _self_hsic(a, debiased), _self_hsic(b, debiased)))
+    return float(_gram_cka(X @ X.T, Y @ Y.T, w, debiased))
+
+
+def cka_from_grams(K, L, debiased: bool = False, weights=None) -> float:
+    """CKA from two n x n kernel (Gram) matrices of the same samples."""
+    K, L, w = _pair(K, L, debiased, weights)
+    if K.shape[0] != K.shape[1] or L.shape != K.shape:
+        raise ValueError(f"K and L must be square and of one shape, got {tuple(K.shape)} and {tuple(L.shape)}")
+    return float(_gram_cka(K, L, w, debiased))
+
+
+def rbf_gram(X, sigma: float = 0.8) -> torch.Tensor:
+    """RBF kernel exp(-|x_i - x_j|^2 / (2 (sigma * median distance)^2)), as in Kornblith et al. 2019."""
+    if sigma <= 0:
+        raise ValueError(f"sigma={sigma} must be > 0 (a fraction of the median distance)")
+    X = _matrix(X, "X")
+    sq = torch.cdist(X, X).pow(2)
+    median = torch.median(sq[~torch.eye(len(X), dtype=torch.bool, device=X.device)]) if len(X) > 1 else sq.new_tensor(1.0)
+    median = median if median > 0 else sq.new_tensor(1.0)
+    return torch.exp(-sq / (2 * sigma ** 2 * median))
+
+
+def rbf_cka(X, Y, sigma: float = 0.8, debiased: bool = False) -> float:
+    """CKA with RBF kernels whose bandwidth is `sigma` times the median pairwise distance."""
+    X, Y, _ = _pair(X, Y, debiased)
+    return cka_from_grams(rbf_gram(X, sigma), rbf_gram(Y, sigma), debiased)
+
+
+def cka_matrix(Xs: Sequence, Ys: Sequence, debiased: bool = False) -> np.ndarray:
+    """[len(Xs), len(Ys)] linear CKA of every pair (e.g. layer i of one model vs layer j of another).
+
+    Self-similarities are computed once per matrix, so the cost is one cross product per pair.
+    """
+    Xs = [_centre(_matrix(X, f"Xs[{i}]")) for i, X in enumerate(Xs)]
+    Ys = [_centre(_matrix(Y, f"Ys[{j}]")) for j, Y in enumerate(Ys)]
+    n = {M.shape[0] for M in Xs + Ys}
+    if len(n) != 1:
+        raise ValueError(f"every matrix must have the same number of rows, got {sorted(n)}")
+    n = n.pop()
+    _check_n(n, debiased)
+    w = torch.ones(n, dtype=torch.float64, device=Xs[0].device)
+    d = max(M.shape[1] for M in Xs + Ys)
+    out = np.zeros((len(Xs), len(Ys)))
+    if _use_features(n, d, d):
+        sx = [_self_sums(X, w) for X in Xs]
+        sy = [_self_sums(Y, w) for Y in Ys]
+        hx = [_self_hsic(a, debiased) for a in sx]
+        hy = [_self_hsic(b, debiased) for b in sy]
+        for i, (X, a) in enumerate(zip(Xs, sx)):
+            for j, (Y, b) in enumerate(zip(Ys, sy)):
+                c = _cross_sums(X, Y, w, a["r"], b["r"])
+                out[i, j] = float(_ratio(_cross_hsic(a, b, c, debiased), hx[i], hy[j]))
+    else:
+        Ks, Ls = [X @ X.T for X in Xs], [Y @ Y.T for Y in Ys]
+        hx = [_gram_hsic(K, K, w, debiased) for K in Ks]
+        hy = [_gram_hsic(L, L, w, debiased) for L in Ls]
+        for i, K in enumerate(Ks):
+            for j, L in enumerate(Ls):
+                out[i, j] = float(_ratio(_gram_hsic(K, L, w, debiased), hx[i], hy[j]))
+    return out
+
+
+def minibatch_cka(batches: Iterable[tuple], debiased: bool = True) -> float:
+    """Minibatch CKA (Nguyen et al. 2021) for data that does not fit in memory.
+
+    `batches` yields (X_b, Y_b) pairs of rows; HSIC(X,Y), HSIC(X,X), HSIC(Y,Y) are averaged over batches
+    (unbiased per batch when `debiased`, so the average is unbiased whatever the batch size) and CKA is
+    formed from the averages. Each batch needs at least 4 rows (2 when biased).
+    """
+    totals = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for X, Y in batches:
+        X, Y, w = _pair(X, Y, debiased)
+        X, Y = _centre(X), _centre(Y)
+        a, b = _self_sums(X, w), _self_sums(Y, w)
+        c = _cross_sums(X, Y, w, a["r"], b["r"])
+        totals += torch.stack([_cross_hsic(a, b, c, debiased), _self_hsic(a, debiased), _self_hsic(b, debiased)]).cpu()
+        count += 1
+    if count == 0:
+        raise ValueError("minibatch_cka got no batches")
+    return float(_ratio(*(totals / count)))
+
+
+# --- statistics over problems ----------------------------------------------------------------------------
+def problem_counts(groups, n_bootstrap: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(counts [n_bootstrap, n_problems], problem index of each row [n]) for a bootstrap over problems.
+
+    `groups` gives each row's problem (e.g. the cache row from ActivationStore.read). The same groups,
+    n_bootstrap and seed give the same resamples, so results for several layers or sites can be
+    combined replicate by replicate (e.g. the mean over layers keeps its joint uncertainty).
+    """
+    _, index = np.unique(np.asarray(groups), return_inverse=True)
+    n_problems = int(index.max()) + 1 if len(index) else 0
+    draws = bootstrap_indices(n_problems, n_bootstrap, seed)
+    counts = np.stack([np.bincount(d, minlength=n_problems) for d in draws]).astype(np.float64)
+    return counts, index
+
+
+def bootstrap_cka(X, Y, groups, n_bootstrap: int = 200, debiased: bool = True, seed: int = 0) -> np.ndarray:
+    """Linear CKA on `n_bootstrap` resamples of problems (rows of a problem move together).
+
+    `groups` gives each row's problem. For the debiased estimator a problem drawn twice counts as two
+    new problems: rows pair across copies of *different* problems and within one copy, never across two
+    copies of the same problem (such pairs would be a row, or its problem-mates, paired with itself and
+    bring back the inflation debiasing removes). The biased estimator simply repeats rows.
+    Returns the replicate values [n_bootstrap]; `stats.interval` turns them into a confidence interval.
+    """
+    X, Y, _ = _pair(X, Y, debiased)
+    if len(groups) != X.shape[0]:
+        raise ValueError(f"groups must give one problem per row: {len(groups)} groups for {X.shape[0]} rows")
+    X, Y = _centre(X), _centre(Y)
+    counts, index = problem_counts(groups, n_bootstrap, seed)
+    counts = torch.as_tensor(counts, device=X.device)
+    index = torch.as_tensor(index, device=X.device)
+    n, dx, dy = X.shape[0], X.shape[1], Y.shape[1]
+    if not _use_features(n, dx, dy):
+        return _gram_cka(X @ X.T, Y @ Y.T, counts[:, index], debiased, index).cpu().numpy()
+    keep = counts.shape[1] * (dx * dx + dy * dy + dx * dy) * 8 <= _GROUPED_BYTES
+    return _feature_bootstrap(X, Y, index, counts, debiased, keep)
+
+
+def _feature_bootstrap(X, Y, index, counts, debiased, keep_matrices: bool) -> np.ndarray:
+    """Feature-form bootstrap. A resample's sums are counts @ per-problem sums; the d x d products S
+    come from per-problem products when they fit in memory (`keep_matrices`), else from the rows."""
+    P = counts.shape[1]
+    rx, ry = (X * X).sum(1), (Y * Y).sum(1)
+
+    def per_problem(values):  # sum rows of each problem: [n, ...] -> [P, ...]
+        return values.new_zeros((P,) + values.shape[1:]).index_add_(0, index, values)
+
+    g = {"n": per_problem(torch.ones_like(rx)), "mx": per_problem(X), "my": per_problem(Y),
+         "rx": per_problem(rx), "ry": per_problem(ry), "Dxx": per_problem(rx * rx), "Dyy": per_problem(ry * ry),
+         "Dxy": per_problem(rx * ry), "uxx": per_problem(X * rx[:, None]), "uyy": per_problem(Y * ry[:, None]),
+         "uxy": per_problem(X * ry[:, None]), "uyx": per_problem(Y * rx[:, None])}
+    g["mm_x"], g["mm_y"] = (g["mx"] ** 2).sum(1), (g["my"] ** 2).sum(1)
+    g["mu_xx"], g["mu_yy"] = (g["mx"] * g["uxx"]).sum(1), (g["my"] * g["uyy"]).sum(1)
+    g["mu_xy"] = (g["mx"] * g["uxy"]).sum(1) + (g["my"] * g["uyx"]).sum(1)
+    g.update(_per_problem_products(X, Y, index, P, g["mx"], g["my"], keep_matrices))
+    names = ("xx", "yy", "xy")
+
+    dx, dy = X.shape[1], Y.shape[1]
+    chunk = max(1, (256 << 20) // (8 * (dx * dx + dy * dy + dx * dy)))  # resamples whose S fit in 256 MB
+    out = []
+    for start in range(0, counts.shape[0], chunk):
+        c = counts[start:start + chunk]
+        ce, ce2 = c * (c - 1), c * (c - 1) ** 2
+
+        def mix(key, weights=c):
+            return torch.tensordot(weights, g[key], dims=1)
+
+        if keep_matrices:
+            S = {name: mix(f"A_{name}") for name in names}
+        else:
+            w = c[:, index]
+            S = {"xx": torch.stack([X.T @ (X * wi[:, None]) for wi in w]),
+                 "yy": torch.stack([Y.T @ (Y * wi[:, None]) for wi in w]),
+                 "xy": torch.stack([X.T @ (Y * wi[:, None]) for wi in w])}
+        a = {"N": mix("n"), "s": mix("mx"), "S": S["xx"], "q": mix("mm_x", ce) + mix("rx"),
+             "c1": mix("A2_xx", ce) + mix("Dxx"), "v": mix("beta_xx", ce) + mix("uxx"),
+             "c3": mix("gamma_xx", ce2) + 2 * mix("mu_xx", ce) + mix("Dxx")}
+        b = {"N": a["N"], "s": mix("my"), "S": S["yy"], "q": mix("mm_y", ce) + mix("ry"),
+             "c1": mix("A2_yy", ce) + mix("Dyy"), "v": mix("beta_yy", ce) + mix("uyy"),
+             "c3": mix("gamma_yy", ce2) + 2 * mix("mu_yy", ce) + mix("Dyy")}
+        xy = {"S": S["xy"], "c1": mix("A2_xy", ce) + mix("Dxy"), "vx": mix("beta_xy", ce) + mix("uxy"),
+              "vy": mix("alpha_xy", ce) + mix("uyx"), "c3": mix("gamma_xy", ce2) + mix("mu_xy", ce) + mix("Dxy")}
+        out.append(_ratio(_cross_hsic(a, b, xy, debiased), _self_hsic(a, debiased), _self_hsic(b, debiased)))
+    return torch.cat(out).cpu().numpy()
+
+
+def _per_problem_products(X, Y, index, P, mx, my, keep_matrices: bool, budget: int = 256 << 20) -> dict:
+    """What the bootstrap needs of the per-problem products A_p = X_p^T Y_p (and X_p^T X_p, Y_p^T Y_p):
+    |A_p|^2, A_p m_p, A_p^T m_p, m_p^T A_p m_p, and A_p itself when `keep_matrices`. Problems are
+    zero-padded to one length and multiplied in batches (many tiny products cost more in overhead
+    than in arithmetic)."""
+    dx, dy = X.shape[1], Y.shape[1]
+    order = torch.argsort(index, stable=True)
+    sizes = torch.bincount(index, minlength=P)
+    starts = torch.cumsum(sizes, 0) - sizes
+    sorted_problem = index[order]
+    within = torch.arange(len(index), device=index.device) - starts[sorted_problem]
+    longest = int(sizes.max())
+    per_problem_bytes = 8 * (longest * (dx + dy) + dx * dx + dy * dy + dx * dy)
+    step = max(1, budget // per_problem_bytes)
+    parts: dict[str, list] = {}
+    for first in range(0, P, step):
+        last = min(P, first + step)
+        mine = (sorted_problem >= first) & (sorted_problem < last)
+        Xp = X.new_zeros((last - first, longest, dx))
+        Yp = Y.new_zeros((last - first, longest, dy))
+        Xp[sorted_problem[mine] - first, within[mine]] = X[order[mine]]
+        Yp[sorted_problem[mine] - first, within[mine]] = Y[order[mine]]
+        m_x, m_y = mx[first:last, :, None], my[first:last, :, None]
+        for name, left, right, m_left, m_right in (("xx", Xp, Xp, m_x, m_x), ("yy", Yp, Yp, m_y, m_y),
+                                                   ("xy", Xp, Yp, m_x, m_y)):
+            A = torch.bmm(left.mT, right)
+            beta = torch.bmm(A, m_right)[..., 0]
+            found = {f"A2_{name}": (A * A).sum((1, 2)), f"beta_{name}": beta,
+                     f"alpha_{name}": torch.bmm(A.mT, m_left)[..., 0], f"gamma_{name}": (m_left[..., 0] * beta).sum(1)}
+            if keep_matrices:
+                found[f"A_{name}"] = A
+            for key, value in found.items():
+                parts.setdefault(key, []).append(value)
+    return {key: torch.cat(value) for key, value in parts.items()}
+
+
+def permutation_cka(X, Y, n_permutations: int = 100, debiased: bool = True, seed: int = 0) -> np.ndarray:
+    """Chance baseline: linear CKA with the rows of Y shuffled (pairing destroyed), [n_permutations]."""
+    X, Y, w = _pair(X, Y, debiased)
+    X, Y = _centre(X), _centre(Y)
+    rng = np.random.default_rng(seed)
+    n, dx, dy = X.shape[0], X.shape[1], Y.shape[1]
+    out = np.empty(n_permutations)
+    if _use_features(n, dx, dy):
+        a, b = _self_sums(X, w), _self_sums(Y, w)  # unchanged by shuffling Y's rows
+        hx, hy = _self_hsic(a, debiased), _self_hsic(b, debiased)
+        for k in range(n_permutations):
+            perm = torch.as_tensor(rng.permutation(n), device=X.device)
+            c = _cross_sums(X, Y[perm], w, a["r"], b["r"][perm])
+            out[k] = float(_ratio(_cross_hsic(a, b, c, debiased), hx, hy))
+    else:
+        K, L = X @ X.T, Y @ Y.T
+        hx, hy = _gram_hsic(K, K, w, debiased), _gram_hsic(L, L, w, debiased)
+        for k in range(n_permutations):
+            perm = torch.as_tensor(rng.permutation(n), device=X.device)
+            out[k] = float(_ratio(_gram_hsic(K, L[perm][:, perm], w, debiased), hx, hy))
+    return out
+
+
+# --- one run: the notebook 05 analysis ----------------------------------------------------------------------
+# The context pairs (how far each training stage moved the model); the verdict's treatments are compared with
+# the reference by `compare_variants`.
+PAIRS = (("base", REFERENCE), ("base", STUDY), (REFERENCE, STUDY))
+_VARIANT_SITES = {"attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+END_TO_END = "end-to-end (mixes upstream changes)"
+_SUMMARY_SITES = ("hook_attn_out", "hook_mlp_out", "hook_resid_post")
+
+
+def _short(site: str) -> str:
+    return site.removeprefix("hook_")
+
+
+def _layers(store, stages) -> list[int]:
+    metas = [store.meta(s) for s in stages]
+    layers = sorted(set.intersection(*(set(m["layers"]) for m in metas)))
+    caches = {m["token_cache"] for m in metas}
+    if len(caches) != 1:
+        raise ValueError(f"stages {list(stages)} were extracted from different token caches {sorted(caches)}: "
+                         "re-run 04_extract so every model sees the same tokens")
+    if not layers:
+        raise ValueError(f"stages {list(stages)} share no extracted layer")
+    return layers
+
+
+def compare_stages(store, selection: str, sites: Sequence[str] = _SUMMARY_SITES, pairs=PAIRS,
+                   debiased: bool = True, n_bootstrap: int = 200, n_permutations: int = 20,
+                   confidence: float = 0.95, seed: int = 0) -> dict:
+    """Linear CKA per model pair, component and layer at one position selection of an ActivationStore.
+
+    Returns {"cells": [...], "cross_layer": [...], "inflation": [...], "summary": {...}, ...}. Every cell
+    carries the estimate, a bootstrap interval over problems, the biased estimate for comparison, and a
+    permutation baseline; the summary averages over layers with the joint bootstrap (same resamples for
+    every layer, component and pair).
+    """
+    from rlvr_utils.models.families import site_name
+    from rlvr_utils.core.stats import interval
+
+    stages = sorted({s for p in pairs for s in p})
+    layers = _layers(store, stages)
+
+    def load(stage, site, layer):
+        data, rows = store.read(stage, site_name(layer, site), selection)
+        return _matrix(data, f"{stage} {site_name(layer, site)}"), rows
+
+    cells, cross, boot, perms = [], [], {}, []
+    for a, b in pairs:
+        for site in sites:
+            Xs, Ys = [], []
+            for layer in layers:
+                (X, rows), (Y, rows_b) = load(a, site, layer), load(b, site, layer)
+                if not np.array_equal(rows, rows_b):
+                    raise ValueError(f"{a} and {b} stored different rows for {site} at {selection!r}")
+                samples = bootstrap_cka(X, Y, rows, n_bootstrap, debiased, seed)
+                perm = permutation_cka(X, Y, n_permutations, debiased, seed + layer)
+                boot[(a, b, site, layer)] = samples
+                perms.append(perm)
+                cells.append({"pair": f"{a}_{b}", "site": site, "layer": layer, "n": int(X.shape[0]),
+                              "value": linear_cka(X, Y, debiased), "ci": list(interval(samples, confidence)),
+                              "biased": linear_cka(X, Y, False), "permutation_mean": float(perm.mean()),
+                              "permutation_hi": float(np.quantile(perm, confidence))})
+                Xs.append(X)
+                Ys.append(Y)
+            cross.append({"pair": f"{a}_{b}", "site": site, "layers": layers,
+                          "matrix": cka_matrix(Xs, Ys, debiased).tolist()})
+
+    summary = {}
+    for a, b in pairs:
+        for site in sites:
+            value = float(np.mean([c["value"] for c in cells if c["pair"] == f"{a}_{b}" and c["site"] == site]))
+            joint = np.mean([boot[(a, b, site, l)] for l in layers], axis=0)
+            summary[f"cka_{a}_{b}_{_short(site)}"] = {
+                "value": value, "ci": list(interval(joint, confidence)),
+                "description": f"{'debiased' if debiased else 'biased'} linear CKA of {a} vs {b} "
+                               f"{_short(site)}, mean over layers"}
+        if {"hook_attn_out", "hook_mlp_out"} <= set(sites):
+            samples = np.mean([boot[(a, b, "hook_mlp_out", l)] - boot[(a, b, "hook_attn_out", l)] for l in layers], 0)
+            value = (summary[f"cka_{a}_{b}_mlp_out"]["value"] - summary[f"cka_{a}_{b}_attn_out"]["value"])
+            summary[f"cka_{a}_{b}_mlp_minus_attn"] = {
+                "value": value, "ci": list(interval(samples, confidence)),
+                "description": f"MLP-output minus attention-output CKA of {a} vs {b}, mean over layers "
+                               "(> 0: MLP outputs changed less than attention outputs)"}
+    pooled = np.concatenate(perms)
+    summary["cka_permutation_baseline"] = {
+        "value": float(pooled.mean()), "ci": list(interval(pooled, confidence)),
+        "description": "CKA with one model's rows shuffled (chance level), pooled over pairs, components, layers"}
+
+    # the estimator check uses base vs RLVR where available: the pair with the most to show
+    first, second = ("base", STUDY) if ("base", STUDY) in pairs else pairs[-1]
+    last = layers[-1]
+    (X, rows), (Y, _) = load(first, sites[-1], last), load(second, sites[-1], last)
+    return {"selection": selection, "debiased": debiased, "layers": layers, "sites": list(sites),
+            "pairs": [f"{a}_{b}" for a, b in pairs], "confidence": confidence, "n_bootstrap": n_bootstrap,
+            "n_permutations": n_permutations, "cells": cells, "cross_layer": cross,
+            "inflation": {"pair": f"{first}_{second}", "site": sites[-1], "layer": last,
+                          "d": int(X.shape[1]), "points": inflation_curve(X, Y, rows, seed=seed)},
+            "summary": summary}
+
+
+def inflation_curve(X, Y, groups, sizes: Sequence[int] | None = None, repeats: int = 5, seed: int = 0) -> list[dict]:
+    """Biased vs debiased CKA on random subsets of n rows, for the true pairing and a shuffled one.
+
+    One row per problem is drawn where there are enough problems, so that small-n points are not just a
+    few problems' tokens. `sizes` default to powers of two from 8 to 8 d (capped by the rows available):
+    the biased estimator's inflation shows below n ~ d, most plainly on the shuffled pairing whose true
+    CKA is 0.
+    """
+    X, Y, _ = _pair(X, Y, True)
+    n, d = X.shape[0], max(X.shape[1], Y.shape[1])
+    if sizes is None:
+        sizes = [s for s in (2 ** k for k in range(3, 30)) if s <= min(n, 8 * d)]
+    rng = np.random.default_rng(seed)
+    groups = np.asarray(groups)
+    out = []
+    for size in sizes:
+        if not MIN_SAMPLES[True] <= size <= n:
+            raise ValueError(f"sizes must be in {MIN_SAMPLES[True]}..{n} (the rows available), got {size}")
+        for r in range(repeats):
+            idx = _spread_sample(groups, size, rng)
+            shuffled = rng.permutation(idx)
+            for pairing, rows_y in (("matched", idx), ("shuffled", shuffled)):
+                for debiased in (False, True):
+                    out.append({"n": int(size), "repeat": r, "pairing": pairing,
+                                "estimator": "debiased" if debiased else "biased",
+                                "cka": linear_cka(X[idx], Y[rows_y], debiased)})
+    return out
+
+
+def _spread_sample(groups: np.ndarray, size: int, rng) -> np.ndarray:
+    """`size` distinct rows, drawn from as many different problems as possible."""
+    order = rng.permutation(len(groups))
+    _, first = np.unique(groups[order], return_index=True)  # one random row per problem
+    one_each = order[np.sort(first)]
+    if size <= len(one_each):
+        return rng.choice(one_each, size, replace=False)
+    rest = np.setdiff1d(order, one_each)
+    return np.concatenate([one_each, rng.choice(rest, size - len(one_each), replace=False)])
+
+
+def compare_variants(store, selection: str, reference: str, variants: Sequence[str], debiased: bool = True,
+                     n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0) -> tuple[dict, list[dict]]:
+    """End-to-end change of attention and MLP outputs, each variant against `reference`: 1 - CKA of the two
+    models' stored outputs per layer. End to end, so a change upstream of a component counts as its change
+    (see `same_input` for the component's own change).
+
+    Returns ({variant: {"attn_change_end_to_end", "mlp_change_end_to_end": {value, ci}}} with the mean over
+    layers and its joint bootstrap interval, [per-layer cells]).
+    """
+    from rlvr_utils.models.families import site_name
+    from rlvr_utils.core.stats import interval
+
+    if not variants:
+        return {}, []
+    layers = _layers(store, [reference, *variants])
+    summary, cells = {}, []
+    for name in variants:
+        summary[name] = {}
+        for component, site in _VARIANT_SITES.items():
+            values, samples = [], []
+            for layer in layers:
+                X, rows = store.read(reference, site_name(layer, site), selection)
+                Y, rows_b = store.read(name, site_name(layer, site), selection)
+                if not np.array_equal(rows, rows_b):
+                    raise ValueError(f"{reference} and {name} stored different rows for {site} at {selection!r}")
+                X, Y = _matrix(X, f"{reference} {site}"), _matrix(Y, f"{name} {site}")
+                value, boot = linear_cka(X, Y, debiased), bootstrap_cka(X, Y, rows, n_bootstrap, debiased, seed)
+                values.append(value)
+                samples.append(boot)
+                cells.append({"variant": name, "component": component, "site": site, "layer": layer, "n": int(X.shape[0]),
+                              "cka": value, "ci": list(interval(boot, confidence)), "change": 1.0 - value,
+                              "change_ci": list(interval(1.0 - boot, confidence))})
+            summary[name][f"{component}_change_end_to_end"] = {
+                "value": float(1.0 - np.mean(values)), "ci": list(interval(1.0 - np.mean(samples, 0), confidence))}
+    return summary, cells
+
+
+def run_cka(cfg, store=None) -> dict:
+    """runs/<name>/metrics/cka.json for a run: computed from runs/<name>/activations, skipped when the cka
+    params and the stored activations are unchanged. The context pairs (`PAIRS`) are those whose activations
+    exist; `variants` holds the end-to-end change of every treatment (variants.treatments) extracted."""
+    import time
+    from rlvr_utils.core import artifacts
+    from rlvr_utils.activations.store import ActivationStore
+    from rlvr_utils.treatments.registry import names
+
+    store = store or ActivationStore(cfg.path("activations"))
+    path = cfg.path("metrics", "cka.json")
+    have = set(store.models())
+    pairs = [p for p in PAIRS if set(p) <= have]
+    if not pairs:
+        raise FileNotFoundError(f"no pair of {sorted({s for p in PAIRS for s in p})} has activations in {store.folder} "
+                                f"(found {sorted(have)}): run 04_extract first")
+    names = [t for t in names(cfg) if t in have] if REFERENCE in have else []
+    used = sorted({s for p in pairs for s in p} | set(names) | ({REFERENCE} if names else set()))
+    stamps = {s: artifacts.read_json(cfg.path("activations", s, artifacts.STAMP))["fingerprint"]
+              if cfg.path("activations", s, artifacts.STAMP).exists() else None for s in used}
+    fingerprint = cfg.fingerprint("cka", "seed") + "-" + hashlib.sha256(
+        json.dumps(stamps, sort_keys=True).encode()).hexdigest()[:16]
+    inputs = [cfg.path("activations", s) for s in used]  # content-checked by the stamp
+    if artifacts.is_current(path, fingerprint, inputs):
+        return artifacts.read_json(path)
+    c = cfg.cka
+    started = time.perf_counter()
+    result = compare_stages(store, c.position, c.sites, pairs, c.debiased, c.n_bootstrap, c.n_permutations,
+                            c.confidence, cfg.seed)
+    result["variants"], result["variant_cells"] = compare_variants(
+        store, c.position, REFERENCE, names, c.debiased, c.n_bootstrap, c.confidence, cfg.seed)
+    result["variants_reference"], result["variants_label"] = REFERENCE, END_TO_END
+    result["seconds"] = time.perf_counter() - started
+    result = artifacts.json_safe(result)
+    artifacts.write_json(path, result)
+    artifacts.stamp(path, fingerprint, inputs)
+    return result
+
+
+# --- figures -----------------------------------------------------------------------------------------------
+def plot_components(result: dict):
+    """Heatmaps, one per model pair: CKA per layer (rows) and component (columns), each cell annotated
+    with its estimate and bootstrap interval."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    cells = pd.DataFrame(result["cells"])
+    cells["component"] = cells["site"].map(_short)
+    fig, axes = plt.subplots(1, len(result["pairs"]), figsize=(4.2 * len(result["pairs"]), 1.0 + 0.8 * len(result["layers"])),
+                             sharey=True, squeeze=False)
+    low = min(0.0, float(cells["value"].min()))
+    for ax, pair in zip(axes[0], result["pairs"]):
+        sub = cells[cells["pair"] == pair]
+        values = sub.pivot(index="layer", columns="component", values="value")
+        text = sub.assign(t=[f"{v:.3f}\n[{lo:.3f}, {hi:.3f}]" for v, (lo, hi) in zip(sub["value"], sub["ci"])]) \
+            .pivot(index="layer", columns="component", values="t")
+        sns.heatmap(values, annot=text.loc[values.index, values.columns].values, fmt="", vmin=low, vmax=1.0,
+                    cmap="viridis", cbar=ax is axes[0][-1], ax=ax, annot_kws={"fontsize": 8})
+        ax.set_title(pair.replace("_", " vs "))
+        ax.set_xlabel("component")
+        ax.set_ylabel("layer" if ax is axes[0][0] else "")
+    kind = "debiased" if result["debiased"] else "biased"
+    fig.suptitle(f"Linear CKA ({kind}) per layer and component, {int(result['confidence'] * 100)}% bootstrap "
+                 f"intervals over problems ({result['selection']} positions)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_cross_layer(result: dict):
+    """Grid of layer x layer CKA matrices: rows are model pairs, columns are components."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sites, pairs = result["sites"], result["pairs"]
+    fig, axes = plt.subplots(len(pairs), len(sites), figsize=(3.6 * len(sites), 3.2 * len(pairs)), squeeze=False)
+    for entry in result["cross_layer"]:
+        ax = axes[pairs.index(entry["pair"])][sites.index(entry["site"])]
+        first, second = entry["pair"].split("_")
+        sns.heatmap(np.array(entry["matrix"]), vmin=min(0.0, np.min(entry["matrix"])), vmax=1.0, cmap="viridis",
+                    annot=len(entry["layers"]) <= 6, fmt=".2f", xticklabels=entry["layers"],
+                    yticklabels=entry["layers"], ax=ax, annot_kws={"fontsize": 7})
+        ax.set_title(f"{first} vs {second}: {_short(entry['site'])}")
+        ax.set_xlabel(f"layer ({second})")
+        ax.set_ylabel(f"layer ({first})")
+    fig.suptitle("Cross-layer CKA: does a layer of one model match the same layer of the other?")
+    fig.tight_layout()
+    return fig
+
+
+def plot_inflation(result: dict):
+    """Biased vs debiased CKA against the number of samples, true and shuffled pairings."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    info = result["inflation"]
+    points = pd.DataFrame(info["points"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(points, x="n", y="cka", hue="estimator", style="pairing", markers=True, errorbar=("pi", 100), ax=ax)
+    ax.axvline(info["d"], color="grey", linestyle=":", label=f"d = {info['d']}")
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("samples n (tokens, spread over problems)")
+    ax.set_ylabel("linear CKA")
+    first, second = info["pair"].split("_")
+    ax.set_title(f"Biased CKA inflates when n is not >> d ({first} vs {second}, layer {info['layer']} "
+                 f"{_short(info['site'])})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def summary_markdown(result: dict) -> str:
+    """A short reading of the run's numbers, in the terms of the two hypotheses."""
+    s = result["summary"]
+
+    def fmt(key):  # 4 digits: CKA near 1 differs in the third decimal
+        v = s[key]
+        return f"{v['value']:.4f} [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}]"
+
+    conf = int(result["confidence"] * 100)
+    lines = [f"Debiased linear CKA, mean over layers {result['layers'][0]}..{result['layers'][-1]}, at "
+             f"`{result['selection']}` positions ({conf}% bootstrap intervals over problems):", ""]
+    lines.append("| pair | " + " | ".join(_short(x) for x in result["sites"]) + " |")
+    lines.append("|---|" + "---|" * len(result["sites"]))
+    for pair in result["pairs"]:
+        lines.append(f"| {pair.replace('_', ' vs ')} | "
+                     + " | ".join(fmt(f"cka_{pair}_{_short(x)}") for x in result["sites"]) + " |")
+    lines.append("")
+    lines.append(f"Chance level (rows shuffled): {fmt('cka_permutation_baseline')}.")
+    for pair in (f"{REFERENCE}_{STUDY}", f"base_{STUDY}"):
+        key = f"cka_{pair}_mlp_minus_attn"
+        if key in s:
+            lo, hi = s[key]["ci"]
+            verdict = ("MLP outputs changed **less** than attention outputs, as the Routing Hypothesis predicts"
+                       if lo > 0 else
+                       "MLP outputs changed **more** than attention outputs, as the Representation Learning "
+                       "Hypothesis predicts" if hi < 0 else
+                       "the data cannot tell whether MLP or attention outputs changed more")
+            lines.append(f"- {pair.replace('_', ' → ')}: MLP minus attention CKA = {fmt(key)}: {verdict}.")
+    inflation = _smallest_n_inflation(result)
+    if inflation:
+        lines.append(f"- Estimator check: on shuffled (unrelated) rows at n = {inflation['n']} < d = "
+                     f"{result['inflation']['d']}, the biased estimator reads {inflation['biased']:.3f} "
+                     f"while the debiased one reads {inflation['debiased']:.3f} (true value 0).")
+    return "\n".join(lines)
+
+
+def _smallest_n_inflation(result: dict) -> dict | None:
+    """Mean biased and debiased CKA of the shuffled pairing at the smallest n of the inflation curve."""
+    points = [p for p in result["inflation"]["points"] if p["pairing"] == "shuffled"]
+    if not points:
+        return None
+    n = min(p["n"] for p in points)
+
+    def mean(estimator):
+        return float(np.mean([p["cka"] for p in points if p["n"] == n and p["estimator"] == estimator]))
+
+    return {"n": n, "biased": mean("biased"), "debiased": mean("debiased")}
+
+
+# --- training dynamics --------------------------------------------------------------------------------------
+def run_dynamics(cfg, cache) -> list[dict]:
+    """Debiased CKA between SFT and each of GRPO's intermediate checkpoints, per layer and component, on the
+    same tokens and positions as the main comparison: how the change grows with training steps. The
+    checkpoints' activations go to runs/<name>/activations_dynamics/ with the same extraction (resumable,
+    skipped when current). Rows: step, layer, site, cka. Empty when the run kept no checkpoints."""
+    from rlvr_utils.activations.store import ActivationStore, extract
+    from rlvr_utils.core.artifacts import checkpoint_fingerprint
+    from rlvr_utils.models.loading import load
+
+    folders = sorted(cfg.path("models", "rlvr_checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    main, out_dir = ActivationStore(cfg.path("activations")), cfg.path("activations_dynamics")
+    e, c = cfg.extract, cfg.cka
+    rows = []
+    for folder in folders:
+        model, _ = load(str(folder), cfg)
+        extract(model, cache, out_dir, folder.name, sites=c.sites, layers=e.layers, positions=[c.position],
+                batch_size=e.batch_size, shard_size=e.shard_size, fingerprint=checkpoint_fingerprint(folder),
+                dtype=e.dtype, inputs=[folder])
+        store = ActivationStore(out_dir)
+        for site_name in store.meta(folder.name)["site_names"]:
+            X, _ = main.read("sft", site_name, c.position)
+            Y, _ = store.read(folder.name, site_name, c.position)
+            rows.append({"step": int(folder.name.split("-")[1]), "layer": int(site_name.split(".")[1]),
+                         "site": _short(site_name.split(".")[2]),
+                         "cka": linear_cka(np.asarray(X), np.asarray(Y), debiased=c.debiased)})
+    return rows
+
+
+def plot_dynamics(rows: list[dict]):
+    """CKA of SFT with each GRPO checkpoint against the training step, one line per component (mean over
+    layers, the band spanning the layers)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=pd.DataFrame(rows), x="step", y="cka", hue="site", marker="o", errorbar=("pi", 100), ax=ax)
+    ax.set(xlabel="GRPO step", ylabel="debiased CKA with SFT",
+           title="How far RLVR's representations move from SFT during training (band: range over layers)")
+    ax.legend(title="component")
+    return fig

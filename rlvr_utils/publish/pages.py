@@ -1,0 +1,204 @@
+"""Book pages generated from the run: the abstract (from its metrics), the params reference (from the
+params classes) and the reproducibility record (params, code version, machine, times)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from rlvr_utils.core import artifacts
+from rlvr_utils.core.config import PROJECT_ROOT, Params
+from rlvr_utils.core.fmt import interval
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _entry(summary: dict, key: str) -> tuple | None:
+    e = summary.get(key)
+    return (e["value"], e.get("ci")) if isinstance(e, dict) and e.get("value") is not None else None
+
+
+def abstract(cfg: Params, evidence: str | None = "executed/10_verdict.ipynb") -> str:
+    """The question, the setup and the answer with its headline numbers, read from metrics/eval.json and
+    metrics/verdict.json of the run."""
+    summary = _read(cfg.path("metrics", "eval.json")).get("summary", {})
+    result = _read(cfg.path("metrics", "verdict.json"))
+    model = (f"a model organism of {cfg.organism.num_layers} layers and hidden size {cfg.organism.hidden_size}, "
+             "pretrained here on synthetic arithmetic stories" if cfg.model.base == "organism"
+             else f"`{cfg.model.base}`")
+    trained = ("the SFT and RLVR checkpoints named by the params file (analyze-only: nothing was trained)"
+               if cfg.model.analyze_only else
+               f"fine-tuned on worked solutions (SFT), then trained with GRPO for {cfg.grpo.steps} steps (RLVR)")
+    lines = ["**Question.** Does RLVR (GRPO on problems with checkable answers) only re-route attention to what "
+             "the model already knows (Routing), or does it build new features in the MLPs (Representation "
+             "learning)?", "",
+             f"**Setup.** Run `{cfg.name}`, seed {cfg.seed}: {model}; {trained}. Every measurement is read on "
+             f"RLVR and on models built to calibrate it: GRPO restricted to attention and to the MLPs (positive "
+             f"controls), a copy of SFT and {cfg.variants.nulls} random updates of RLVR's size (nulls).", ""]
+    acc = {s: _entry(summary, f"accuracy_{s}") for s in ("base", "sft", "rlvr")}
+    gain = _entry(summary, "rlvr_minus_sft_accuracy")
+    if all(acc.values()):
+        text = ", ".join(f"{s.upper() if s != 'base' else 'base'} {interval(*acc[s], scale=100)} %"
+                         for s in ("base", "sft", "rlvr"))
+        lines.append(f"**Accuracy** (greedy, {summary and _n_problems(cfg)} held-out problems, 95% intervals): {text}"
+                     + (f"; RLVR − SFT {interval(*gain, scale=100)} points." if gain else "."))
+    else:
+        lines.append("**Accuracy**: not measured in this run (metrics/eval.json has no summary).")
+    lines.append("")
+    if result:
+        counted = int(result.get("summary", {}).get("rows_counted", {}).get("value") or 0)
+        tally = result.get("tally", {})
+        lines.append(f"**Answer on this run: {result.get('verdict', 'not reached')}.** {counted} of "
+                     f"{len(result.get('rows', []))} evidence rows pass their calibration; on those, RLVR reads "
+                     + ", ".join(f"{k} on {v}" for k, v in tally.items()) + "."
+                     + (f" The [evidence table]({evidence}) gives every row with its interval, and the caveats "
+                        "that limit it." if evidence else ""))
+    else:
+        lines.append("**Answer**: the verdict chapter has not run yet.")
+    return "\n".join(lines) + "\n"
+
+
+def _n_problems(cfg: Params) -> str:
+    n = _read(cfg.path("metrics", "eval.json")).get("n_problems")
+    return str(n) if isinstance(n, int) else str(cfg.evaluation.n_problems)
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "required"
+    value = field.default
+    if isinstance(value, BaseModel):
+        return "(section)"
+    return f"`{json.dumps(value)}`" if value is not None else "`null`"
+
+
+def _type(annotation) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation).replace("typing.", "")
+    return text.replace("|", "\\|").replace("Annotated[int, FieldInfo(annotation=NoneType, required=True, metadata=[Ge(ge=1)])]", "int ≥ 1") \
+        .replace("Annotated[int, FieldInfo(annotation=NoneType, required=True, metadata=[Ge(ge=0)])]", "int ≥ 0")
+
+
+def params_reference() -> str:
+    """Every params field: section, key, type, default and description, from the params classes."""
+    out = ["# Parameters", "",
+           "Every key a params file (`params/*.yaml`) may set, with its default (the embedded experiment) and "
+           "what it does. Every key is optional. `python -m rlvr_utils show-params FILE` prints a file's "
+           "effective config with these defaults filled in; `check-params FILE` validates it. Generated from "
+           "`rlvr_utils/core/config.py`.", ""]
+    top = [(k, f) for k, f in Params.model_fields.items() if k != "source" and not _is_section(f)]
+    out += ["## Top level", "", "| key | type | default | description |", "| --- | --- | --- | --- |"]
+    out += [f"| `{k}` | {_type(f.annotation)} | {_default(f)} | {_cell(f.description)} |" for k, f in top]
+    for name, field in Params.model_fields.items():
+        if not _is_section(field):
+            continue
+        cls = field.annotation
+        out += ["", f"## `{name}`", "", _cell((cls.__doc__ or "").strip().split("\n\n")[0]), "",
+                "| key | type | default | description |", "| --- | --- | --- | --- |"]
+        out += [f"| `{name}.{k}` | {_type(f.annotation)} | {_default(f)} | {_cell(f.description)} |"
+                for k, f in cls.model_fields.items()]
+    return "\n".join(out) + "\n"
+
+
+def _is_section(field) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+
+
+def _cell(text: str | None) -> str:
+    return " ".join((text or "").split()).replace("|", "\\|")
+
+
+def git_version() -> str:
+    git = shutil.which("git")
+    if not git or not (PROJECT_ROOT / ".git").exists():
+        return "not a git checkout"
+    try:
+        commit = subprocess.run([git, "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run([git, "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"unknown ({err})"
+    return f"{commit or 'unknown'}" + (" (with uncommitted changes)" if dirty else " (clean)")
+
+
+def _cpu() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical cores"
+
+
+def _gpu() -> str:
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout.strip()
+            if out:
+                return "; ".join(out.splitlines())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "none found (nvidia-smi absent or silent)"
+
+
+def machine() -> dict[str, str]:
+    return {"code (git commit) at this build": git_version(), "Python": sys.version.split()[0],
+            "OS": platform.platform(), "CPU": _cpu(), "GPU": _gpu()}
+
+
+def reproducibility(cfg: Params, shown_params: str, params_text: str, record: dict) -> str:
+    """The params file, the code version, the machine, the packages and each notebook's wall time."""
+    rows = "\n".join(f"| {k} | {v} |" for k, v in machine().items())
+    versions = "\n".join(f"| {name} | {version} |" for name, version in artifacts.versions().items())
+    times = "\n".join(f"| {name.removesuffix('.ipynb')} | {entry.get('seconds', 0):.1f} | {entry.get('finished', '')} "
+                      f"| {entry.get('code', 'not recorded')} |" for name, entry in sorted(record.items()))
+    return f"""# Reproducibility record
+
+This book was built from the params file `{shown_params}`
+(run `{cfg.name}`, params fingerprint `{cfg.fingerprint()}`); its artifacts are in `runs/{cfg.name}/`.
+Re-run it with
+
+```bash
+python -m rlvr_utils run --params {shown_params}
+```
+
+## Code and machine
+
+| | |
+| --- | --- |
+{rows}
+
+## Params file
+
+```yaml
+{params_text.strip()}
+```
+
+## Packages
+
+| package | version |
+| --- | --- |
+{versions}
+
+## Notebook wall times (seconds, of each notebook's last execution)
+
+| notebook | seconds | finished | code (git commit) |
+| --- | --- | --- | --- |
+{times}
+"""

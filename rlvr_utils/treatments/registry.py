@@ -1,0 +1,104 @@
+"""The treatment registry: every model compared with the reference (SFT), what it is known to carry, and how it
+is built. Training, variants, every instrument, the verdict, compare and the notebooks read it; nothing else
+lists treatment names.
+
+A *treatment family* is one file in this folder that calls `register(Family(...))`: it expands the params into
+treatments (`expand(cfg) -> [Treatment]`) and builds one (`build(cfg, name) -> message`). Adding a control or a
+null family is that one file (and, if it has settings, a params field).
+
+Kinds and known answers:
+  - 'study': RLVR itself; its answer is what the study asks (None);
+  - 'control': a trained change confined to one component, whose answer is known (Routing or Representation);
+  - 'null': a change that carries no task signal (a random direction of RLVR's size): must read "no evidence";
+  - 'identical': SFT itself, copied: must read "no evidence";
+  - 'user': a checkpoint a user adds to compare (answer unknown).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+REFERENCE = "sft"  # every treatment is measured against this checkpoint
+STUDY = "rlvr"
+ROUTING = "Routing"
+REPRESENTATION = "Representation learning"
+NO_EVIDENCE = "no evidence"
+Kind = Literal["study", "control", "null", "identical", "user"]
+
+
+@dataclass(frozen=True)
+class Treatment:
+    name: str
+    kind: Kind
+    answer: str | None  # the reading it is known to carry: ROUTING, REPRESENTATION, NO_EVIDENCE; None = unknown
+    family: str  # the registered family that made it
+    description: str = ""
+    trained: bool = False  # built by a training run (its checkpoint's stamp is a training stage's)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    expand: Callable[[object], list[Treatment]]  # params -> this family's treatments, in order
+    build: Callable[[object, str], str] | None = None  # (params, name) -> what was done; None: given or trained elsewhere
+    order: int = 50  # position among families: study first, then controls, identical, nulls
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def _families() -> list[Family]:
+    if not _FAMILIES:
+        from rlvr_utils.treatments import controls, identical, nulls, study  # noqa: F401 (each registers itself)
+    return sorted(_FAMILIES.values(), key=lambda f: f.order)
+
+
+def all(cfg) -> list[Treatment]:  # noqa: A001 (registry.all reads naturally)
+    """Every treatment the params ask for, in the order the book shows them."""
+    return [t for family in _families() for t in family.expand(cfg)]
+
+
+def names(cfg, *kinds: str) -> list[str]:
+    """Treatment names, optionally of some kinds only ('null', 'control', ...)."""
+    return [t.name for t in all(cfg) if not kinds or t.kind in kinds]
+
+
+def get(cfg, name: str) -> Treatment:
+    for t in all(cfg):
+        if t.name == name:
+            return t
+    raise KeyError(f"treatment {name!r} is not in this run's registry; it has: {', '.join(names(cfg))}")
+
+
+def expected(cfg) -> dict[str, str]:
+    """{treatment: the reading it must get} for every treatment whose answer is known."""
+    return {t.name: t.answer for t in all(cfg) if t.answer is not None}
+
+
+def build(cfg, name: str) -> str:
+    treatment = get(cfg, name)
+    family = _FAMILIES[treatment.family]
+    if family.build is None:
+        return f"{name}: nothing to build here"
+    return family.build(cfg, name)
+
+
+def has_checkpoint(ref: str | Path) -> bool:
+    """One rule for "this checkpoint exists": a local folder with a config.json, or a hub id (checked when
+    loaded)."""
+    path = Path(ref)
+    if path.is_absolute() or str(ref).startswith((".", "~")) or path.exists():
+        return (path.expanduser() / "config.json").is_file()
+    return str(ref).count("/") == 1  # 'org/name': a hub id
+
+
+def available(cfg, wanted: list[str] | None = None) -> list[str]:
+    """Treatments (all, or those `wanted`) whose checkpoint exists, in registry order."""
+    chosen = names(cfg) if wanted is None else [n for n in names(cfg) if n in wanted]
+    return [n for n in chosen if has_checkpoint(cfg.model_ref(n))]
