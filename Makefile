@@ -4,12 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 
-.PHONY: install book replicate test check-params bench clean
+.PHONY: install book replicate test test-fast check-params bench clean
 
 install: $(VENV)/.installed
 
 # CPU torch 2.13.0 is pinned in pyproject.toml; the `gpu` extra (DeepSpeed, vLLM) is for GPU machines only.
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed (pyproject.toml requires-python); set PYTHON=python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
@@ -23,8 +24,13 @@ book: install
 replicate: install
 	$(PY) -m rlvr_utils replicate --params $(PARAMS)
 
+# Everything, the whole book on params/ci.yaml included (about 15 minutes on 2 cores).
 test: install
 	$(PY) -m pytest -q
+
+# While working: unit tests and planted checks on tiny models, no end-to-end run (under 2 minutes).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 check-params: install
 	$(PY) -m rlvr_utils check-params --other-machine params/*.yaml  # real-scale files are for GPU machines

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rlvr_utils.activations import store as activations
+from rlvr_utils import activations  # noqa: E402
 from rlvr_utils.instruments.cka import cka  # noqa: E402
+from rlvr_utils.models import hooks  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -118,7 +119,7 @@ def bench_hooks(repeats: int) -> None:
             model(input_ids=ids, attention_mask=mask)
 
     def captured():
-        with torch.inference_mode(), activations.capture(model) as acts:
+        with torch.inference_mode(), hooks.capture(model) as acts:
             model(input_ids=ids, attention_mask=mask)
         assert len(acts) == 4 * 8
 

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from rlvr_utils.core.artifacts import RunLocked, acquire_run_lock
+from rlvr_utils.core.lock import RunLocked, acquire_run_lock
 from rlvr_utils.core.config import PROJECT_ROOT, ParamsError, load, unchecked
 
 

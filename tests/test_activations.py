@@ -9,9 +9,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils.activations import store as act
-from rlvr_utils.training import organism
+from rlvr_utils import activations as act
+from rlvr_utils.activations import extraction
+from rlvr_utils.models import hooks
 from rlvr_utils.models.families import SITES, final_norm, site_name
+from rlvr_utils.training import organism
 
 VOCAB = 300  # the organism's byte-level tokenizer: 256 bytes, its special token, a few merges
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -66,7 +68,7 @@ def random_cache(n: int = 7, seed: int = 0) -> act.TokenCache:
 def test_hooks_decompose_the_residual_stream(family):
     model = tiny_model(family)
     ids = torch.randint(2, VOCAB, (2, 9))
-    with torch.no_grad(), act.capture(model) as acts:
+    with torch.no_grad(), hooks.capture(model) as acts:
         out = model(input_ids=ids, output_hidden_states=True)
     n = model.config.num_hidden_layers
     assert set(acts) == {site_name(l, s) for l in range(n) for s in SITES}
@@ -83,7 +85,7 @@ def test_hooks_decompose_the_residual_stream(family):
 def test_capture_keeps_only_requested_sites_and_removes_hooks():
     model = tiny_model("qwen2")
     ids = torch.randint(2, VOCAB, (1, 5))
-    with torch.no_grad(), act.capture(model, sites=["hook_mlp_out"], layers=[1]) as acts:
+    with torch.no_grad(), hooks.capture(model, sites=["hook_mlp_out"], layers=[1]) as acts:
         model(input_ids=ids)
     assert list(acts) == ["blocks.1.hook_mlp_out"]
     acts.clear()
@@ -91,10 +93,10 @@ def test_capture_keeps_only_requested_sites_and_removes_hooks():
         model(input_ids=ids)
     assert acts == {}  # hooks are gone after the context
     with pytest.raises(ValueError, match="layers"):
-        with act.capture(model, layers=[2]):
+        with hooks.capture(model, layers=[2]):
             pass
     with pytest.raises(ValueError, match="sites"):
-        with act.capture(model, sites=["hook_q"]):
+        with hooks.capture(model, sites=["hook_q"]):
             pass
 
 
@@ -170,7 +172,7 @@ def reference_activations(model, cache, selection, name):
     """Each sequence alone (no padding), full capture, then index: what the store must hold."""
     rows = []
     for r, p in act.select_positions(cache, selection):
-        with torch.no_grad(), act.capture(model) as acts:
+        with torch.no_grad(), hooks.capture(model) as acts:
             model(input_ids=torch.tensor([cache.sequences[r]]))
         rows.append(acts[name][0, p].numpy())
     return np.array(rows)
@@ -220,7 +222,7 @@ def test_extract_resumes_from_finished_shards(tmp_path, monkeypatch):
     model, cache = tiny_model("gpt2"), random_cache()
     kwargs = dict(sites=["hook_resid_post"], positions=["completion"], batch_size=2, shard_size=2)
     calls = []
-    real = act._extract_rows
+    real = extraction._extract_rows
 
     def interrupted(*args, **kw):
         if len(calls) == 2:
@@ -228,7 +230,7 @@ def test_extract_resumes_from_finished_shards(tmp_path, monkeypatch):
         calls.append(args[2])
         return real(*args, **kw)
 
-    monkeypatch.setattr(act, "_extract_rows", interrupted)
+    monkeypatch.setattr(extraction, "_extract_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
         act.extract(model, cache, tmp_path, "rlvr", **kwargs)
     shards = sorted((tmp_path / "rlvr" / "shards").glob("shard-*.safetensors"))
@@ -239,7 +241,7 @@ def test_extract_resumes_from_finished_shards(tmp_path, monkeypatch):
     assert json.loads(meta["sites"]) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 
     resumed = []
-    monkeypatch.setattr(act, "_extract_rows", lambda *a, **k: resumed.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(extraction, "_extract_rows", lambda *a, **k: resumed.append(a[2]) or real(*a, **k))
     store = act.extract(model, cache, tmp_path, "rlvr", **kwargs)
     assert resumed == [[4, 5], [6]]  # only the shards that were not finished
     data, _ = store.read("rlvr", "blocks.1.hook_resid_post", "completion")
@@ -252,7 +254,7 @@ def test_store_reports_missing_model(tmp_path):
         act.ActivationStore(tmp_path).read("sft", "blocks.0.hook_mlp_out", "completion")
 
 
-# --- one run, as notebook 03 drives it -------------------------------------------------------------------------
+# --- one run, as the extraction chapter drives it ---------------------------------------------------------------
 def test_run_token_cache_and_extract_skip_when_current(tmp_path, tokenizer, monkeypatch):
     from rlvr_utils.core import config
     from rlvr_utils.models import loading as models

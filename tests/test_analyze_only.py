@@ -7,9 +7,11 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from conftest import run_book
-from rlvr_utils.core import config
+from rlvr_utils.core import config, params
 from rlvr_utils.training import data, organism
 from rlvr_utils.models import loading as models
+
+pytestmark = pytest.mark.slow  # end-to-end: minutes (make test-fast leaves it out)
 
 
 def _checkpoints(tmp_path, hidden=64, vocab_docs=300, seed=0):
@@ -18,7 +20,7 @@ def _checkpoints(tmp_path, hidden=64, vocab_docs=300, seed=0):
     corpus = data.pretraining_corpus(cfg.data, vocab_docs, seed=seed) + [
         p["prompt"] + p["answer"] for p in data.synthetic_problems(cfg.data, 50, seed=1)]
     tokenizer = organism.build_tokenizer(corpus, 300)
-    org = config.OrganismParams(hidden_size=hidden, intermediate_size=4 * hidden, num_layers=2, num_heads=4)
+    org = params.OrganismParams(hidden_size=hidden, intermediate_size=4 * hidden, num_layers=2, num_heads=4)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(organism.model_config(org, tokenizer))
     folders = {}

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlvr_utils.activations import store as act
-from rlvr_utils.core import artifacts
+from rlvr_utils.core import artifacts, lock
 from rlvr_utils.models import loading as models
 
 
@@ -167,7 +167,7 @@ def test_digest_cache_is_cheap_and_never_stale(tmp_path):
 LOCK_HOLDER = """
 import sys, time
 from rlvr_utils.core import artifacts
-artifacts.acquire_run_lock(sys.argv[1])
+lock.acquire_run_lock(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)
 """
@@ -178,16 +178,16 @@ def test_a_second_run_of_one_run_folder_is_refused(tmp_path, monkeypatch):
     holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(artifacts.RunLocked, match=f"{run_dir.resolve()} is in use by pid {holder.pid}"):
-            artifacts.acquire_run_lock(run_dir)
-        monkeypatch.setenv(artifacts.LOCK_ENV, str(run_dir.resolve()))  # a child of the holder does not take it
-        assert artifacts.acquire_run_lock(run_dir) is False
+        with pytest.raises(lock.RunLocked, match=f"{run_dir.resolve()} is in use by pid {holder.pid}"):
+            lock.acquire_run_lock(run_dir)
+        monkeypatch.setenv(lock.LOCK_ENV, str(run_dir.resolve()))  # a child of the holder does not take it
+        assert lock.acquire_run_lock(run_dir) is False
     finally:
         holder.kill()
         holder.wait()
-    monkeypatch.delenv(artifacts.LOCK_ENV)
-    assert artifacts.acquire_run_lock(run_dir) is True  # a killed holder's lock is released by the system
-    artifacts.release_run_lock(run_dir)
+    monkeypatch.delenv(lock.LOCK_ENV)
+    assert lock.acquire_run_lock(run_dir) is True  # a killed holder's lock is released by the system
+    lock.release_run_lock(run_dir)
 
 
 def test_leftover_temporaries_are_cleaned_at_the_next_start(tmp_path):
@@ -197,7 +197,7 @@ def test_leftover_temporaries_are_cleaned_at_the_next_start(tmp_path):
     (run_dir / "metrics").mkdir()
     (run_dir / "metrics" / ".cka.json.x1.tmp").write_text("{")
     (run_dir / "metrics" / "cka.json").write_text("{}")
-    assert artifacts.acquire_run_lock(run_dir)
-    artifacts.release_run_lock(run_dir)
+    assert lock.acquire_run_lock(run_dir)
+    lock.release_run_lock(run_dir)
     left = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*"))
     assert left == [".lock", "metrics", "metrics/cka.json", "models"]

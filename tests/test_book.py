@@ -9,6 +9,8 @@ import yaml
 from conftest import assert_models_learn, ci_params, run_book
 from rlvr_utils.publish import runner
 
+pytestmark = pytest.mark.slow  # end-to-end: minutes (make test-fast leaves it out)
+
 
 
 def test_every_notebook_executes_and_the_book_builds(built_book):

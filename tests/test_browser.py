@@ -14,6 +14,8 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end: minutes (make test-fast leaves it out)
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync"]

@@ -3,7 +3,7 @@ planted MLP-only change Representation learning, and random updates of the same 
 "no evidence", on the rows computed from real forward passes and real weights.
 
 The planted updates are low-rank and aligned with the component's input activations, as gradient updates are
-(an update is a sum of outer products of errors and inputs); the nulls are `variants.random_update` of the
+(an update is a sum of outer products of errors and inputs); the nulls are `treatments.nulls.random_update` of the
 planted RLVR, exactly as notebook 03 builds them.
 """
 import pytest
@@ -11,13 +11,16 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from rlvr_utils.instruments.cka import same_input
-from rlvr_utils.treatments import registry
+from rlvr_utils.treatments import nulls, registry
 from rlvr_utils.evidence import verdict
 from rlvr_utils.instruments.weights import weights
 from rlvr_utils.activations.store import TokenCache
 
 NULLS = [f"null_{k}" for k in range(5)]
 TREATMENTS = ["rlvr", "attn_only", "mlp_only", "identical", *NULLS]
+# the known answers that calibrate each row (the registry gives these on a run)
+EXPECTED = {"attn_only": verdict.ROUTING, "mlp_only": verdict.REPRESENTATION, "identical": verdict.NO_EVIDENCE,
+            **{n: verdict.NO_EVIDENCE for n in NULLS}}
 
 
 def tiny_model(seed: int = 0):
@@ -87,7 +90,7 @@ def metrics(tmp_path_factory):
     states["rlvr"] = rlvr
     states["identical"] = {k: v.clone() for k, v in sft_state.items()}
     for k, name in enumerate(NULLS):
-        states[name] = variants.random_update(sft_state, rlvr, seed=100 + k)
+        states[name] = nulls.random_update(sft_state, rlvr, seed=100 + k)
     out, folders = {}, {"sft": tmp_path_factory.mktemp("sft")}
     sft.save_pretrained(folders["sft"])
     for name, state in states.items():
@@ -104,17 +107,17 @@ def metrics(tmp_path_factory):
 def test_random_update_keeps_rlvrs_norm_in_every_tensor():
     sft = tiny_model().state_dict()
     rlvr = {k: v + 0.01 * torch.randn_like(v) * (i % 2) for i, (k, v) in enumerate(sft.items())}
-    null = variants.random_update(sft, rlvr, seed=0)
+    null = nulls.random_update(sft, rlvr, seed=0)
     for k in sft:
         assert torch.allclose((null[k] - sft[k]).norm(), (rlvr[k] - sft[k]).norm(), rtol=1e-5, atol=1e-7)
         if torch.equal(rlvr[k], sft[k]):
             assert torch.equal(null[k], sft[k])  # an untouched tensor stays untouched
-    other = variants.random_update(sft, rlvr, seed=1)
+    other = nulls.random_update(sft, rlvr, seed=1)
     assert not torch.equal(null["model.layers.0.mlp.up_proj.weight"], other["model.layers.0.mlp.up_proj.weight"])
 
 
 def test_same_input_row_classifies_planted_controls_and_reads_nulls_as_no_evidence(metrics):
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params())
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params(), EXPECTED)
     row = table[table["file"] == "same_input.json"].iloc[0]
     assert row["readings"]["attn_only"] == verdict.ROUTING
     assert row["readings"]["mlp_only"] == verdict.REPRESENTATION
@@ -126,7 +129,7 @@ def test_same_input_row_classifies_planted_controls_and_reads_nulls_as_no_eviden
 
 @pytest.mark.parametrize("measurement", ["Structured (top-k) energy", "MLP share"])
 def test_weight_rows_classify_planted_controls_and_read_nulls_as_no_evidence(metrics, measurement):
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params())
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params(), EXPECTED)
     row = table[table["measurement"].str.startswith(measurement)].iloc[0]
     assert row["readings"]["attn_only"] == verdict.ROUTING, row["readings"]
     assert row["readings"]["mlp_only"] == verdict.REPRESENTATION, row["readings"]
@@ -136,7 +139,7 @@ def test_weight_rows_classify_planted_controls_and_read_nulls_as_no_evidence(met
 
 
 def test_no_row_reads_a_null_or_the_identical_model_as_evidence(metrics):
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params())
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params(), EXPECTED)
     for _, row in table.iterrows():
         for name in [*NULLS, "identical"]:
             assert row["readings"][name] in (verdict.NO_EVIDENCE, verdict.NOT_MEASURED), (row["measurement"], name)
@@ -150,6 +153,6 @@ def test_nulls_and_identical_model_get_an_inconclusive_verdict(metrics):
 
 
 def verdict_params():
-    from rlvr_utils.core.config import VerdictParams
+    from rlvr_utils.core.params import VerdictParams
 
     return VerdictParams(min_decided_rows=1, min_margin=1)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy.stats import ortho_group
 
-from rlvr_utils.instruments.cka import cka
+from rlvr_utils.instruments import base
+from rlvr_utils.instruments.cka import figures, instrument, maths
 
 
 # --- naive references, written from the definitions -------------------------------------------------
@@ -55,26 +56,26 @@ SHAPES = [(50, 8, 12), (10, 30, 20)]  # n > d (feature form) and n < d (Gram for
 @pytest.mark.parametrize("debiased", [False, True])
 def test_self_similarity_is_one(n, dx, dy, debiased):
     X, _ = correlated(n, dx, dy)
-    assert cka.linear_cka(X, X, debiased) == pytest.approx(1.0, abs=1e-12)
-    assert cka.rbf_cka(X, X, debiased=debiased) == pytest.approx(1.0, abs=1e-12)
+    assert maths.linear_cka(X, X, debiased) == pytest.approx(1.0, abs=1e-12)
+    assert maths.rbf_cka(X, X, debiased=debiased) == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("n,dx,dy", SHAPES)
 @pytest.mark.parametrize("debiased", [False, True])
 def test_agrees_with_naive_gram_implementation(n, dx, dy, debiased):
     X, Y = correlated(n, dx, dy)
-    assert cka.linear_cka(X, Y, debiased) == pytest.approx(naive_cka(X, Y, debiased), abs=1e-6)
-    assert cka.cka_from_grams(X @ X.T, Y @ Y.T, debiased) == pytest.approx(naive_cka(X, Y, debiased), abs=1e-6)
+    assert maths.linear_cka(X, Y, debiased) == pytest.approx(naive_cka(X, Y, debiased), abs=1e-6)
+    assert maths.cka_from_grams(X @ X.T, Y @ Y.T, debiased) == pytest.approx(naive_cka(X, Y, debiased), abs=1e-6)
     # tensors in, same answer
-    assert cka.linear_cka(torch.tensor(X, dtype=torch.float32), torch.tensor(Y), debiased) == \
+    assert maths.linear_cka(torch.tensor(X, dtype=torch.float32), torch.tensor(Y), debiased) == \
         pytest.approx(naive_cka(X, Y, debiased), abs=1e-5)
 
 
 def test_feature_and_gram_forms_agree():
     X, Y = correlated(80, 10, 7, noise=2.0)
     for debiased in (False, True):
-        feature = cka.linear_cka(X, Y, debiased)  # n > d: feature form
-        gram = cka.cka_from_grams(X @ X.T, Y @ Y.T, debiased)
+        feature = maths.linear_cka(X, Y, debiased)  # n > d: feature form
+        gram = maths.cka_from_grams(X @ X.T, Y @ Y.T, debiased)
         assert feature == pytest.approx(gram, abs=1e-10)
 
 
@@ -82,7 +83,7 @@ def test_debiased_formula_is_the_u_statistic():
     X, Y = correlated(7, 3, 4)
     K, L = X @ X.T, Y @ Y.T
     expected = u_statistic_hsic(K, L) / np.sqrt(u_statistic_hsic(K, K) * u_statistic_hsic(L, L))
-    assert cka.linear_cka(X, Y, debiased=True) == pytest.approx(expected, abs=1e-9)
+    assert maths.linear_cka(X, Y, debiased=True) == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.parametrize("n,dx,dy", SHAPES)
@@ -90,32 +91,32 @@ def test_debiased_formula_is_the_u_statistic():
 def test_invariant_to_orthogonal_transform_scaling_and_shift(n, dx, dy, debiased):
     X, Y = correlated(n, dx, dy, noise=2.0)
     Q = ortho_group.rvs(dx, random_state=1)
-    base = cka.linear_cka(X, Y, debiased)
-    assert cka.linear_cka(X @ Q, Y, debiased) == pytest.approx(base, abs=1e-9)
-    assert cka.linear_cka(7.5 * X, 0.01 * Y, debiased) == pytest.approx(base, abs=1e-9)
-    assert cka.linear_cka(X + 100.0, Y, debiased) == pytest.approx(base, abs=1e-8)
-    rbf = cka.rbf_cka(X, Y, debiased=debiased)
-    assert cka.rbf_cka(3.0 * X @ Q, Y, debiased=debiased) == pytest.approx(rbf, abs=1e-9)
+    base = maths.linear_cka(X, Y, debiased)
+    assert maths.linear_cka(X @ Q, Y, debiased) == pytest.approx(base, abs=1e-9)
+    assert maths.linear_cka(7.5 * X, 0.01 * Y, debiased) == pytest.approx(base, abs=1e-9)
+    assert maths.linear_cka(X + 100.0, Y, debiased) == pytest.approx(base, abs=1e-8)
+    rbf = maths.rbf_cka(X, Y, debiased=debiased)
+    assert maths.rbf_cka(3.0 * X @ Q, Y, debiased=debiased) == pytest.approx(rbf, abs=1e-9)
 
 
 def test_not_invariant_to_arbitrary_linear_maps():
     X, Y = correlated(60, 5, 5, noise=2.0)
     A = np.diag([10.0, 1, 1, 1, 0.1])
-    assert abs(cka.linear_cka(X @ A, Y) - cka.linear_cka(X, Y)) > 1e-3
+    assert abs(maths.linear_cka(X @ A, Y) - maths.linear_cka(X, Y)) > 1e-3
 
 
 def test_debiased_removes_the_small_n_inflation():
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(64, 512)), rng.normal(size=(64, 512))  # independent: true CKA is 0
-    assert cka.linear_cka(X, Y) > 0.8
-    assert abs(cka.linear_cka(X, Y, debiased=True)) < 0.05
+    assert maths.linear_cka(X, Y) > 0.8
+    assert abs(maths.linear_cka(X, Y, debiased=True)) < 0.05
 
 
 def test_rbf_approaches_linear_for_wide_kernels():
     X, Y = correlated(40, 6, 5, noise=2.0)
-    assert cka.rbf_cka(X, Y, sigma=200.0) == pytest.approx(cka.linear_cka(X, Y), abs=1e-3)
+    assert maths.rbf_cka(X, Y, sigma=200.0) == pytest.approx(maths.linear_cka(X, Y), abs=1e-3)
     with pytest.raises(ValueError, match="sigma"):
-        cka.rbf_cka(X, Y, sigma=0)
+        maths.rbf_cka(X, Y, sigma=0)
 
 
 def test_cka_matrix_matches_pairwise():
@@ -124,8 +125,8 @@ def test_cka_matrix_matches_pairwise():
         Xs = [rng.normal(size=(n, d)) for _ in range(3)]
         Ys = [X @ rng.normal(size=(d, d)) + rng.normal(size=(n, d)) for X in Xs[:2]]
         for debiased in (False, True):
-            expected = [[cka.linear_cka(X, Y, debiased) for Y in Ys] for X in Xs]
-            np.testing.assert_allclose(cka.cka_matrix(Xs, Ys, debiased), expected, atol=1e-12)
+            expected = [[maths.linear_cka(X, Y, debiased) for Y in Ys] for X in Xs]
+            np.testing.assert_allclose(maths.cka_matrix(Xs, Ys, debiased), expected, atol=1e-12)
 
 
 # --- tiny n and bad input -------------------------------------------------------------------------------
@@ -133,28 +134,28 @@ def test_tiny_n_is_finite_or_a_clear_error():
     rng = np.random.default_rng(0)
     for n, debiased in ((4, True), (2, False), (3, False)):
         X, Y = rng.normal(size=(n, 5)), rng.normal(size=(n, 3))
-        assert np.isfinite(cka.linear_cka(X, Y, debiased))
-        assert np.isfinite(cka.rbf_cka(X, Y, debiased=debiased))
+        assert np.isfinite(maths.linear_cka(X, Y, debiased))
+        assert np.isfinite(maths.rbf_cka(X, Y, debiased=debiased))
     with pytest.raises(ValueError, match="at least 4 samples, got n=3"):
-        cka.linear_cka(rng.normal(size=(3, 5)), rng.normal(size=(3, 5)), debiased=True)
+        maths.linear_cka(rng.normal(size=(3, 5)), rng.normal(size=(3, 5)), debiased=True)
     with pytest.raises(ValueError, match="at least 2 samples"):
-        cka.linear_cka(rng.normal(size=(1, 5)), rng.normal(size=(1, 5)))
+        maths.linear_cka(rng.normal(size=(1, 5)), rng.normal(size=(1, 5)))
     constant = np.ones((10, 4))
     for debiased in (False, True):
-        assert cka.linear_cka(constant, rng.normal(size=(10, 4)), debiased) == 0.0
-        assert cka.linear_cka(np.ones((50, 4)), rng.normal(size=(50, 4)), debiased) == 0.0
+        assert maths.linear_cka(constant, rng.normal(size=(10, 4)), debiased) == 0.0
+        assert maths.linear_cka(np.ones((50, 4)), rng.normal(size=(50, 4)), debiased) == 0.0
 
 
 def test_bad_input_names_the_argument():
     X = np.zeros((5, 3))
     with pytest.raises(ValueError, match="same number of rows"):
-        cka.linear_cka(X, np.zeros((6, 3)))
+        maths.linear_cka(X, np.zeros((6, 3)))
     with pytest.raises(ValueError, match="Y contains NaN"):
-        cka.linear_cka(X, np.full((5, 3), np.nan))
+        maths.linear_cka(X, np.full((5, 3), np.nan))
     with pytest.raises(ValueError, match="X must be a 2-d array"):
-        cka.linear_cka(np.zeros(5), X)
+        maths.linear_cka(np.zeros(5), X)
     with pytest.raises(ValueError, match="weights"):
-        cka.linear_cka(X, X, weights=[1, 2])
+        maths.linear_cka(X, X, weights=[1, 2])
 
 
 # --- weights, bootstrap, permutation, minibatch ----------------------------------------------------------------
@@ -164,7 +165,7 @@ def test_integer_weights_equal_repeated_rows_for_the_biased_estimator(n, dx, dy)
     w = np.random.default_rng(1).integers(0, 4, size=n)
     w[:2] = 1
     idx = np.repeat(np.arange(n), w)
-    assert cka.linear_cka(X, Y, weights=w) == pytest.approx(cka.linear_cka(X[idx], Y[idx]), abs=1e-9)
+    assert maths.linear_cka(X, Y, weights=w) == pytest.approx(maths.linear_cka(X[idx], Y[idx]), abs=1e-9)
 
 
 @pytest.mark.parametrize("n,dx,dy", SHAPES)
@@ -185,7 +186,7 @@ def test_weighted_debiased_excludes_pairs_of_copies(n, dx, dy):
     Xr, Yr = (X - X.mean(0))[idx], (Y - Y.mean(0))[idx]
     K, L = Xr @ Xr.T, Yr @ Yr.T
     expected = hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
-    assert cka.linear_cka(X, Y, debiased=True, weights=w) == pytest.approx(expected, abs=1e-9)
+    assert maths.linear_cka(X, Y, debiased=True, weights=w) == pytest.approx(expected, abs=1e-9)
 
 
 def resampled_reference(X, Y, index, counts, debiased):
@@ -201,7 +202,7 @@ def resampled_reference(X, Y, index, counts, debiased):
     rows, problem, copy = np.array(rows), np.array(problem), np.array(copy)
     Xr, Yr = (X - X.mean(0))[rows], (Y - Y.mean(0))[rows]
     if not debiased:
-        return cka.linear_cka(Xr, Yr)
+        return maths.linear_cka(Xr, Yr)
     forbidden = (problem[:, None] == problem[None, :]) & (copy[:, None] != copy[None, :])
     forbidden |= np.eye(len(rows), dtype=bool)
 
@@ -218,17 +219,17 @@ def resampled_reference(X, Y, index, counts, debiased):
 def test_bootstrap_resamples_problems(n_problems, rows, d, debiased, monkeypatch):
     X, Y = correlated(n_problems * rows, d, d + 2, noise=2.0)
     groups = np.repeat(np.arange(n_problems) * 7 + 3, rows)  # problem ids, rows of a problem together
-    samples = cka.bootstrap_cka(X, Y, groups, n_bootstrap=8, debiased=debiased, seed=5)
-    counts, index = cka.problem_counts(groups, 8, seed=5)
+    samples = maths.bootstrap_cka(X, Y, groups, n_bootstrap=8, debiased=debiased, seed=5)
+    counts, index = maths.problem_counts(groups, 8, seed=5)
     expected = [resampled_reference(X, Y, index, c, debiased) for c in counts]
     np.testing.assert_allclose(samples, expected, atol=1e-9)
     assert (counts.sum(1) == n_problems).all()  # each resample draws n_problems problems
     assert len(np.unique(samples)) > 1
     if rows == 1:  # one row per problem: the same as weighting rows
-        np.testing.assert_allclose(samples, [cka.linear_cka(X, Y, debiased, weights=c[index]) for c in counts],
+        np.testing.assert_allclose(samples, [maths.linear_cka(X, Y, debiased, weights=c[index]) for c in counts],
                                    atol=1e-9)
-    monkeypatch.setattr(cka, "_GROUPED_BYTES", 0)  # the low-memory path gives the same numbers
-    np.testing.assert_allclose(cka.bootstrap_cka(X, Y, groups, n_bootstrap=8, debiased=debiased, seed=5), samples,
+    monkeypatch.setattr(maths, "GROUPED_BYTES", 0)  # the low-memory path gives the same numbers
+    np.testing.assert_allclose(maths.bootstrap_cka(X, Y, groups, n_bootstrap=8, debiased=debiased, seed=5), samples,
                                atol=1e-9)
 
 
@@ -241,41 +242,41 @@ def test_bootstrap_is_not_inflated_by_repeated_problems():
     groups = np.repeat(np.arange(n_problems), rows)
     X = rng.normal(size=(n_problems, d))[groups] + 0.3 * rng.normal(size=(n_problems * rows, d))
     Y = rng.normal(size=(n_problems, d))[groups] + 0.3 * rng.normal(size=(n_problems * rows, d))
-    point = cka.linear_cka(X, Y, debiased=True)
-    samples = cka.bootstrap_cka(X, Y, groups, n_bootstrap=40, debiased=True)
+    point = maths.linear_cka(X, Y, debiased=True)
+    samples = maths.bootstrap_cka(X, Y, groups, n_bootstrap=40, debiased=True)
     assert abs(samples.mean() - point) < 0.03
     copied = []
     for draw in np.random.default_rng(1).integers(0, n_problems, size=(10, n_problems)):
         idx = np.concatenate([np.flatnonzero(groups == p) for p in draw])
-        copied.append(cka.linear_cka(X[idx], Y[idx], debiased=True))
+        copied.append(maths.linear_cka(X[idx], Y[idx], debiased=True))
     assert np.mean(copied) - point > 0.1
 
 
 def test_permutation_baseline():
     X, Y = correlated(60, 5, 5, noise=0.5)
-    values = cka.permutation_cka(X, Y, n_permutations=30, debiased=True, seed=4)
+    values = maths.permutation_cka(X, Y, n_permutations=30, debiased=True, seed=4)
     rng = np.random.default_rng(4)
-    expected = [cka.linear_cka(X, Y[rng.permutation(60)], debiased=True) for _ in range(30)]
+    expected = [maths.linear_cka(X, Y[rng.permutation(60)], debiased=True) for _ in range(30)]
     np.testing.assert_allclose(values, expected, atol=1e-10)
-    assert abs(values.mean()) < 0.1 < cka.linear_cka(X, Y, debiased=True)
+    assert abs(values.mean()) < 0.1 < maths.linear_cka(X, Y, debiased=True)
     Xs, Ys = X[:8], np.hstack([Y[:8]] * 3)  # Gram form path
-    values = cka.permutation_cka(Xs, Ys, n_permutations=5, debiased=False, seed=2)
+    values = maths.permutation_cka(Xs, Ys, n_permutations=5, debiased=False, seed=2)
     rng = np.random.default_rng(2)
-    np.testing.assert_allclose(values, [cka.linear_cka(Xs, Ys[rng.permutation(8)]) for _ in range(5)], atol=1e-10)
+    np.testing.assert_allclose(values, [maths.linear_cka(Xs, Ys[rng.permutation(8)]) for _ in range(5)], atol=1e-10)
 
 
 def test_minibatch_cka():
     X, Y = correlated(2000, 6, 9, noise=2.0)
-    assert cka.minibatch_cka([(X, Y)]) == pytest.approx(cka.linear_cka(X, Y, debiased=True), abs=1e-12)
+    assert maths.minibatch_cka([(X, Y)]) == pytest.approx(maths.linear_cka(X, Y, debiased=True), abs=1e-12)
     batches = [(X[i:i + 100], Y[i:i + 100]) for i in range(0, 2000, 100)]
-    assert cka.minibatch_cka(batches) == pytest.approx(cka.linear_cka(X, Y, debiased=True), abs=0.02)
+    assert maths.minibatch_cka(batches) == pytest.approx(maths.linear_cka(X, Y, debiased=True), abs=0.02)
     # the biased per-batch average is pulled up by small batches; the debiased one is not
     rng = np.random.default_rng(0)
     A, B = rng.normal(size=(2000, 64)), rng.normal(size=(2000, 64))
     small = [(A[i:i + 40], B[i:i + 40]) for i in range(0, 2000, 40)]
-    assert abs(cka.minibatch_cka(small)) < 0.02 < 0.5 < cka.minibatch_cka(small, debiased=False)
+    assert abs(maths.minibatch_cka(small)) < 0.02 < 0.5 < maths.minibatch_cka(small, debiased=False)
     with pytest.raises(ValueError, match="no batches"):
-        cka.minibatch_cka([])
+        maths.minibatch_cka([])
 
 
 # --- the run-level comparison on a real (tiny) activation store ----------------------------------------------------
@@ -299,7 +300,7 @@ def store(tmp_path_factory):
 
 
 def test_compare_stages(store):
-    result = cka.compare_stages(store, "completion", n_bootstrap=30, n_permutations=4)
+    result = instrument.compare_stages(store, "completion", n_bootstrap=30, n_permutations=4)
     summary = result["summary"]
     for pair in ("base_sft", "base_rlvr", "sft_rlvr"):
         for site in ("attn_out", "mlp_out", "resid_post"):
@@ -311,8 +312,8 @@ def test_compare_stages(store):
     cell = next(c for c in result["cells"] if c["pair"] == "base_rlvr" and c["site"] == "hook_mlp_out" and c["layer"] == 1)
     X, _ = store.read("base", "blocks.1.hook_mlp_out", "completion")
     Y, rows = store.read("rlvr", "blocks.1.hook_mlp_out", "completion")
-    assert cell["value"] == pytest.approx(cka.linear_cka(X, Y, debiased=True), abs=1e-12)
-    assert cell["ci"] == pytest.approx(list(np.quantile(cka.bootstrap_cka(X, Y, rows, 30), [0.025, 0.975])), abs=1e-12)
+    assert cell["value"] == pytest.approx(maths.linear_cka(X, Y, debiased=True), abs=1e-12)
+    assert cell["ci"] == pytest.approx(list(np.quantile(maths.bootstrap_cka(X, Y, rows, 30), [0.025, 0.975])), abs=1e-12)
     mean_diff = np.mean([summary[f"cka_base_rlvr_mlp_out"]["value"] - summary[f"cka_base_rlvr_attn_out"]["value"]])
     assert summary["cka_base_rlvr_mlp_minus_attn"]["value"] == pytest.approx(mean_diff)
     matrix = np.array(next(c["matrix"] for c in result["cross_layer"] if c["pair"] == "base_sft"))
@@ -320,7 +321,7 @@ def test_compare_stages(store):
     shuffled = [p for p in result["inflation"]["points"] if p["pairing"] == "shuffled" and p["n"] == 8]
     assert np.mean([p["cka"] for p in shuffled if p["estimator"] == "biased"]) > \
         np.mean([p["cka"] for p in shuffled if p["estimator"] == "debiased"])
-    text = cka.summary_markdown(result)
+    text = figures.summary_markdown(result)
     assert "base vs rlvr" in text and f"{summary['cka_sft_rlvr_mlp_out']['value']:.4f}" in text
 
 
@@ -328,29 +329,42 @@ def test_figures_have_titles_and_labels(store):
     import matplotlib
 
     matplotlib.use("Agg")  # tests only; notebooks show figures inline
-    result = cka.compare_stages(store, "completion", sites=["hook_mlp_out", "hook_resid_post"], n_bootstrap=5,
+    result = instrument.compare_stages(store, "completion", sites=["hook_mlp_out", "hook_resid_post"], n_bootstrap=5,
                                 n_permutations=2)
-    for fig in (cka.plot_components(result), cka.plot_cross_layer(result), cka.plot_inflation(result)):
+    for fig in (figures.plot_components(result), figures.plot_cross_layer(result), figures.plot_inflation(result)):
         assert fig._suptitle is not None or fig.axes[0].get_title()
         for ax in fig.axes:
             if ax.get_label() != "<colorbar>":
                 assert ax.get_xlabel() and ax.get_title()
     with pytest.raises(ValueError, match="not extracted"):
-        cka.compare_stages(store, "last_prompt", n_bootstrap=5, n_permutations=2)
+        instrument.compare_stages(store, "last_prompt", n_bootstrap=5, n_permutations=2)
+
+
+def run_of(store, tmp_path, name="t"):
+    """Params of a run whose activation store is a copy of `store`, with a checkpoint (a config.json is enough to
+    exist) for every model stored: the instrument measures the treatments that have both."""
+    import shutil
+
+    from rlvr_utils.core import config
+
+    cfg = config.from_dict({"name": name, "runs_dir": str(tmp_path), "cka": {"n_bootstrap": 5, "n_permutations": 2}})
+    shutil.copytree(store.folder, cfg.path("activations"))
+    for model in store.models():
+        cfg.model_dir(model).mkdir(parents=True)
+        (cfg.model_dir(model) / "config.json").write_text("{}")
+    return cfg
 
 
 def test_run_cka_writes_metrics_and_skips_when_current(store, tmp_path, monkeypatch):
-    from rlvr_utils.core import config
-
-    cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path), "cka": {"n_bootstrap": 5, "n_permutations": 2}})
-    result = cka.run_cka(cfg, store)
+    cfg = run_of(store, tmp_path)
+    result = base.run(cfg, instrument.CKA(), progress=False)
     saved = json.loads(cfg.path("metrics", "cka.json").read_text())
     assert saved["summary"] == result["summary"] and "cka_sft_rlvr_mlp_out" in saved["summary"]
-    monkeypatch.setattr(cka, "compare_stages", lambda *a, **k: pytest.fail("up to date: must not recompute"))
-    assert cka.run_cka(cfg, store)["summary"] == saved["summary"]
+    monkeypatch.setattr(instrument, "compare_stages", lambda *a, **k: pytest.fail("up to date: must not recompute"))
+    assert base.run(cfg, instrument.CKA(), progress=False)["summary"] == saved["summary"]
     cfg.cka.n_bootstrap = 6
     with pytest.raises(pytest.fail.Exception):
-        cka.run_cka(cfg, store)
+        base.run(cfg, instrument.CKA(), progress=False)
 
 
 # --- every treatment against the reference, end to end -------------------------------------------------------------
@@ -384,32 +398,31 @@ def variant_store(tmp_path_factory):
 
 
 def test_compare_variants_end_to_end(variant_store):
-    summary, cells = cka.compare_variants(variant_store, "completion", "sft", ["identical", "attn_only", "rlvr"],
-                                          n_bootstrap=20)
+    summary, cells = instrument.compare_variants(variant_store, "completion", "sft", ["identical", "attn_only", "rlvr"],
+                                                 n_bootstrap=20)
     assert list(summary) == ["identical", "attn_only", "rlvr"]
     for name in summary:
         assert set(summary[name]) == {"attn_change_end_to_end", "mlp_change_end_to_end"}
     for key in ("attn_change_end_to_end", "mlp_change_end_to_end"):
-        assert summary["identical"][key]["value"] == pytest.approx(0.0, abs=1e-12)
-        assert summary["identical"][key]["ci"] == pytest.approx([0.0, 0.0], abs=1e-12)
-        lo, hi = summary["rlvr"][key]["ci"]
-        assert 0.01 < lo <= summary["rlvr"][key]["value"] <= hi
+        assert summary["identical"][key].value == pytest.approx(0.0, abs=1e-12)
+        assert summary["identical"][key].ci == pytest.approx([0.0, 0.0], abs=1e-12)
+        lo, hi = summary["rlvr"][key].ci
+        assert 0.01 < lo <= summary["rlvr"][key].value <= hi
+        assert summary["rlvr"][key].interval == "bootstrap" and summary["rlvr"][key].n == 24  # problems resampled
     # end to end, an attention-only update moves the untouched MLPs' outputs (their inputs moved): the reason the
     # same-input comparison (same_input.py) exists
-    assert summary["attn_only"]["mlp_change_end_to_end"]["ci"][0] > 0.001
+    assert summary["attn_only"]["mlp_change_end_to_end"].ci[0] > 0.001
     cell = next(c for c in cells if c["variant"] == "rlvr" and c["component"] == "mlp" and c["layer"] == 1)
     X, _ = variant_store.read("sft", "blocks.1.hook_mlp_out", "completion")
     Y, _ = variant_store.read("rlvr", "blocks.1.hook_mlp_out", "completion")
-    assert cell["change"] == pytest.approx(1 - cka.linear_cka(X, Y, debiased=True), abs=1e-12)
+    assert cell["change"] == pytest.approx(1 - maths.linear_cka(X, Y, debiased=True), abs=1e-12)
     assert len(cells) == 3 * 2 * 2
-    assert cka.compare_variants(variant_store, "completion", "sft", []) == ({}, [])
+    assert instrument.compare_variants(variant_store, "completion", "sft", []) == ({}, [])
 
 
 def test_run_cka_takes_the_pairs_and_treatments_that_exist(variant_store, tmp_path):
-    from rlvr_utils.core import config
-
-    cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path), "cka": {"n_bootstrap": 5, "n_permutations": 2}})
-    result = cka.run_cka(cfg, variant_store)
+    cfg = run_of(variant_store, tmp_path)
+    result = base.run(cfg, instrument.CKA(), progress=False)
     assert result["pairs"] == ["sft_rlvr"]  # no base model: only the pair that exists
     assert "cka_sft_rlvr_mlp_minus_attn" in result["summary"]
     assert list(result["variants"]) == ["rlvr", "attn_only", "identical"]  # variants.treatments order
@@ -417,4 +430,10 @@ def test_run_cka_takes_the_pairs_and_treatments_that_exist(variant_store, tmp_pa
     text = cfg.path("metrics", "cka.json").read_text()
     assert "NaN" not in text and json.loads(text)["variants"] == result["variants"]
     with pytest.raises(FileNotFoundError, match="04_extract"):
-        cka.run_cka(cfg, type(variant_store)(tmp_path / "empty"))
+        base.run(config_of_empty_run(tmp_path), instrument.CKA(), progress=False)
+
+
+def config_of_empty_run(tmp_path):
+    from rlvr_utils.core import config
+
+    return config.from_dict({"name": "empty", "runs_dir": str(tmp_path)})

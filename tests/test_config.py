@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlvr_utils.core import config
+from rlvr_utils.core import config, notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,10 +80,10 @@ def test_cli_fails_fast_without_traceback(tmp_path):
 
 def test_notebook_reads_its_params_file_with_the_same_rules(tmp_path):
     path = ROOT / "params" / "ci.yaml"
-    assert config.from_notebook({"params_file": str(path)}, lock=False).fingerprint() == config.load(path).fingerprint()
+    assert notebook.params({"params_file": str(path)}, lock=False).fingerprint() == config.load(path).fingerprint()
     bad = _write(tmp_path, "sft:\n  stepz: 3\n")
     with pytest.raises(config.ParamsError, match=f"{bad}.*\n.*sft.stepz"):
-        config.from_notebook({"params_file": str(bad)}, lock=False)
+        notebook.params({"params_file": str(bad)}, lock=False)
 
 
 def test_notebook_refuses_injected_sections_and_code():
@@ -92,20 +92,48 @@ def test_notebook_refuses_injected_sections_and_code():
 
     injected = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
     with pytest.raises(config.ParamsError, match="take one parameter, params_file"):
-        config.from_notebook({**injected, "params_file": "params/ci.yaml"}, lock=False)
+        notebook.params({**injected, "params_file": "params/ci.yaml"}, lock=False)
     try:
-        config.receive_injected('# Parameters\nparams_file = "params/ci.yaml"\nseed = 3\n')
+        notebook.receive_injected('# Parameters\nparams_file = "params/ci.yaml"\nseed = 3\n')
         with pytest.raises(config.ParamsError, match=r"injected \['seed'\]"):
-            config.from_notebook({}, lock=False)
+            notebook.params({}, lock=False)
         for code in ('# Parameters\nx = __import__("os").getpid()\n', '# Parameters\na = 1; import os\n',
                      '# Parameters\nparams_file = "a"; open("/tmp/x", "w")\n'):
             with pytest.raises(config.ParamsError, match="not a parameter value.*nothing of it ran"):
-                config.receive_injected(code)
+                notebook.receive_injected(code)
     finally:
-        config._injected.clear()
+        notebook._injected.clear()
 
 
 def test_fingerprint_tracks_only_named_sections():
     a, b = config.Params(), config.Params(grpo={"steps": 7})
     assert a.fingerprint("sft") == b.fingerprint("sft")
     assert a.fingerprint("grpo") != b.fingerprint("grpo")
+
+
+BAD_FILES = {  # content: what the message must say
+    "binary": (bytes(range(256)) * 4, "not UTF-8 text"),
+    "utf16": ("name: x\n".encode("utf-16"), "not UTF-8 text"),
+    "deep_nesting": (("a: " + "[" * 5000 + "]" * 5000).encode(), "nested more than"),
+    "alias_bomb": (b'a: &a ["lol", "lol"]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n'
+                   + b"".join(f"x{i}: &x{i} [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n".encode() for i in range(12)),
+                   "anchors and aliases"),
+    "duplicate_section": (b"grpo:\n  steps: 5\ngrpo:\n  temperature: 0.3\n", "key 'grpo' is given twice"),
+    "duplicate_key": (b"grpo:\n  steps: 5\n  steps: 6\n", "key 'steps' is given twice"),
+    "huge": (b"# " + b"x" * (300 << 10) + b"\n", "a params file is a few KB"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_any_file_is_refused_with_a_short_message_never_a_crash_or_a_hang(tmp_path, case):
+    content, says = BAD_FILES[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_bytes(content)
+    with pytest.raises(config.ParamsError) as err:
+        config.load(path)
+    assert says in str(err.value) and str(path) in str(err.value) and len(str(err.value)) < 400
+
+
+def test_a_folder_given_as_the_params_file_says_so(tmp_path):
+    with pytest.raises(config.ParamsError, match="is a folder: give a YAML file in it"):
+        config.load(tmp_path)

@@ -7,8 +7,11 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from rlvr_utils.core import config
-from rlvr_utils.instruments.crosscoder import crosscoder
+from rlvr_utils.core.estimate import Estimate, estimates_json
+from rlvr_utils.instruments.crosscoder import causal, figures, instrument
+from rlvr_utils.instruments.crosscoder.model import Crosscoder, fit_pair, latent_scaling
 from rlvr_utils.training import organism
+from rlvr_utils.treatments import registry
 
 D, SHARED, EXTRA = 24, 40, 3
 TRAIN = dict(n_latents=96, k=4, steps=800, batch_size=256, lr=3e-3, progress=False)
@@ -35,7 +38,7 @@ def planted(n=6000, extra=EXTRA, seed=0):
 @pytest.fixture(scope="module")
 def planted_fit():
     a, b, extra_dirs = planted()
-    return crosscoder.fit_pair(a, b, seed=0, **TRAIN), a, b, extra_dirs
+    return fit_pair(a, b, seed=0, **TRAIN), a, b, extra_dirs
 
 
 def test_planted_features_are_recovered_as_specific(planted_fit):
@@ -52,7 +55,7 @@ def test_planted_features_are_recovered_as_specific(planted_fit):
 
 def test_identical_models_give_no_specific_latent():
     a, _, _ = planted(n=3000)
-    fit = crosscoder.fit_pair(a, a.copy(), seed=1, **{**TRAIN, "steps": 300})
+    fit = fit_pair(a, a.copy(), seed=1, **{**TRAIN, "steps": 300})
     assert len(fit.specific) == 0
     np.testing.assert_allclose(fit.rel_norm, 0.5, atol=1e-6)
 
@@ -63,14 +66,14 @@ def test_random_change_of_the_same_size_gives_no_specific_latent():
     g = np.random.default_rng(5)
     change = g.normal(size=(D, D))
     b_null = a + a @ change * (np.linalg.norm(b - a) / np.linalg.norm(a @ change))
-    fit = crosscoder.fit_pair(a, b_null.astype(np.float32), seed=0, **TRAIN)
+    fit = fit_pair(a, b_null.astype(np.float32), seed=0, **TRAIN)
     assert len(fit.specific) == 0, (fit.rel_norm[fit.specific], fit.scaling["nu_error"][fit.specific])
 
 
 def test_latent_scaling_matches_least_squares(planted_fit):
     fit, a, b, _ = planted_fit
     x = torch.from_numpy(np.stack([a, b], 1)) * fit.scales[None, :, None]
-    scaling = crosscoder.latent_scaling(fit.crosscoder, x)
+    scaling = latent_scaling(fit.crosscoder, x)
     cc = fit.crosscoder
     with torch.no_grad():
         f = cc.encode(x)
@@ -93,18 +96,18 @@ def test_removing_specific_latents_removes_the_planted_effect(planted_fit):
     on = (hb @ readout - ha @ readout) > 0.5  # tokens where B's planted feature is active
     assert on.sum() > 50
     before = (hb @ readout)[on].mean()
-    removed = crosscoder.latent_edit(fit, fit.specific, driver=1, mode="remove")(hb, ha)
+    removed = causal.latent_edit(fit, fit.specific, driver=1, mode="remove")(hb, ha)
     others = np.setdiff1d(fit.alive, fit.specific)
     random = np.random.default_rng(0).choice(others, size=len(fit.specific), replace=False)
-    removed_random = crosscoder.latent_edit(fit, random, driver=1, mode="remove")(hb, ha)
+    removed_random = causal.latent_edit(fit, random, driver=1, mode="remove")(hb, ha)
     after, after_random = (removed @ readout)[on].mean(), (removed_random @ readout)[on].mean()
     base_a = (ha @ readout)[on].mean()
     assert abs(after - base_a) < 0.2 * abs(before - base_a), (before, after, base_a)
     assert abs(after_random - before) < 0.3 * abs(before - base_a), (before, after_random)
-    transplanted = crosscoder.latent_edit(fit, fit.specific, driver=0, mode="transplant")(ha, hb)
+    transplanted = causal.latent_edit(fit, fit.specific, driver=0, mode="transplant")(ha, hb)
     assert abs((transplanted @ readout)[on].mean() - before) < 0.2 * abs(before - base_a)
     # an empty set edits nothing
-    assert torch.equal(crosscoder.latent_edit(fit, [], driver=1, mode="remove")(hb, ha), hb)
+    assert torch.equal(causal.latent_edit(fit, [], driver=1, mode="remove")(hb, ha), hb)
 
 
 def test_encode_is_batch_topk_in_training_and_threshold_after(planted_fit):
@@ -114,7 +117,7 @@ def test_encode_is_batch_topk_in_training_and_threshold_after(planted_fit):
     assert int((f > 0).sum()) <= fit.crosscoder.k * 64
     assert torch.equal(fit.crosscoder.encode(x[:8]), fit.crosscoder.encode(x)[:8])  # no batch dependence
     with pytest.raises(ValueError, match="threshold"):
-        crosscoder.Crosscoder(D, 16, 2).encode(x)
+        Crosscoder(D, 16, 2).encode(x)
 
 
 def _tiny_pair():
@@ -133,20 +136,20 @@ def _tiny_pair():
 def test_paired_greedy_is_greedy_decoding_and_edits_reach_the_output():
     tokenizer, (driver, partner) = _tiny_pair()
     prompts = ["Ann had 3 apples.", "3 + 4 =", "Ann had 12 apples. 3 + 4"]
-    ours = crosscoder.paired_greedy(driver, tokenizer, prompts, max_new_tokens=8, batch_size=2)
+    ours = causal.paired_greedy(driver, tokenizer, prompts, max_new_tokens=8, batch_size=2)
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     ids = driver.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert ours == tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    identity = crosscoder.paired_greedy(driver, tokenizer, prompts, 8, 2, partner=partner, layer=0,
+    identity = causal.paired_greedy(driver, tokenizer, prompts, 8, 2, partner=partner, layer=0,
                                         edit=lambda h, p: h)
     assert identity == ours
     # replacing the driver's stream by the partner's at every edited position changes the output
-    swapped = crosscoder.paired_greedy(driver, tokenizer, prompts, 8, 2, partner=partner, layer=1,
+    swapped = causal.paired_greedy(driver, tokenizer, prompts, 8, 2, partner=partner, layer=1,
                                        edit=lambda h, p: 50 * p)
     assert swapped != ours
     with pytest.raises(ValueError, match="partner"):
-        crosscoder.paired_greedy(driver, tokenizer, prompts, 2, 2, edit=lambda h, p: h)
+        causal.paired_greedy(driver, tokenizer, prompts, 2, 2, edit=lambda h, p: h)
 
 
 def test_params_are_validated():
@@ -156,41 +159,59 @@ def test_params_are_validated():
 
 
 def test_seed_interval_and_accuracy_change():
-    assert crosscoder.seed_interval([2, 4, 3]) == {"value": 3.0, "ci": [2.0, 4.0]}
+    assert instrument.seed_interval([2, 4, 3]) == Estimate(3.0, (2.0, 4.0), "seeds", 3)
     before = np.array([1, 1, 0, 0] * 25, dtype=float)
     after = np.array([[0, 1, 0, 0] * 25, [1, 1, 0, 0] * 25], dtype=float)  # seed-averaged: -12.5 points
-    out = crosscoder.accuracy_change(before, after, n_bootstrap=200, confidence=0.95, seed=0)
+    out = causal.accuracy_change(before, after, n_bootstrap=200, confidence=0.95, seed=0).to_json()
     assert out["value"] == pytest.approx(-12.5)
     assert out["ci"][0] < -12.5 < out["ci"][1] < 0
 
 
+NULL = registry.names(config.from_dict({}), "null")[0]
+
+
 def _fake_result(rlvr_counts, null_counts, drop_ci):
-    def pair(ref, tgt, counts):
+    """The report the instrument writes, with the driver's `variants` block (as JSON)."""
+    def pair(ref, tgt, counts, kind):
         seeds = [{"n_specific": n, "fvu": [0.01, 0.01], "max_rel_norm": 0.6} for n in counts]
-        return {"reference": ref, "target": tgt, "seeds": seeds}
-    est = lambda v, lo, hi: {"value": v, "ci": [lo, hi]}  # noqa: E731
+        return {"reference": ref, "target": tgt, "kind": kind, "seeds": seeds}
+    est = lambda v, lo, hi: {"value": v, "ci": [lo, hi], "interval": "bootstrap", "n": 100}  # noqa: E731
     causal = {"n_problems": 100, "leaning": {"latents_per_seed": [8]}, "specific": {"latents_per_seed": [3]}}
     for s in ("specific", "leaning"):
         causal[s].update(ablate_drop=est(sum(drop_ci) / 2, *drop_ci), ablate_random_drop=est(0.0, -1.0, 1.0),
                          transplant_gain=est(0.0, -1.0, 1.0), transplant_random_gain=est(0.0, -1.0, 1.0),
                          ablate_reference_drop=est(0.0, -1.0, 1.0))
-    result = {"pairs": {"base->sft": pair("base", "sft", [5, 6, 7]), "sft->rlvr": pair("sft", "rlvr", rlvr_counts),
-                        "sft->null_0": pair("sft", "null_0", null_counts)}, "causal": {"rlvr": causal}}
-    result["variants"] = crosscoder.variants_block(result)
-    result["summary"] = crosscoder.summary(result)
+    result = {"pairs": {"base->sft": pair("base", "sft", [5, 6, 7], instrument.YARDSTICK),
+                        "sft->rlvr": pair("sft", "rlvr", rlvr_counts, "study"),
+                        f"sft->{NULL}": pair("sft", NULL, null_counts, "null")}, "causal": {"rlvr": causal}}
+    result["variants"] = estimates_json({p["target"]: instrument.measures(p, result["causal"].get(p["target"]))
+                                         for p in result["pairs"].values() if p["reference"] == "sft"})
+    result["summary"] = instrument.summary(result)
     return result
 
 
 def test_metrics_schema_and_reading():
     result = _fake_result([4, 5, 6], [0, 1, 0], (3.0, 9.0))
     v = result["variants"]
-    assert set(v) == {"rlvr", "null_0"}  # base->sft is the yardstick, not a treatment
-    assert v["rlvr"]["specific_latents"] == {"value": 5.0, "ci": [4.0, 6.0]}
-    assert v["rlvr"]["causal_effect"] == {"value": 6.0, "ci": [3.0, 9.0]}
-    assert v["null_0"]["causal_effect"] == {"value": None, "ci": [None, None]}  # not run: null, not 0
+    assert set(v) == {"rlvr", NULL}  # base->sft is the yardstick, not a treatment
+    assert v["rlvr"]["specific_latents"] == {"value": 5.0, "ci": [4.0, 6.0], "interval": "seeds", "n": 3}
+    assert v["rlvr"]["causal_effect"] == {"value": 6.0, "ci": [3.0, 9.0], "interval": "bootstrap", "n": 100}
+    assert v[NULL]["causal_effect"] == {"value": None, "ci": [None, None], "interval": "none", "n": None}  # not run: null, not 0
     for key, entry in result["summary"].items():
         assert {"value", "ci", "description"} <= set(entry), key
-    assert "carry its gain" in crosscoder.reading(result)
+    assert "carry its gain" in figures.reading(result)
     # a count inside the nulls' range, or a drop not beyond the random control, is no evidence
-    assert "No evidence of new features" in crosscoder.reading(_fake_result([0, 1, 1], [0, 1, 0], (3.0, 9.0)))
-    assert "no evidence that new features carry" in crosscoder.reading(_fake_result([4, 5, 6], [0, 1, 0], (-1.0, 2.0)))
+    assert "No evidence of new features" in figures.reading(_fake_result([0, 1, 1], [0, 1, 0], (3.0, 9.0)))
+    assert "no evidence that new features carry" in figures.reading(_fake_result([4, 5, 6], [0, 1, 0], (-1.0, 2.0)))
+
+
+def test_treatments_are_those_with_a_checkpoint_and_listed_ones_must_exist(tmp_path):
+    cfg = config.from_dict({"runs_dir": str(tmp_path)})
+    assert instrument.CrosscoderInstrument().treatments(cfg) == []
+    for name in ("rlvr", *registry.names(cfg, "identical")):
+        cfg.path("models", name).mkdir(parents=True)
+        (cfg.path("models", name) / "config.json").write_text("{}")
+    assert instrument.CrosscoderInstrument().treatments(cfg) == ["rlvr"]  # the study; not the identical copy
+    listed = config.from_dict({"runs_dir": str(tmp_path), "crosscoder": {"treatments": ["rlvr", NULL]}})
+    with pytest.raises(FileNotFoundError, match=NULL):
+        instrument.CrosscoderInstrument().treatments(listed)

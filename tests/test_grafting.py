@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Olmo2Config, Qwen2Config
 
-from rlvr_utils.instruments.patching import grafting
+from rlvr_utils.instruments.patching import grafting, swap
+from rlvr_utils.models import families
 
 VOCAB = 96
 
@@ -48,16 +49,16 @@ FAMILIES = [("qwen2", True), ("llama", False), ("gpt2", True), ("gpt_neox", Fals
 @pytest.mark.parametrize("family,tied", FAMILIES)
 def test_map_covers_every_parameter_and_grafting_all_or_nothing(family, tied):
     receiver, donor = _pair(family, tied)
-    cmap = grafting.component_map(receiver)
+    cmap = families.component_map(receiver)
     names = [n for n, _ in receiver.named_parameters(remove_duplicate=False)]
     assert set(cmap) == set(names)
-    for layer in range(2):  # every layer has both an attention and an MLP component
-        assert {c for c, l in cmap.values() if l == layer} == {"attn", "mlp"}
+    for layer in range(2):  # every layer has an attention, an MLP and a norm component (norms are their own)
+        assert {c for c, l in cmap.values() if l == layer} == {"attn", "mlp", "norm"}
     assert {c for c, l in cmap.values() if l is None} >= {"embed", "final_norm"}
 
     ids = torch.randint(0, VOCAB, (2, 9))
-    everything = grafting.graft(receiver, donor, grafting.COMPONENTS)
-    nothing = grafting.graft(receiver, donor, [])
+    everything = swap.graft(receiver, donor, families.COMPONENTS)
+    nothing = swap.graft(receiver, donor, [])
     for name, p in everything.state_dict().items():
         torch.testing.assert_close(p, donor.state_dict()[name], rtol=0, atol=0)
     torch.testing.assert_close(_logits(everything, ids), _logits(donor, ids), rtol=0, atol=0)
@@ -69,8 +70,8 @@ def test_map_covers_every_parameter_and_grafting_all_or_nothing(family, tied):
 def test_partial_graft_takes_exactly_the_named_weights(family, tied):
     receiver, donor = _pair(family, tied)
     before = {n: p.clone() for n, p in receiver.state_dict().items()}
-    hybrid = grafting.graft(receiver, donor, ["attn"], layers=[1])
-    cmap = grafting.component_map(receiver)
+    hybrid = swap.graft(receiver, donor, ["attn"], layers=[1])
+    cmap = families.component_map(receiver)
     donor_params = dict(donor.named_parameters(remove_duplicate=False))
     receiver_params = dict(receiver.named_parameters(remove_duplicate=False))
     for name, p in hybrid.named_parameters(remove_duplicate=False):
@@ -82,24 +83,24 @@ def test_partial_graft_takes_exactly_the_named_weights(family, tied):
 
 def test_tied_unembedding_belongs_to_the_embedding():
     receiver, _ = _pair("qwen2", tied=True)
-    cmap = grafting.component_map(receiver)
+    cmap = families.component_map(receiver)
     assert cmap["lm_head.weight"] == ("embed", None) == cmap["model.embed_tokens.weight"]
     untied, _ = _pair("llama", tied=False)
-    assert grafting.component_map(untied)["lm_head.weight"] == ("unembed", None)
+    assert families.component_map(untied)["lm_head.weight"] == ("unembed", None)
 
 
 def test_bad_arguments_are_named():
     receiver, donor = _pair("qwen2")
     with pytest.raises(ValueError, match="attention"):
-        grafting.graft(receiver, donor, ["attention"])
+        swap.graft(receiver, donor, ["attention"])
     with pytest.raises(ValueError, match="out of range"):
-        grafting.graft(receiver, donor, ["attn"], layers=[5])
+        swap.graft(receiver, donor, ["attn"], layers=[5])
     with pytest.raises(ValueError, match="layer range"):
         grafting.layer_range(4, "middle")
     other = AutoModelForCausalLM.from_config(_config("llama"))
     other.config.model_type = "unknown"
     with pytest.raises(ValueError, match="not supported"):
-        grafting.component_map(other)
+        families.component_map(other)
 
 
 def test_layer_ranges_and_standard_grafts():

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils.instruments.probes import lens
-from rlvr_utils.activations.store import TokenCache
+from rlvr_utils.activations.tokens import TokenCache
+from rlvr_utils.instruments.probes import figures, lens
 
 VOCAB = 90
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -108,7 +108,7 @@ def test_plain_lens_table_and_summary():
     assert summary["lens_cross_kl_a_by_b"]["n_problems"] == len(c)
     assert summary["lens_answer_layer_a"]["value"] in (0.0, 1.0)
     import matplotlib.pyplot as plt
-    plt.close(lens.cross_figure(table))
+    plt.close(figures.cross_figure(table))
 
 
 def _mlp_changed(model, layers, scale=0.5, seed=3):
@@ -157,7 +157,7 @@ def test_answer_tokens_are_the_tokens_that_follow_with_merged_digits():
     seqs = [tokenizer(p["prompt"])["input_ids"] + tokenizer(p["answer"], add_special_tokens=False)["input_ids"]
             for p in problems]
     c = TokenCache(seqs, [len(tokenizer(p["prompt"])["input_ids"]) for p in problems], list(range(64)), "gold", 0)
-    got = lens.answers_for(c, problems, tokenizer)
+    got = lens.answers_for(c, tokenizer)
     assert len(got) == 64
     mismatches = [r for r, (pos, tok) in got.items() if tok != c.sequences[r][pos + 1]
                   or not problems[r]["final"].startswith(tokenizer.decode([tok]).strip())]

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from rlvr_utils.activations import store as activations
+from rlvr_utils import activations
 from rlvr_utils.core import config
 from rlvr_utils.training import rehearsal, train
+
+pytestmark = pytest.mark.slow  # end-to-end: minutes (make test-fast leaves it out)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,11 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaC
 from rlvr_utils.models import families as architecture
 from rlvr_utils.core import config
 from rlvr_utils.training import data, organism
-from rlvr_utils.instruments.patching import grafting, patching
+from rlvr_utils.instruments import base
+from rlvr_utils.instruments.patching import batches as batching
+from rlvr_utils.instruments.patching import core, effects, figures, grafting, swap
+from rlvr_utils.instruments.patching.instrument import Patching
+from rlvr_utils.treatments import registry
 
 VOCAB = 64
 SITES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
@@ -35,7 +39,7 @@ def _model(family: str, seed: int, n_layers: int = 3):
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
-def _batch(seed: int = 0, rows: int = 4, seq: int = 12) -> patching.PatchBatch:
+def _batch(seed: int = 0, rows: int = 4, seq: int = 12) -> batching.PatchBatch:
     """Random right-padded sequences, each scoring its last two real tokens."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, VOCAB, (rows, seq), generator=g)
@@ -44,7 +48,7 @@ def _batch(seed: int = 0, rows: int = 4, seq: int = 12) -> patching.PatchBatch:
     ids = ids * mask  # pad id 0
     index = torch.arange(seq)[None, :]
     score = (index >= lengths[:, None] - 3) & (index <= lengths[:, None] - 2)
-    return patching.PatchBatch(ids, mask, score, problem_ids=list(range(rows)))
+    return batching.PatchBatch(ids, mask, score, problem_ids=list(range(rows)))
 
 
 def _copy(model):
@@ -86,11 +90,11 @@ FAMILIES = ["qwen2", "llama", "gpt2", "gpt_neox"]
 @pytest.mark.parametrize("family", FAMILIES)
 def test_patching_a_model_with_its_own_activations_changes_nothing(family):
     model = _model(family, 0)
-    patches = patching.layer_patches(3, SITES, positions=("all", "target"), all_layers=True)
-    result = patching.sweep(model, model, [_batch(0), _batch(1)], patches, patches_per_forward=5, progress=False)
+    patches = core.layer_patches(3, SITES, positions=("all", "target"), all_layers=True)
+    result = core.sweep(model, model, [_batch(0), _batch(1)], patches, patches_per_forward=5, progress=False)
     np.testing.assert_allclose(result.patched, np.repeat(result.receiver[:, None], len(patches), 1), atol=1e-5)
     np.testing.assert_allclose(result.donor, result.receiver, atol=1e-5)
-    direct = patching.direct_effects(model, model, [_batch(0)], progress=False)
+    direct = core.direct_effects(model, model, [_batch(0)], progress=False)
     np.testing.assert_allclose(direct.direct, 0, atol=1e-6)
     np.testing.assert_allclose(direct.graft, direct.receiver[:, None].repeat(6, 1), atol=1e-5)
 
@@ -101,7 +105,7 @@ def test_metric_is_the_teacher_forced_log_probability_of_the_tokens_that_follow(
         logp = torch.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, -1)
     expected = [np.mean([float(logp[b, p, batch.input_ids[b, p + 1]]) for p in torch.nonzero(batch.score[b])[:, 0]])
                 for b in range(4)]
-    result = patching.sweep(model, model, [batch], [], progress=False)
+    result = core.sweep(model, model, [batch], [], progress=False)
     np.testing.assert_allclose(result.receiver, expected, rtol=1e-5)
 
 
@@ -111,8 +115,8 @@ def test_resid_pre_patch_after_the_changed_blocks_reproduces_the_donor(family, l
     receiver = _model(family, 0)
     donor = _with_changed_blocks(receiver, range(layer))
     batch = _batch(2).trimmed()
-    patch = patching.Patch("hook_resid_pre", (layer,))
-    result = patching.sweep(receiver, donor, [batch], [patch, patching.Patch("hook_resid_pre", (0,))], progress=False)
+    patch = core.Patch("hook_resid_pre", (layer,))
+    result = core.sweep(receiver, donor, [batch], [patch, core.Patch("hook_resid_pre", (0,))], progress=False)
     np.testing.assert_allclose(result.patched[:, 0], result.donor, atol=1e-4)
     # before the changed blocks the donor's residual stream is the receiver's: nothing moves
     np.testing.assert_allclose(result.patched[:, 1], result.receiver, atol=1e-4)
@@ -142,16 +146,16 @@ def test_single_position_patch_matches_a_naive_hook():
     at = torch.zeros_like(batch.input_ids, dtype=torch.bool)
     at[:, position] = True
     batch.positions = {"third": at}
-    acts, _ = patching.record(donor, batch.input_ids, batch.attention_mask, [(layer, "hook_mlp_out")])
-    got = patching.run_patched(receiver, batch, [patching.Patch("hook_mlp_out", (layer,), "third")], acts)[0]
+    acts, _ = core.record(donor, batch.input_ids, batch.attention_mask, [(layer, "hook_mlp_out")])
+    got = core.run_patched(receiver, batch, [core.Patch("hook_mlp_out", (layer,), "third")], acts)[0]
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
 
 
 def test_batching_patches_together_equals_one_at_a_time():
     receiver, donor = _model("gpt2", 0), _model("gpt2", 1)
-    patches = patching.layer_patches(3, SITES, positions=("all", "target"))
-    one = patching.sweep(receiver, donor, [_batch(5)], patches, patches_per_forward=1, progress=False)
-    many = patching.sweep(receiver, donor, [_batch(5)], patches, patches_per_forward=7, progress=False)
+    patches = core.layer_patches(3, SITES, positions=("all", "target"))
+    one = core.sweep(receiver, donor, [_batch(5)], patches, patches_per_forward=1, progress=False)
+    many = core.sweep(receiver, donor, [_batch(5)], patches, patches_per_forward=7, progress=False)
     np.testing.assert_allclose(one.patched, many.patched, atol=1e-5)
 
 
@@ -165,7 +169,7 @@ def _greedy_batches(model, n=32, prompt=6, new=10):
                              pad_token_id=0, attention_mask=torch.ones(n, prompt, dtype=torch.long))
     score = torch.zeros_like(ids, dtype=torch.bool)
     score[:, prompt - 1:-1] = True
-    return [patching.PatchBatch(ids[i:i + 16], torch.ones_like(ids[i:i + 16]), score[i:i + 16],
+    return [batching.PatchBatch(ids[i:i + 16], torch.ones_like(ids[i:i + 16]), score[i:i + 16],
                                 problem_ids=list(range(i, i + 16))) for i in range(0, n, 16)]
 
 
@@ -178,7 +182,7 @@ def planted():
     donors = {"mlp0": _with_changed_blocks(receiver, [0], "mlp", scale=0.3),
               "attn1": _with_changed_blocks(receiver, [1], "attn", scale=0.3)}
     donors |= {f"null{k}": _gaussian_null(receiver, donors["mlp0"], k) for k in range(5)}
-    results = {name: patching.direct_effects(receiver, d, batches, progress=False) for name, d in donors.items()}
+    results = {name: core.direct_effects(receiver, d, batches, progress=False) for name, d in donors.items()}
     return receiver, donors, batches, results
 
 
@@ -196,16 +200,16 @@ def test_direct_effects_credit_a_first_layer_mlp_change_to_the_mlp(planted):
             assert abs(value) > 0.05  # the changed component carries a direct effect
         else:
             assert value == 0.0  # unchanged weights on the same input: exactly no change
-    totals = patching.component_totals(r, n_bootstrap=200)
+    totals = effects.component_totals(r, n_bootstrap=200)
     assert totals["attn_direct_effect"]["value"] == 0.0
-    assert patching.distinguishable(totals["mlp_direct_effect"])
+    assert effects.distinguishable(totals["mlp_direct_effect"])
     # own-run donor outputs also credit later attention layers: their inputs moved, their weights did not
     own = r.direct_own_run.mean(0)
     later_attn = [abs(v) for (layer, c), v in zip(r.components, own) if c == "attn" and layer > 0]
     assert max(later_attn) > 1e-3
     # total effects (activation patching, later components recompute) read later attention too
-    sweep = patching.sweep(planted[0], planted[1]["mlp0"], planted[2],
-                           [patching.Patch("hook_attn_out", (layer,)) for layer in range(1, 6)], progress=False)
+    sweep = core.sweep(planted[0], planted[1]["mlp0"], planted[2],
+                           [core.Patch("hook_attn_out", (layer,)) for layer in range(1, 6)], progress=False)
     assert np.abs((sweep.patched - sweep.receiver[:, None]).mean(0)).max() > 1e-3
 
 
@@ -234,7 +238,7 @@ def test_a_gaussian_change_of_every_tensor_credits_neither_component(planted):
 def test_last_layer_direct_effect_equals_the_total_effect():
     receiver = _model("qwen2", 0)
     donor = _with_changed_blocks(receiver, [2], "mlp")
-    r = patching.direct_effects(receiver, donor, [_batch(1)], progress=False)
+    r = core.direct_effects(receiver, donor, [_batch(1)], progress=False)
     j = r.components.index((2, "mlp"))
     np.testing.assert_allclose(r.direct[:, j], r.donor - r.receiver, atol=1e-4)
     np.testing.assert_allclose(r.direct_own_run[:, j], r.donor - r.receiver, atol=1e-4)
@@ -243,7 +247,7 @@ def test_last_layer_direct_effect_equals_the_total_effect():
 def test_swapped_restores_the_receiver():
     receiver, donor = _model("qwen2", 0), _model("qwen2", 1)
     before = {k: v.clone() for k, v in receiver.state_dict().items()}
-    with grafting.swapped(receiver, donor, ["mlp"], [1]):
+    with swap.swapped(receiver, donor, ["mlp"], [1]):
         assert torch.equal(receiver.model.layers[1].mlp.up_proj.weight, donor.model.layers[1].mlp.up_proj.weight)
         assert torch.equal(receiver.model.layers[0].mlp.up_proj.weight, before["model.layers.0.mlp.up_proj.weight"])
     for k, v in receiver.state_dict().items():
@@ -255,28 +259,28 @@ def test_normalisation_is_of_the_aggregate_and_needs_a_gap():
     receiver = np.array([0.0, 0.0, 0.0, 0.0])
     donor = np.array([1.0, 3.0, 1.0, 3.0])
     patched = np.array([1.0, 0.0, 1.0, 0.0])
-    out = patching.normalised(patched, receiver, donor, n_bootstrap=200)
+    out = effects.normalised(patched, receiver, donor, n_bootstrap=200)
     assert out["value"] == pytest.approx(0.5 / 2.0)  # (mean patched - mean receiver) / (mean gap), not mean ratio
-    flat = patching.normalised(patched, receiver, receiver + np.array([0.1, -0.1, 0.1, -0.1]), n_bootstrap=200)
+    flat = effects.normalised(patched, receiver, receiver + np.array([0.1, -0.1, 0.1, -0.1]), n_bootstrap=200)
     assert np.isnan(flat["value"]) and "not distinguishable" in flat["note"]
 
 
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="site"):
-        patching.Patch("hook_attn", (0,))
+        core.Patch("hook_attn", (0,))
     b = _batch(0)
     with pytest.raises(ValueError, match="score no position"):
-        patching.PatchBatch(b.input_ids, b.attention_mask, torch.zeros_like(b.score))
+        batching.PatchBatch(b.input_ids, b.attention_mask, torch.zeros_like(b.score))
     late = torch.zeros_like(b.score)
     late[:, -1] = True
     with pytest.raises(ValueError, match="next token"):
-        patching.PatchBatch(b.input_ids, b.attention_mask, late)
+        batching.PatchBatch(b.input_ids, b.attention_mask, late)
     with pytest.raises(ValueError, match="same token count"):
-        patching.PatchBatch(b.input_ids, b.attention_mask, b.score, donor_input_ids=b.input_ids[:, :-1])
+        batching.PatchBatch(b.input_ids, b.attention_mask, b.score, donor_input_ids=b.input_ids[:, :-1])
     with pytest.raises(ValueError, match="positions"):
         b.position_mask("corrupted")
     with pytest.raises(ValueError, match="out of range"):
-        patching.sweep(_model("qwen2", 0), _model("qwen2", 1), [b], [patching.Patch("hook_mlp_out", (9,))],
+        core.sweep(_model("qwen2", 0), _model("qwen2", 1), [b], [core.Patch("hook_mlp_out", (9,))],
                        progress=False)
 
 
@@ -322,12 +326,12 @@ def _scored_text(batches, tokenizer):
 def test_answer_tokens_on_the_organism_tokenizer(problems_and_tokenizer):
     rows, tokenizer = problems_and_tokenizer
     seqs, plens = _encode(rows, tokenizer)
-    batches = patching.answer_batches(seqs, plens, [r["id"] for r in rows], tokenizer, tokenizer.pad_token_id,
+    batches = batching.answer_batches(seqs, plens, [r["id"] for r in rows], tokenizer, tokenizer.pad_token_id,
                                       batch_size=16, marker="####", limit=20)
     assert [len(b.score) for b in batches] == [16, 4]
     assert [t.strip() for t in _scored_text(batches, tokenizer)] == [r["final"] for r in rows[:20]]
     without = tokenizer.encode(rows[0]["prompt"] + " 3 + 4 = 7.")
-    assert patching.answer_span(without, plens[0], tokenizer, "####") is None
+    assert batching.answer_span(without, plens[0], tokenizer, "####") is None
 
 
 def test_a_digit_merging_bpe_scores_exactly_the_answer_tokens_that_follow():
@@ -337,7 +341,7 @@ def test_a_digit_merging_bpe_scores_exactly_the_answer_tokens_that_follow():
     for r in rows:
         r["prompt"], r["final"] = r["question"] + "\n", r["answer"].split("####")[-1].strip()
     seqs, plens = _encode(rows, tokenizer)
-    batches = patching.answer_batches(seqs, plens, list(range(len(rows))), tokenizer, tokenizer.pad_token_id,
+    batches = batching.answer_batches(seqs, plens, list(range(len(rows))), tokenizer, tokenizer.pad_token_id,
                                       batch_size=32, marker="####")
     texts = _scored_text(batches, tokenizer)
     assert len(texts) == 64
@@ -349,7 +353,7 @@ def test_a_digit_merging_bpe_scores_exactly_the_answer_tokens_that_follow():
         assert (b.attention_mask[rows_, pos + 1] == 1).all()
     # clean/corrupted patching swaps single digit tokens: this tokenizer cannot, and says so
     with pytest.raises(ValueError, match="merges digits"):
-        patching.corrupted_batches(seqs, plens, list(range(len(rows))), tokenizer, tokenizer.pad_token_id, 8)
+        batching.corrupted_batches(seqs, plens, list(range(len(rows))), tokenizer, tokenizer.pad_token_id, 8)
 
 
 def test_a_tokenizer_that_does_not_decode_its_text_is_refused():
@@ -360,22 +364,22 @@ def test_a_tokenizer_that_does_not_decode_its_text_is_refused():
         def decode(self, ids, clean_up_tokenization_spaces=False):
             return "".join(chr(i) for i in ids if chr(i) != ",")
     with pytest.raises(ValueError, match="does not decode"):
-        patching.check_tokenizer(Lossy())
+        batching.check_tokenizer(Lossy())
 
 
 def test_corrupted_prompt_changes_one_digit_and_targets_its_copy(problems_and_tokenizer):
     rows, tokenizer = problems_and_tokenizer
     seqs, plens = _encode(rows, tokenizer)
-    texts = patching._token_texts(tokenizer, seqs)
-    digits = {str(d): patching.digit_token(tokenizer, str(d)) for d in range(10)}
+    texts = batching.token_texts(tokenizer, seqs)
+    digits = {str(d): batching.digit_token(tokenizer, str(d)) for d in range(10)}
     rng = random.Random(0)
     for seq, plen in zip(seqs, plens):
-        c = patching.corrupt_number(seq, plen, texts, digits, which=-1, rng=rng)
+        c = batching.corrupt_number(seq, plen, texts, digits, which=-1, rng=rng)
         assert c is not None  # the last operand is always copied into the working
         changed = [i for i, (a, b) in enumerate(zip(seq, c["corrupted"])) if a != b]
         assert changed == [c["changed"]] and c["changed"] < plen and len(c["corrupted"]) == len(seq)
         assert c["target"] >= plen - 1 and seq[c["target"] + 1] == c["clean_token"]
-    batches = patching.corrupted_batches(seqs, plens, [r["id"] for r in rows], tokenizer, tokenizer.pad_token_id,
+    batches = batching.corrupted_batches(seqs, plens, [r["id"] for r in rows], tokenizer, tokenizer.pad_token_id,
                                          batch_size=64)
     b = batches[0]
     assert b.positions["corrupted"].sum(1).tolist() == [1] * len(rows)
@@ -383,13 +387,13 @@ def test_corrupted_prompt_changes_one_digit_and_targets_its_copy(problems_and_to
     model = AutoModelForCausalLM.from_config(Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2)).eval()
-    result = patching.sweep(model, model, batches, [patching.Patch("hook_resid_pre", (0,), "corrupted")],
+    result = core.sweep(model, model, batches, [core.Patch("hook_resid_pre", (0,), "corrupted")],
                             progress=False)
     np.testing.assert_allclose(result.patched[:, 0], result.donor, atol=1e-4)  # restoring the token = clean run
 
 
-# --- the notebook's step --------------------------------------------------------------------------------
-def test_run_writes_every_variant_and_summary_key(tmp_path, problems_and_tokenizer):
+# --- the chapter's step: both instruments through the driver ------------------------------------------------
+def test_run_writes_every_variant_and_summary_key(tmp_path, problems_and_tokenizer, caplog):
     from rlvr_utils.activations import store as activations
     from rlvr_utils.core import artifacts
 
@@ -397,8 +401,9 @@ def test_run_writes_every_variant_and_summary_key(tmp_path, problems_and_tokeniz
     cfg = config.Params(name="t", runs_dir=str(tmp_path), variants=dict(nulls=1, controls=[], identical=True),
                         patching=dict(n_problems=12, batch_size=8, graft_problems=10, n_bootstrap=50,
                                       graft_ranges=["all", "first_half"]))
+    null = registry.names(cfg, "null")[0]
     models = {}
-    for stage, seed in (("sft", 0), ("rlvr", 1), ("null_0", 2)):
+    for stage, seed in ((registry.REFERENCE, 0), (registry.STUDY, 1), (null, 2)):
         torch.manual_seed(seed)
         models[stage] = AutoModelForCausalLM.from_config(Qwen2Config(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -407,34 +412,40 @@ def test_run_writes_every_variant_and_summary_key(tmp_path, problems_and_tokeniz
         tokenizer.save_pretrained(cfg.model_ref(stage))
     data.write_jsonl(cfg.path("data", "eval.jsonl"), rows)
     activations.build_token_cache(tokenizer, rows, None, "gold").save(cfg.path("tokens"))
-    rlvr_q = models["rlvr"].model.layers[0].self_attn.q_proj.weight.detach().clone()
+    rlvr_q = models[registry.STUDY].model.layers[0].self_attn.q_proj.weight.detach().clone()
 
     def evaluate(model):  # stub: RLVR's layer-0 attention makes problems 0-5 right, the rest stay wrong
         donor_attn = torch.equal(model.model.layers[0].self_attn.q_proj.weight, rlvr_q)
         return [donor_attn and i < 6 for i in range(10)]
 
-    assert "wrote" in patching.run(cfg, progress=False, evaluate=evaluate)
-    out = artifacts.read_json(cfg.path("metrics", "patching.json"))
-    assert set(out["variants"]) == {"rlvr", "null_0"}  # 'identical' has no checkpoint: left out
+    out = base.run(cfg, Patching(progress=False), progress=False)
+    grafts = base.run(cfg, grafting.Grafting(evaluate), progress=False)
+    assert out == artifacts.read_json(cfg.path("metrics", "patching.json"))
+    assert grafts == artifacts.read_json(cfg.path("metrics", "grafting.json"))
+    assert set(out["variants"]) == {registry.STUDY, null}  # 'identical' has no checkpoint: left out
     for measures in out["variants"].values():
         assert set(measures) == {"attn_direct_effect", "mlp_direct_effect", "total_effect"}
-        assert all(set(m) == {"value", "ci"} and len(m["ci"]) == 2 for m in measures.values())
+        assert all(set(m) == {"value", "ci", "interval", "n"} and len(m["ci"]) == 2 for m in measures.values())
     report = out["cross_model"]["rlvr_into_sft"]
     assert report["n_problems"] == 12 and len(report["components"]) == 4
     assert report["total_effect"]["value"] == pytest.approx(report["donor_metric"]["value"]
                                                           - report["receiver_metric"]["value"])
-    for key in ("graft_attn_share", "graft_mlp_share", "patch_attn_out_effect_rlvr_into_sft",
-                "patch_mlp_out_effect_rlvr_into_sft", "patch_attn_out_effect_sft_into_rlvr",
-                "patch_mlp_out_effect_sft_into_rlvr"):
-        assert set(out["summary"][key]) == {"value", "ci", "description"}
-    assert out["summary"]["graft_attn_share"]["value"] == pytest.approx(1.0)
-    assert out["summary"]["graft_mlp_share"]["value"] == pytest.approx(0.0)
+    for key in ("patch_attn_out_effect_rlvr_into_sft", "patch_mlp_out_effect_rlvr_into_sft",
+                "patch_attn_out_effect_sft_into_rlvr", "patch_mlp_out_effect_sft_into_rlvr"):
+        assert set(out["summary"][key]) == {"value", "ci", "interval", "n", "description"}
+    for key in ("graft_attn_share", "graft_mlp_share"):
+        assert set(grafts["summary"][key]) == {"value", "ci", "interval", "n", "description"}
+    assert grafts["summary"]["graft_attn_share"]["value"] == pytest.approx(1.0)
+    assert grafts["summary"]["graft_mlp_share"]["value"] == pytest.approx(0.0)
     assert set(out["within_model"]) == {"sft", "rlvr"}
-    assert "up to date" in patching.run(cfg, progress=False, evaluate=evaluate)
-    assert "recovers a share **+1.00**" in patching.reading(out)
+    with caplog.at_level("INFO", logger=base.__name__):
+        base.run(cfg, Patching(progress=False), progress=False)
+        base.run(cfg, grafting.Grafting(evaluate), progress=False)
+    assert caplog.text.count("up to date") == 2
+    assert "recovers a share **+1.00**" in figures.reading(out, grafts)
     import matplotlib.pyplot as plt
 
-    for fig in (patching.plot_layers(report, "RLVR into SFT"), patching.plot_variants(out),
-                patching.plot_heatmaps(out["within_model"], {"sft": "SFT"}), grafting.plot_shares(out["grafting"])):
+    for fig in (figures.plot_layers(report, "RLVR into SFT"), figures.plot_variants(out),
+                figures.plot_heatmaps(out["within_model"], {"sft": "SFT"}), figures.plot_shares(grafts)):
         assert fig.axes
         plt.close(fig)

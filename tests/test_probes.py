@@ -9,11 +9,13 @@ import torch
 from sklearn.metrics import f1_score
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils.activations import store as activations
+from rlvr_utils.activations.extraction import extract
+from rlvr_utils.activations.tokens import build_token_cache
+from rlvr_utils.core.params import ProbeParams
+from rlvr_utils.instruments.probes import figures, maths, sweep
+from rlvr_utils.instruments.probes import targets as located
+from rlvr_utils.models.hooks import capture
 from rlvr_utils.training import organism
-from rlvr_utils.instruments.probes import probes
-from rlvr_utils.core.config import ProbeParams
-
 
 
 def planted(n_problems=150, per_problem=2, d=16, k=3, strength=3.0, seed=0):
@@ -27,9 +29,9 @@ def planted(n_problems=150, per_problem=2, d=16, k=3, strength=3.0, seed=0):
 
 
 def score(X, y, groups, types, seed=0):
-    target = probes.ProbeTarget("t", np.arange(len(y)), np.zeros(len(y)), y, groups, types)
-    prep = probes.prepare(target, 0.3, 0.2, 200, seed)
-    outcome = probes.probe(X, target, prep.split, probes.control_labels(types, y, seed), Cs=(0.1, 1.0))
+    target = located.ProbeTarget("t", np.arange(len(y)), np.zeros(len(y)), y, groups, types)
+    prep = maths.prepare(target, 0.3, 0.2, 200, seed)
+    outcome = maths.probe(X, target, prep.split, maths.control_labels(types, y, seed), Cs=(0.1, 1.0))
     return outcome.point(), outcome.samples(prep.validation_weights, prep.test_weights)
 
 
@@ -82,30 +84,30 @@ def test_token_identity_probe_has_selectivity_near_zero():
 def test_no_problem_on_two_sides_of_the_split():
     groups = np.repeat(np.arange(40), np.random.default_rng(0).integers(1, 4, 40))
     for seed in range(5):
-        split = probes.problem_split(groups, 0.3, 0.2, seed)
+        split = maths.problem_split(groups, 0.3, 0.2, seed)
         parts = [set(groups[p]) for p in (split.train, split.validation, split.test)]
         assert parts[0].isdisjoint(parts[1]) and parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2])
         assert len(split.train) + len(split.validation) + len(split.test) == len(groups)
         assert 0.15 < len(parts[2]) / 40 < 0.45 and 0.1 < len(parts[1]) / 40 < 0.35
     with pytest.raises(ValueError, match="test_fraction"):
-        probes.problem_split(groups, 1.5)
+        maths.problem_split(groups, 1.5)
     with pytest.raises(ValueError, match="leaves no problem"):
-        probes.problem_split(groups, 0.6, 0.4)
+        maths.problem_split(groups, 0.6, 0.4)
     with pytest.raises(ValueError, match="at least 3 problems"):
-        probes.problem_split(np.zeros(5), 0.3)
+        maths.problem_split(np.zeros(5), 0.3)
 
 
 def test_selectivity_counts_only_test_types_seen_in_training():
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(120), 2)
     types = [f"t{rng.integers(0, 150)}" for _ in groups]  # many types occur once: unseen in training
-    split = probes.problem_split(groups, 0.3, 0.2, 0, types)
+    split = maths.problem_split(groups, 0.3, 0.2, 0, types)
     trained = {types[i] for i in split.train}
     assert split.seen.tolist() == [t in trained for t in types]
     assert 0 < (~split.seen[split.test]).sum() < len(split.test)  # some unseen, some seen
-    target = probes.ProbeTarget("t", np.arange(len(groups)), np.zeros(len(groups)), rng.integers(0, 3, len(groups)),
+    target = located.ProbeTarget("t", np.arange(len(groups)), np.zeros(len(groups)), rng.integers(0, 3, len(groups)),
                                 groups, types)
-    table = probes.describe({"m": [target]}, 0.3, 0.2, 0)
+    table = maths.describe({"m": [target]}, 0.3, 0.2, 0)
     assert table["test examples of unseen types"].item() == (~split.seen[split.test]).sum()
 
 
@@ -113,16 +115,16 @@ def test_selectivity_counts_only_test_types_seen_in_training():
 def test_control_labels_are_a_fixed_random_function_of_type():
     types = [("a",), ("b",), ("a",), ("c",), ("b",), ("a",)] * 50
     labels = np.array(["x", "y", "z"] * 100)
-    control = probes.control_labels(types, labels, seed=3)
+    control = maths.control_labels(types, labels, seed=3)
     by_type = {}
     for t, c in zip(types, control):
         assert by_type.setdefault(t, c) == c
     assert set(control) <= set(labels)
     # many types: labels follow the task's label distribution
     many = [(i,) for i in range(3000)]
-    drawn = probes.control_labels(many, np.array([0] * 2250 + [1] * 750), seed=0)
+    drawn = maths.control_labels(many, np.array([0] * 2250 + [1] * 750), seed=0)
     assert abs(drawn.mean() - 0.25) < 0.01
-    assert not np.array_equal(drawn, probes.control_labels(many, np.array([0] * 2250 + [1] * 750), seed=1))
+    assert not np.array_equal(drawn, maths.control_labels(many, np.array([0] * 2250 + [1] * 750), seed=1))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -131,7 +133,7 @@ def test_control_task_has_the_tasks_majority_share(seed):
     rng = np.random.default_rng(seed)
     type_of = rng.choice(40, size=500, p=rng.dirichlet(np.full(40, 3.0)))
     labels = np.where(type_of < 8, "0", (type_of % 10).astype(str))  # majority share ~0.25
-    control = probes.control_labels([(int(t),) for t in type_of], labels, seed)
+    control = maths.control_labels([(int(t),) for t in type_of], labels, seed)
     for t in np.unique(type_of):  # a function of the type
         assert len(set(control[type_of == t])) == 1
     share = lambda y: np.unique(y, return_counts=True)[1].max() / len(y)  # noqa: E731
@@ -147,28 +149,28 @@ def test_weighted_scores_match_resampled_rows_and_sklearn():
     y_true, y_pred = rng.integers(0, 4, 60), rng.integers(0, 4, 60)
     y_pred[:30] = y_true[:30]
     groups = np.repeat(np.arange(20), 3)
-    weights = probes.resample_weights(groups, 25, seed=2)
+    weights = maths.resample_weights(groups, 25, seed=2)
     assert np.allclose(weights.sum(1), 60)  # each resample draws 20 problems of 3 examples
-    acc, f1 = probes.accuracy(y_true, y_pred, weights), probes.macro_f1(y_true, y_pred, weights)
+    acc, f1 = maths.accuracy(y_true, y_pred, weights), maths.macro_f1(y_true, y_pred, weights)
     for b in range(25):
         rows = np.repeat(np.arange(60), weights[b].astype(int))  # the resample written out
         assert acc[b] == pytest.approx(np.mean(y_true[rows] == y_pred[rows]))
         assert f1[b] == pytest.approx(f1_score(y_true[rows], y_pred[rows], average="macro"))
-    assert probes.macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert maths.macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
 
 
 def test_one_class_training_set_predicts_it():
     X = np.random.default_rng(0).normal(size=(10, 3))
-    val, test, C = probes.fit_predict(X, np.array([1] * 10), np.arange(6), np.arange(6, 8), np.arange(8, 10))
+    val, test, C = maths.fit_predict(X, np.array([1] * 10), np.arange(6), np.arange(6, 8), np.arange(8, 10))
     assert val.tolist() == [1, 1] and test.tolist() == [1, 1] and C is None
 
 
 def test_validation_picks_weaker_regularisation_for_a_strong_signal():
     X, y, groups = planted(n_problems=100, k=4, strength=1.0)
-    split = probes.problem_split(groups, 0.3, 0.2)
-    _, _, C = probes.fit_predict(X, y, split.train, split.validation, split.test, Cs=(1e-4, 1.0))
+    split = maths.problem_split(groups, 0.3, 0.2)
+    _, _, C = maths.fit_predict(X, y, split.train, split.validation, split.test, Cs=(1e-4, 1.0))
     assert C == 1.0  # C=1e-4 shrinks every weight to ~0: chance accuracy on validation
-    _, pred, given = probes.fit_predict(X, y, split.train, split.validation, split.test, C=1e-4)
+    _, pred, given = maths.fit_predict(X, y, split.train, split.validation, split.test, C=1e-4)
     assert given == 1e-4 and np.mean(pred == y[split.test]) < 0.6
 
 
@@ -194,8 +196,8 @@ def test_targets_sit_just_before_the_value_is_written(tokenizer):
     rows = problems()
     completions = {p["id"]: p["answer"] for p in rows}
     completions[101] = completions[101].replace("= 14.", "= 41.")  # a wrong first step: not an example
-    cache = activations.build_token_cache(tokenizer, rows, completions, "test")
-    target = probes.intermediate_target(cache, rows, tokenizer)
+    cache = build_token_cache(tokenizer, rows, completions, "test")
+    target = located.intermediate_target(cache, rows, tokenizer)
     by_problem = pd.Series(target.labels).groupby(target.groups).apply(list).to_dict()
     assert by_problem[100] == ["12", "10"] and by_problem[101] == ["11"]  # 101's steps: 14 (wrong), 11
     for row, pos, label, type_ in zip(target.rows, target.positions, target.labels, target.types):
@@ -206,10 +208,10 @@ def test_targets_sit_just_before_the_value_is_written(tokenizer):
         assert before.endswith("=") and before[:-1].rstrip().endswith(type_)
         a, op, b = type_.split()  # the control type is the expression just read
         assert int(a) + (int(b) if op == "+" else -int(b)) == int(label)
-    digits = probes.intermediate_target(cache, rows, tokenizer, label="last_digit")
+    digits = located.intermediate_target(cache, rows, tokenizer, label="last_digit")
     assert digits.labels.tolist() == [v[-1] for v in target.labels]
 
-    answer = probes.answer_target(cache, rows, tokenizer)
+    answer = located.answer_target(cache, rows, tokenizer)
     assert len(answer) == len(rows)
     for row, pos, label, type_ in zip(answer.rows, answer.positions, answer.labels, answer.types):
         seq = cache.sequences[row]
@@ -224,8 +226,8 @@ def test_expressions_are_found_in_other_solution_styles(tokenizer):
              "answer": " Half is 48/2 = $24. Then <<24+6=30>>30 apples.\n#### 30", "intermediates": [24.0, 30.0]},
             {"id": 2, "question": "", "prompt": "Question: Ida had 2 apples.\nAnswer:", "final": "2.5",
              "answer": " 1.5 + 1 = 2.5 and 2.5 + 1 = 2.55.\n#### 2.5", "intermediates": [2.5, 3.5]}]
-    cache = activations.build_token_cache(tokenizer, rows, None, "gold")
-    target = probes.intermediate_target(cache, rows, tokenizer)
+    cache = build_token_cache(tokenizer, rows, None, "gold")
+    target = located.intermediate_target(cache, rows, tokenizer)
     assert target.labels.tolist() == ["24", "30", "2.5"]  # '= 2.55' is not 3.5, nor a second 2.5
     assert target.types == ["48/2", "24+6", "1.5 + 1"]
 
@@ -233,22 +235,22 @@ def test_expressions_are_found_in_other_solution_styles(tokenizer):
 def test_answer_position_needs_an_answer(tokenizer):
     rows = problems(3)
     completions = {100: " 12 - 2 = 10.", 101: " 12 = 12.\n#### 12", 102: " done \\boxed{7}"}
-    cache = activations.build_token_cache(tokenizer, rows, completions, "test")
-    found = probes.answer_positions(cache, tokenizer)
+    cache = build_token_cache(tokenizer, rows, completions, "test")
+    found = located.answer_positions(cache, tokenizer)
     assert sorted(found) == [1, 2]
     assert tokenizer.decode(cache.sequences[2][found[2] + 1:]).startswith("7")
 
 
 def test_correct_target_reads_the_last_prompt_token(tokenizer):
     rows = problems(4)
-    cache = activations.build_token_cache(tokenizer, rows, None, "gold")
+    cache = build_token_cache(tokenizer, rows, None, "gold")
     greedy = [{"id": 100, "correct": True}, {"id": 101, "correct": False}, {"id": 103, "correct": True}]
-    target = probes.correct_target(cache, greedy)
+    target = located.correct_target(cache, greedy)
     assert target.rows.tolist() == [0, 1, 3]
     assert target.labels.tolist() == [True, False, True]
     assert target.positions.tolist() == [cache.prompt_lengths[r] - 1 for r in (0, 1, 3)]
     with pytest.raises(ValueError, match="one entry per example"):
-        probes.ProbeTarget("bad", [0, 1], [0], [1, 2], [0, 1], [(), ()])
+        located.ProbeTarget("bad", [0, 1], [0], [1, 2], [0, 1], [(), ()])
 
 
 def test_store_reader_reads_the_stored_activation_at_each_position(tokenizer, tmp_path):
@@ -257,19 +259,19 @@ def test_store_reader_reads_the_stored_activation_at_each_position(tokenizer, tm
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
     model = AutoModelForCausalLM.from_config(config).eval()
     rows = problems(5)
-    cache = activations.build_token_cache(tokenizer, rows, None, "gold")
-    store = activations.extract(model, cache, tmp_path, "m", sites=["hook_resid_post"], layers=[1],
+    cache = build_token_cache(tokenizer, rows, None, "gold")
+    store = extract(model, cache, tmp_path, "m", sites=["hook_resid_post"], layers=[1],
                                 positions=("last_prompt", "completion"), batch_size=2, shard_size=2)
-    target = probes.intermediate_target(cache, rows, tokenizer)
+    target = located.intermediate_target(cache, rows, tokenizer)
     want_rows = np.concatenate([target.rows, [3, 0]])
     want_pos = np.concatenate([target.positions, [cache.prompt_lengths[3] - 1, cache.prompt_lengths[0] - 1]])
-    got = probes.StoreReader(store)("m", "blocks.1.hook_resid_post", want_rows, want_pos)
+    got = sweep.StoreReader(store)("m", "blocks.1.hook_resid_post", want_rows, want_pos)
     for i, (r, p) in enumerate(zip(want_rows, want_pos)):
-        with activations.capture(model, ["hook_resid_post"], [1]) as acts, torch.no_grad():
+        with capture(model, ["hook_resid_post"], [1]) as acts, torch.no_grad():
             model(input_ids=torch.tensor([cache.sequences[r]]))
         assert np.allclose(got[i], acts["blocks.1.hook_resid_post"][0, p].numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="no stored activation"):
-        probes.StoreReader(store)("m", "blocks.1.hook_resid_post", [0], [0])
+        sweep.StoreReader(store)("m", "blocks.1.hook_resid_post", [0], [0])
 
 
 # --- a whole run and its summary ------------------------------------------------------------
@@ -279,19 +281,19 @@ def test_run_and_summary_pair_models_on_one_split():
     noise = rng.normal(size=X.shape)
     # layer 1 of 'rlvr' carries the feature; everything else is noise
     acts = {("sft", 0): noise, ("sft", 1): noise, ("rlvr", 0): noise, ("rlvr", 1): X}
-    target = probes.ProbeTarget("intermediate", np.arange(len(y)), np.zeros(len(y)), y, groups,
+    target = located.ProbeTarget("intermediate", np.arange(len(y)), np.zeros(len(y)), y, groups,
                                 [(i % 20,) for i in range(len(y))])
 
     def read(model, site, rows, positions):
         return acts[(model, int(site.split(".")[1]))][rows]
 
-    table, samples = probes.run(read, {"sft": [target], "rlvr": [target]}, layers=[0, 1], sites=["hook_resid_post"],
+    table, samples = sweep.run(read, {"sft": [target], "rlvr": [target]}, layers=[0, 1], sites=["hook_resid_post"],
                                 Cs=(1.0,), n_bootstrap=100)
     assert set(table.metric) == {"accuracy", "seen_accuracy", "control_accuracy", "selectivity", "majority_accuracy",
                                  "over_majority", "macro_f1", "validation_accuracy", "validation_selectivity"}
     assert table.n_test.nunique() == 1  # one split for every model and layer
-    assert probes.best_layer(table, "rlvr", "intermediate") == 1
-    s = probes.summary(table, samples, ["sft", "rlvr"], n_layers=2, decodable_margin=0.2)
+    assert sweep.best_layer(table, "rlvr", "intermediate") == 1
+    s = sweep.summary(table, samples, ["sft", "rlvr"], n_layers=2, decodable_margin=0.2)
     gain = s["probe_selectivity_gain_rlvr_vs_sft"]
     assert gain["value"] == pytest.approx(s["probe_selectivity_intermediate_rlvr"]["value"]
                                           - s["probe_selectivity_intermediate_sft"]["value"])
@@ -300,25 +302,25 @@ def test_run_and_summary_pair_models_on_one_split():
 
 
 def test_decodable_layer_is_the_first_above_threshold():
-    table = pd.DataFrame({"model": "m", "target": "a", "site": probes.SUMMARY_SITE, "layer": [0, 1, 2, 3] * 2,
+    table = pd.DataFrame({"model": "m", "target": "a", "site": sweep.SUMMARY_SITE, "layer": [0, 1, 2, 3] * 2,
                           "metric": ["over_majority"] * 4 + ["selectivity"] * 4,
                           "value": [0.1, 0.4, 0.6, 0.7, 0.3, 0.1, 0.2, 0.0], "ci_low": [0.0, 0.15, 0.3, 0.5] * 2})
-    assert probes.decodable_layer(table, "m", "a", 0.2) == 2
-    assert probes.decodable_layer(table, "m", "a", 0.6) is None
-    assert probes.best_layer(table, "m", "a", metric="selectivity") == 0
-    assert probes.best_layer(table, "m", "a", metric="over_majority") == 3
+    assert sweep.decodable_layer(table, "m", "a", 0.2) == 2
+    assert sweep.decodable_layer(table, "m", "a", 0.6) is None
+    assert sweep.best_layer(table, "m", "a", metric="selectivity") == 0
+    assert sweep.best_layer(table, "m", "a", metric="over_majority") == 3
 
 
 def test_targets_without_enough_problems_are_left_out(tokenizer):
     rows = problems(4)
-    cache = activations.build_token_cache(tokenizer, rows, {p["id"]: " no working" for p in rows}, "test")
+    cache = build_token_cache(tokenizer, rows, {p["id"]: " no working" for p in rows}, "test")
     greedy = {"m": [{"id": p["id"], "correct": False} for p in rows]}
-    targets = probes.targets_for(ProbeParams(), cache, rows, tokenizer, greedy)
+    targets = located.targets_for(ProbeParams(), cache, rows, tokenizer, greedy)
     assert targets == {"m": []}  # no intermediate, no answer; 'correct' has 4 problems, fewer than 2 x 3 folds
-    table, samples = probes.run(lambda *a: None, targets, layers=[0], sites=["hook_resid_post"])
+    table, samples = sweep.run(lambda *a: None, targets, layers=[0], sites=["hook_resid_post"])
     assert table.empty and samples == {}
-    assert probes.summary(table, samples, ["m"], n_layers=1, decodable_margin=0.2) == {}
-    probes.figure(table)
+    assert sweep.summary(table, samples, ["m"], n_layers=1, decodable_margin=0.2) == {}
+    figures.figure(table)
 
 
 def test_reading_names_each_measured_number():
@@ -326,7 +328,7 @@ def test_reading_names_each_measured_number():
                "probe_selectivity_answer_sft": {"value": 0.31, "ci": [0.2, 0.4], "description": ""},
                "answer_decodable_layer_rlvr": {"value": 4.0, "ci": None, "description": ""},
                "probe_selectivity_gain_rlvr_vs_sft": {"value": 0.1, "ci": [0.05, 0.15], "description": ""}}
-    text = probes.reading(summary, n_layers=4, stages=("sft", "rlvr"))
+    text = figures.reading(summary, n_layers=4, stages=("sft", "rlvr"))
     assert "decodable from layer 2 (selectivity 0.31 [0.20, 0.40])" in text
     assert "decodable at no layer" in text
     assert "Representation learning" in text and "not measured" in text
@@ -339,7 +341,7 @@ def test_the_place_is_chosen_on_validation_and_again_in_every_resample():
               (1, "s"): {"validation_selectivity": 0.2, "selectivity": 0.9}}
     per_place = {(0, "s"): {"validation_selectivity": np.array([0.5, 0.1, np.nan]), "selectivity": np.array([0.1, 0.2, 0.3])},
                  (1, "s"): {"validation_selectivity": np.array([0.2, 0.3, np.nan]), "selectivity": np.array([0.9, 0.8, 0.7])}}
-    value, resampled, place = probes._choose(points, per_place, "validation_selectivity", "selectivity")
+    value, resampled, place = sweep.choose(points, per_place, "validation_selectivity", "selectivity")
     assert value == 0.1 and place == (0, "s")
     assert resampled[:2].tolist() == [0.1, 0.8]  # resample 1 prefers layer 1 on its own validation draw
     assert np.isnan(resampled[2])  # no validation example in that resample: no choice
@@ -349,7 +351,7 @@ def _layers(n_layers=2, n_problems=80, strength=3.0, seed=0):
     X, y, groups = planted(n_problems=n_problems, d=8, k=3, strength=strength, seed=seed)
     noise = [np.random.default_rng(seed + 10 + l).normal(size=X.shape) for l in range(n_layers)]
     types = [(int(v), i % 15) for i, v in enumerate(y)]  # the label is a function of the type (like an expression)
-    target = probes.ProbeTarget("intermediate", np.arange(len(y)), np.zeros(len(y)), y, groups, types)
+    target = located.ProbeTarget("intermediate", np.arange(len(y)), np.zeros(len(y)), y, groups, types)
     return X, noise, target
 
 
@@ -357,23 +359,23 @@ def test_selectivity_on_pure_noise_lies_within_the_stated_noise_floor():
     X, _, target = _layers()
     layers, sites = [0, 1], ["hook_resid_post"]
     real = lambda model, site, rows, positions: X[rows]  # noqa: E731
-    floor = probes.noise_floor(real, "sft", target, layers, sites, Cs=(0.1, 1.0), n_bootstrap=200)
+    floor = sweep.noise_floor(real, "sft", target, layers, sites, Cs=(0.1, 1.0), n_bootstrap=200)
     lo, hi = floor["ci"]
     assert lo < 0 < hi and hi - lo < 0.5
     values = []
     for seed in range(10):  # fresh pure-noise activations through the same pipeline
         rng = np.random.default_rng(100 + seed)
         noise = {l: rng.normal(size=X.shape) for l in layers}
-        table, samples = probes.run(lambda m, site, rows, p: noise[int(site.split(".")[1])][rows], {"noise": [target]},
+        table, samples = sweep.run(lambda m, site, rows, p: noise[int(site.split(".")[1])][rows], {"noise": [target]},
                                     layers, sites, Cs=(0.1, 1.0), n_bootstrap=50)
-        values.append(probes.select_then_score(table, samples, "noise", "intermediate")[0])
+        values.append(sweep.select_then_score(table, samples, "noise", "intermediate")[0])
     values = np.array(values)
     # a 95% floor: about 1 draw in 20 falls outside it; 3 of 10 outside would say the floor is too narrow
     assert ((values >= lo) & (values <= hi)).sum() >= 8, (values, floor["ci"])
     assert abs(values.mean() - floor["value"]) < 0.06 and abs(values.mean()) < 0.06
     # the real feature is far above the floor
-    table, samples = probes.run(real, {"sft": [target]}, layers, sites, Cs=(0.1, 1.0), n_bootstrap=200)
-    assert probes.select_then_score(table, samples, "sft", "intermediate")[0] > hi + 0.2
+    table, samples = sweep.run(real, {"sft": [target]}, layers, sites, Cs=(0.1, 1.0), n_bootstrap=200)
+    assert sweep.select_then_score(table, samples, "sft", "intermediate")[0] > hi + 0.2
 
 
 def test_variant_gains_pair_every_treatment_with_the_reference():
@@ -385,16 +387,66 @@ def test_variant_gains_pair_every_treatment_with_the_reference():
     def read(model, site, rows, positions):
         return acts[model][int(site.split(".")[1])][rows]
 
-    targets = probes.with_treatments({"sft": [target]}, ["rlvr", "null_0", "identical", "mlp_only"],
+    targets = located.with_treatments({"sft": [target]}, ["rlvr", "null_0", "identical", "mlp_only"],
                                      ["sft", "rlvr", "null_0", "identical"])
     assert set(targets) == {"sft", "rlvr", "null_0", "identical"}  # mlp_only has no activations
-    table, samples = probes.run(read, targets, [0, 1], ["hook_resid_post"], Cs=(1.0,), n_bootstrap=200)
-    gains = probes.variant_gains(table, samples, ["rlvr", "null_0", "identical", "mlp_only"])
+    table, samples = sweep.run(read, targets, [0, 1], ["hook_resid_post"], Cs=(1.0,), n_bootstrap=200)
+    gains = {t: g for t in ["rlvr", "null_0", "identical", "mlp_only"]
+             if (g := sweep.selectivity_gain(table, samples, t)) is not None}
     assert set(gains) == {"rlvr", "null_0", "identical"}
-    assert all(set(g["selectivity_gain"]) == {"value", "ci"} for g in gains.values())
-    assert gains["rlvr"]["selectivity_gain"]["ci"][0] > 0.1
-    lo, hi = gains["null_0"]["selectivity_gain"]["ci"]
-    assert lo < 0 < hi or abs(gains["null_0"]["selectivity_gain"]["value"]) < 0.05
-    assert gains["identical"]["selectivity_gain"] == {"value": 0.0, "ci": [0.0, 0.0]}
-    s = probes.summary(table, samples, ["sft", "rlvr"], n_layers=2, decodable_margin=0.2)
-    assert s["probe_selectivity_gain_rlvr_vs_sft"]["value"] == gains["rlvr"]["selectivity_gain"]["value"]
+    assert all(g.interval == "bootstrap" for g in gains.values())
+    assert gains["rlvr"].ci[0] > 0.1
+    lo, hi = gains["null_0"].ci
+    assert lo < 0 < hi or abs(gains["null_0"].value) < 0.05
+    assert (gains["identical"].value, gains["identical"].ci) == (0.0, (0.0, 0.0))
+    s = sweep.summary(table, samples, ["sft", "rlvr"], n_layers=2, decodable_margin=0.2)
+    assert s["probe_selectivity_gain_rlvr_vs_sft"]["value"] == gains["rlvr"].value
+
+
+# --- the instrument through the driver -------------------------------------------------------------
+def tiny_run(root, tokenizer, n_problems=30):
+    """Params of a run under `root` with a token cache, problems, greedy answers for base, SFT and RLVR, and
+    tiny checkpoints with stored activations: base, SFT, RLVR, the identical copy of SFT and one null."""
+    from rlvr_utils.core.params import Params
+    from rlvr_utils.training.data import write_jsonl
+
+    cfg = Params(runs_dir=str(root), probes={"Cs": [1.0], "n_bootstrap": 50, "lens_batch_size": 8})
+    rows = problems(n_problems)
+    cache = build_token_cache(tokenizer, rows, None, "gold")
+    cache.save(cfg.path("tokens"))
+    write_jsonl(cfg.path("data", "eval.jsonl"), rows)
+    config = AutoConfig.for_model("qwen2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    for name, seed in (("base", 0), ("sft", 1), ("rlvr", 2), ("identical", 1), ("null_0", 3)):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config).eval()
+        model.save_pretrained(cfg.model_ref(name))
+        tokenizer.save_pretrained(cfg.model_ref(name))
+        extract(model, cache, cfg.path("activations"), name, batch_size=8, shard_size=64)
+    for stage in ("base", "sft", "rlvr"):
+        write_jsonl(cfg.path("eval", f"{stage}_greedy.jsonl"), [{"id": p["id"], "correct": i % 3 == 0}
+                                                                 for i, p in enumerate(rows)])
+    return cfg
+
+
+def test_the_instrument_measures_every_treatment_with_stored_activations(tokenizer, tmp_path):
+    from rlvr_utils.instruments import base
+    from rlvr_utils.instruments.probes.instrument import Probes
+
+    cfg = tiny_run(tmp_path, tokenizer)
+    result = base.run(cfg, Probes(), progress=False)
+    assert set(result["variants"]) == {"rlvr", "identical", "null_0"}  # the others have no activations
+    assert {"attn_only", "mlp_only", "null_1"} <= set(result["missing"])
+    # SFT's weights copied: the same activations, probes and resamples, so exactly no gain
+    assert result["variants"]["identical"]["selectivity_gain"] == {"value": 0.0, "ci": [0.0, 0.0],
+                                                                   "interval": "bootstrap", "n": 18}
+    assert result["variants"]["rlvr"]["selectivity_gain"]["interval"] == "bootstrap"
+    assert result["summary"]["probe_selectivity_gain_rlvr_vs_sft"]["value"] == \
+        result["variants"]["rlvr"]["selectivity_gain"]["value"]
+    table = pd.DataFrame(result["probes"])
+    assert set(table[table.model == "null_0"].site) == {sweep.SUMMARY_SITE}  # a null: the verdict's site only
+    assert set(table[table.model == "rlvr"].site) == set(cfg.probes.sites)  # the study: every site
+    assert {"selectivity_noise_floor", "answer_decodable_layer_sft"} <= set(result["summary"])
+    assert not any(k.startswith("lens_") for k in result["summary"])  # the lens writes lens.json
+    again = base.run(cfg, Probes(), progress=False)  # up to date: read, not recomputed
+    assert again["seconds"] == result["seconds"]

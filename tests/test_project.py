@@ -21,8 +21,8 @@ def test_notebook_is_stripped_and_parameterized(path):
     # papermill injects the YAML's sections (model, data, ...) as variables: read them before any import
     # can shadow them (e.g. `from rlvr_utils import data`)
     setup = "".join(code[code.index(tagged[0]) + 1]["source"])
-    before = setup.split("config.from_notebook(globals())")[0]
-    assert "config.from_notebook(globals())" in setup and before.strip() == "from rlvr_utils.core import config\n\ncfg =".strip()
+    before = setup.split("notebook.params(globals())")[0]
+    assert "notebook.params(globals())" in setup and before.strip() == "from rlvr_utils.core import notebook\n\ncfg =".strip()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

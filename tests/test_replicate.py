@@ -1,6 +1,7 @@
 """Replication over seeds on ci-sized models: `python -m rlvr_utils replicate` trains another seed's study in
 its own run folder, and the main run's verdict chapter then reads both seeds. (Named so that it runs after the
 other tests of the shared ci book: it re-executes that run's verdict chapter.)"""
+import pytest
 import json
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 import yaml
 
 from conftest import ROOT, assert_models_learn
+
+pytestmark = pytest.mark.slow  # end-to-end: minutes (make test-fast leaves it out)
 
 
 def test_a_second_seed_replicates_the_ci_study(built_book):

@@ -14,12 +14,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rlvr_utils.core import artifacts
+from rlvr_utils.core import artifacts, lock
 from rlvr_utils.publish import runner
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = 'params_file = "params/default.yaml"\nfrom rlvr_utils.core.config import guard_papermill; guard_papermill()'
-SETUP = "from rlvr_utils.core import config\n\ncfg = config.from_notebook(globals())\nfrom rlvr_utils.core import artifacts\n"
+PARAMS = 'params_file = "params/default.yaml"\nfrom rlvr_utils.core.notebook import guard_papermill; guard_papermill()'
+SETUP = "from rlvr_utils.core import notebook\n\ncfg = notebook.params(globals())\nfrom rlvr_utils.core import artifacts\n"
 # notebook 00 writes a.json (stamped); 01 computes b.json from it
 NB_A = SETUP + """path = cfg.path("metrics", "a.json")
 if not artifacts.is_current(path, "fa"):
@@ -147,7 +147,7 @@ def test_killed_rerun_never_yields_a_book_with_a_half_executed_chapter(project, 
 LOCK_HOLDER = """
 import sys, time
 from rlvr_utils.core import artifacts
-artifacts.acquire_run_lock(sys.argv[1])
+lock.acquire_run_lock(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)
 """
@@ -158,9 +158,9 @@ def test_two_runs_of_one_run_folder_never_both_write(project):
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(artifacts.RunLocked, match="is in use by pid"):
+        with pytest.raises(lock.RunLocked, match="is in use by pid"):
             _execute(project)
-        assert sorted(p.name for p in project["run"].iterdir()) == [artifacts.LOCK]  # nothing written
+        assert sorted(p.name for p in project["run"].iterdir()) == [lock.LOCK]  # nothing written
         assert not project["book"].exists()
     finally:
         holder.kill()
@@ -171,7 +171,7 @@ def test_papermill_injection_is_refused_and_never_runs(tmp_path):
     import papermill as pm
 
     nb = tmp_path / "nb.ipynb"
-    _notebook(nb, "from rlvr_utils.core import config\n\ncfg = config.from_notebook(globals(), lock=False)\n")
+    _notebook(nb, "from rlvr_utils.core import notebook\n\ncfg = notebook.params(globals(), lock=False)\n")
     marker = tmp_path / "pwned"
     attacks = [{f'a = 1; open({str(marker)!r}, "w"); b': 1},  # a key written as code
                {"params_file": f'x\\"; open({str(marker)!r}, "w"); #'},  # a value that breaks out of its string

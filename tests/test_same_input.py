@@ -9,7 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from rlvr_utils.activations import store as act
-from rlvr_utils.instruments.cka import cka, same_input
+from rlvr_utils.instruments import base
+from rlvr_utils.instruments.cka import figures, maths, same_input
+from rlvr_utils.models import hooks
 
 N_LAYERS = 3
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -69,12 +71,12 @@ def end_to_end_change(reference, treatment, cache, site):
     for model in (reference, treatment):
         rows = []
         for seq in cache.sequences:
-            with torch.inference_mode(), act.capture(model, [site]) as captured:
+            with torch.inference_mode(), hooks.capture(model, [site]) as captured:
                 model(input_ids=torch.tensor([seq]))
             rows.append({k: v[0, 3:len(seq) - 1] for k, v in captured.items()})  # the 'completion' positions
         store[id(model)] = {k: torch.cat([r[k] for r in rows]).numpy() for k in rows[0]}
     a, b = store[id(reference)], store[id(treatment)]
-    return float(np.mean([1 - cka.linear_cka(a[k], b[k], debiased=True) for k in a]))
+    return float(np.mean([1 - maths.linear_cka(a[k], b[k], debiased=True) for k in a]))
 
 
 # --- the hooked single pass equals a naive per-layer construction ------------------------------------------------
@@ -110,7 +112,7 @@ def test_one_hooked_pass_equals_naive_per_layer_hybrids(family, cache):
     _, input_ids, mask = next(act.iter_batches(cache, 8))
     got = same_input.same_input_outputs(reference, treatment, input_ids, mask)
     assert sorted(got) == sorted(f"blocks.{l}.hook_{c}_out" for l in range(N_LAYERS) for c in ("attn", "mlp"))
-    with torch.inference_mode(), act.capture(reference, ["hook_attn_out", "hook_mlp_out"]) as plain:
+    with torch.inference_mode(), hooks.capture(reference, ["hook_attn_out", "hook_mlp_out"]) as plain:
         reference(input_ids=input_ids, attention_mask=mask)
     real = mask.bool()  # padded positions are never compared
     for l in range(N_LAYERS):
@@ -121,7 +123,7 @@ def test_one_hooked_pass_equals_naive_per_layer_hybrids(family, cache):
             for module in modules:
                 setattr(blocks(hybrid)[l].block, module, copy.deepcopy(getattr(blocks(treatment)[l].block, module)))
             site = f"hook_{component}_out"
-            with torch.inference_mode(), act.capture(hybrid, [site], [l]) as naive:
+            with torch.inference_mode(), hooks.capture(hybrid, [site], [l]) as naive:
                 hybrid(input_ids=input_ids, attention_mask=mask)
             ref, treat = got[f"blocks.{l}.{site}"]
             torch.testing.assert_close(ref[real], plain[f"blocks.{l}.{site}"][real], rtol=0, atol=0)
@@ -135,7 +137,7 @@ def test_collect_uses_the_store_positions(sft, cache):
     assert rows.tolist() == [r for r, _ in expected]
     X, Y = outputs["blocks.1.hook_mlp_out"]
     assert X.shape == (len(expected), 32) and np.array_equal(X, Y)
-    with torch.inference_mode(), act.capture(sft, ["hook_mlp_out"], [1]) as captured:
+    with torch.inference_mode(), hooks.capture(sft, ["hook_mlp_out"], [1]) as captured:
         sft(input_ids=torch.tensor([cache.sequences[2]]))
     start = sum(1 for r, _ in expected if r < 2)
     positions = [p for r, p in expected if r == 2]
@@ -148,10 +150,10 @@ def test_attention_only_update_reads_as_attention(sft, cache):
     treatment = planted(sft, ATTN)
     out = same_input.compare(sft, treatment, cache, n_bootstrap=30)
     s = out["summary"]
-    assert s["mlp_change"]["value"] == pytest.approx(0.0, abs=1e-12)  # MLP weights untouched: exactly no change
-    assert s["mlp_change"]["ci"] == pytest.approx([0.0, 0.0], abs=1e-12)
-    assert s["mlp_relative_change"]["value"] == 0.0
-    assert s["attn_change"]["ci"][0] > 0.01 and s["attn_relative_change"]["ci"][0] > 0.1
+    assert s["mlp_change"].value == pytest.approx(0.0, abs=1e-12)  # MLP weights untouched: exactly no change
+    assert s["mlp_change"].ci == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert s["mlp_relative_change"].value == 0.0
+    assert s["attn_change"].ci[0] > 0.01 and s["attn_relative_change"].ci[0] > 0.1
     for row in out["rows"]:
         assert (row["change"] > 0.01) == (row["component"] == "attn")
     # the end-to-end comparison credits the untouched MLPs (their inputs moved): what this module fixes
@@ -161,9 +163,9 @@ def test_attention_only_update_reads_as_attention(sft, cache):
 def test_mlp_only_update_reads_as_mlp(sft, cache):
     treatment = planted(sft, MLP)
     s = same_input.compare(sft, treatment, cache, n_bootstrap=30)["summary"]
-    assert s["attn_change"]["value"] == pytest.approx(0.0, abs=1e-12)
-    assert s["attn_relative_change"]["value"] == 0.0
-    assert s["mlp_change"]["ci"][0] > 0.01 and s["mlp_relative_change"]["ci"][0] > 0.1
+    assert s["attn_change"].value == pytest.approx(0.0, abs=1e-12)
+    assert s["attn_relative_change"].value == 0.0
+    assert s["mlp_change"].ci[0] > 0.01 and s["mlp_relative_change"].ci[0] > 0.1
     assert end_to_end_change(sft, treatment, cache, "hook_attn_out") > 1e-4  # later attention sees moved inputs
 
 
@@ -178,8 +180,8 @@ def test_layers_in_groups_give_the_same_result(sft, cache):
 def test_identical_model_reads_exactly_zero(sft, cache):
     s = same_input.compare(sft, copy.deepcopy(sft), cache, n_bootstrap=20)["summary"]
     for key in same_input.MEASURES:
-        assert s[key]["value"] == pytest.approx(0.0, abs=1e-12)
-        assert s[key]["ci"] == pytest.approx([0.0, 0.0], abs=1e-12)
+        assert s[key].value == pytest.approx(0.0, abs=1e-12)
+        assert s[key].ci == pytest.approx([0.0, 0.0], abs=1e-12)
 
 
 def test_a_null_reads_like_another_null(sft, cache):
@@ -189,9 +191,9 @@ def test_a_null_reads_like_another_null(sft, cache):
              for seed in range(1, 6)]
     first, others = draws[0], draws[1:]
     for key in same_input.MEASURES:
-        values = [d[key]["value"] for d in others]
-        assert min(values) / 2 <= first[key]["value"] <= 2 * max(values), (key, first[key]["value"], values)
-        assert first[key]["ci"][0] > 0
+        values = [d[key].value for d in others]
+        assert min(values) / 2 <= first[key].value <= 2 * max(values), (key, first[key].value, values)
+        assert first[key].ci[0] > 0
 
 
 def test_relative_change_bootstrap_matches_resampled_problems(cache):
@@ -201,7 +203,7 @@ def test_relative_change_bootstrap_matches_resampled_problems(cache):
     assert same_input.relative_change(X, X) == 0.0
     assert same_input.relative_change(X, 2 * X) == pytest.approx(1.0)
     samples = same_input.bootstrap_relative_change(X, Y, groups, 5, seed=3)
-    counts, index = cka.problem_counts(groups, 5, seed=3)
+    counts, index = maths.problem_counts(groups, 5, seed=3)
     for k in range(5):
         rows = np.concatenate([np.flatnonzero(index == p) for p in range(10) for _ in range(int(counts[k, p]))])
         assert samples[k] == pytest.approx(same_input.relative_change(X[rows], Y[rows]))
@@ -229,30 +231,33 @@ def test_run_writes_variants_and_skips_when_current(sft, cache, tmp_path, monkey
         model.save_pretrained(cfg.model_dir(name))
         tokenizer.save_pretrained(cfg.model_dir(name))
     with pytest.raises(FileNotFoundError, match="04_extract"):
-        same_input.run(cfg)
+        base.run(cfg, same_input.SameInput(), progress=False)
     cache.save(cfg.path("tokens"))
-    result = same_input.run(cfg)
+    result = base.run(cfg, same_input.SameInput(), progress=False)
     saved = json.loads(cfg.path("metrics", "same_input.json").read_text())
     assert saved == result and result["reference"] == "sft"
     assert list(saved["variants"]) == ["rlvr", "attn_only", "identical", "null_0"]
     for name, measures in saved["variants"].items():
         assert set(measures) == set(same_input.MEASURES)
         for entry in measures.values():
-            assert set(entry) == {"value", "ci"} and entry["ci"][0] <= entry["value"] + 1e-12 <= entry["ci"][1] + 2e-12
+            assert set(entry) == {"value", "ci", "interval", "n"} and entry["interval"] == "bootstrap"
+            assert entry["ci"][0] <= entry["value"] + 1e-12 <= entry["ci"][1] + 2e-12 and entry["n"] == len(cache)
     assert saved["variants"]["identical"]["attn_change"]["value"] == pytest.approx(0.0, abs=1e-12)
     assert saved["variants"]["attn_only"]["mlp_change"]["value"] == pytest.approx(0.0, abs=1e-12)
     assert len(saved["rows"]) == 4 * N_LAYERS * 2
 
     monkeypatch.setattr(same_input, "compare", lambda *a, **k: pytest.fail("up to date: must not recompute"))
-    assert same_input.run(cfg) == saved
+    assert base.run(cfg, same_input.SameInput(), progress=False) == saved
     random_update(sft, 0.3, 2).save_pretrained(cfg.model_dir("null_1"))  # a new checkpoint: out of date
     tokenizer.save_pretrained(cfg.model_dir("null_1"))
     with pytest.raises(pytest.fail.Exception):
-        same_input.run(cfg)
+        base.run(cfg, same_input.SameInput(), progress=False)
 
 
 def test_figure_and_table_show_both_measures(sft, cache):
     import matplotlib
+
+    from rlvr_utils.core import config
 
     matplotlib.use("Agg")  # tests only; notebooks show figures inline
     rows, variants, cells, end = [], {}, [], {}
@@ -260,18 +265,18 @@ def test_figure_and_table_show_both_measures(sft, cache):
                         ("null_1", random_update(sft, seed=2))):
         out = same_input.compare(sft, model, cache, n_bootstrap=5)
         rows += [{"variant": name, **r} for r in out["rows"]]
-        variants[name] = out["summary"]
+        variants[name] = {key: estimate.to_json() for key, estimate in out["summary"].items()}  # as in the file
         cells += [{"variant": name, "component": r["component"], "layer": r["layer"], "change": 2 * r["change"],
                    "change_ci": [0, 1]} for r in out["rows"]]
         end[name] = {"attn_change_end_to_end": {"value": 0.5, "ci": [0.4, 0.6]}}
     result, cka_result = {"rows": rows, "variants": variants}, {"variant_cells": cells, "variants": end}
-    fig = same_input.plot_comparison(result, cka_result)
+    fig = figures.plot_comparison(config.from_dict({"name": "t"}), result, cka_result)
     assert fig._suptitle is not None and len(fig.axes) == 4
     titles = [ax.get_title() for ax in fig.axes]
     assert any("same input" in t for t in titles) and any("end to end" in t for t in titles)
     for ax in fig.axes:
         assert ax.get_xlabel() and ax.get_ylabel()
-    table = same_input.summary_table(result, cka_result)
+    table = figures.summary_table(result, cka_result)
     assert list(table.index) == ["rlvr", "identical", "null_0", "null_1"]
     assert table.loc["rlvr", "attn change, end to end"].startswith("5.00e-01")
     assert table.loc["rlvr", "MLP change, same input"].startswith("0.00e+00")

@@ -3,12 +3,15 @@ it classifies the controls and leaves the nulls and the identical model at "no e
 without an interval."""
 import numpy as np
 
-from rlvr_utils.core import config
+from rlvr_utils.core import config, params
 from rlvr_utils.evidence import verdict
 
 NULLS = [f"null_{k}" for k in range(5)]
 TREATMENTS = ["rlvr", "attn_only", "mlp_only", "identical", *NULLS]
-PARAMS = config.VerdictParams()
+# the known answers that calibrate each row (the registry gives these on a run)
+EXPECTED = {"attn_only": verdict.ROUTING, "mlp_only": verdict.REPRESENTATION, "identical": verdict.NO_EVIDENCE,
+            **{n: verdict.NO_EVIDENCE for n in NULLS}}
+PARAMS = params.VerdictParams()
 
 
 def entry(value, half=0.01):
@@ -37,7 +40,7 @@ def row(table, file):
 
 
 def test_controls_are_classified_and_nulls_read_no_evidence_so_the_row_counts():
-    table = verdict.evidence(calibrated_metrics(), TREATMENTS, NULLS, PARAMS)
+    table = verdict.evidence(calibrated_metrics(), TREATMENTS, NULLS, PARAMS, EXPECTED)
     r = row(table, "same_input.json")
     assert r["readings"]["attn_only"] == verdict.ROUTING
     assert r["readings"]["mlp_only"] == verdict.REPRESENTATION
@@ -47,18 +50,18 @@ def test_controls_are_classified_and_nulls_read_no_evidence_so_the_row_counts():
 
 
 def test_mlp_change_beyond_random_reads_representation_learning():
-    table = verdict.evidence(calibrated_metrics(rlvr_attn=0.2, rlvr_mlp=0.25), TREATMENTS, NULLS, PARAMS)
+    table = verdict.evidence(calibrated_metrics(rlvr_attn=0.2, rlvr_mlp=0.25), TREATMENTS, NULLS, PARAMS, EXPECTED)
     assert row(table, "same_input.json")["rlvr"] == verdict.REPRESENTATION
 
 
 def test_a_change_the_size_of_the_nulls_is_no_evidence():
-    table = verdict.evidence(calibrated_metrics(rlvr_attn=0.012, rlvr_mlp=0.011), TREATMENTS, NULLS, PARAMS)
+    table = verdict.evidence(calibrated_metrics(rlvr_attn=0.012, rlvr_mlp=0.011), TREATMENTS, NULLS, PARAMS, EXPECTED)
     assert row(table, "same_input.json")["rlvr"] == verdict.NO_EVIDENCE
 
 
 def test_beyond_the_envelope_but_below_the_effect_size_is_no_evidence():
     # just past every null's interval, but not twice the random update's change
-    table = verdict.evidence(calibrated_metrics(rlvr_attn=0.0185), TREATMENTS, NULLS, PARAMS)
+    table = verdict.evidence(calibrated_metrics(rlvr_attn=0.0185), TREATMENTS, NULLS, PARAMS, EXPECTED)
     signal = next(s for s in row(table, "same_input.json")["signals"] if s["key"] == "attn_change")
     assert signal["ci"][0] > signal["null_envelope"][1] - 0.02 and not signal["fired"]
 
@@ -67,23 +70,23 @@ def test_a_row_is_never_decided_without_an_interval():
     metrics = calibrated_metrics()
     metrics["same_input.json"]["variants"]["rlvr"]["attn_change"] = entry(0.5, half=None)
     metrics["same_input.json"]["variants"]["rlvr"]["mlp_change"] = entry(0.5, half=None)
-    assert row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "same_input.json")["rlvr"] == verdict.NOT_MEASURED
+    assert row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS, EXPECTED), "same_input.json")["rlvr"] == verdict.NOT_MEASURED
 
 
 def test_a_misread_control_stops_the_row_from_counting():
     metrics = calibrated_metrics()
     metrics["same_input.json"]["variants"]["attn_only"]["mlp_change"] = entry(0.3)  # the MLP moved with its input
-    r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "same_input.json")
+    r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS, EXPECTED), "same_input.json")
     assert r["readings"]["attn_only"] == verdict.REPRESENTATION
     assert "attn_only reads Representation learning" in r["calibration"]
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS)
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS, EXPECTED)
     assert verdict.tally(table)[verdict.ROUTING] == 0
 
 
 def test_a_null_that_reads_as_evidence_stops_the_row_from_counting():
     metrics = calibrated_metrics()
     metrics["same_input.json"]["variants"]["null_3"]["mlp_change"] = entry(0.5)
-    r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "same_input.json")
+    r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS, EXPECTED), "same_input.json")
     assert "null_3 reads Representation learning" in r["calibration"]
 
 
@@ -93,7 +96,7 @@ def test_nulls_and_the_identical_model_get_an_inconclusive_verdict():
                                           {"rlvr": 0.01, "attn_only": 0.0, "mlp_only": 0.3}, seed=1)
     for t in metrics["patching.json"]["variants"].values():
         t["attn_direct_effect"], t["mlp_direct_effect"] = t.pop("attn_change"), t.pop("mlp_change")
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS)
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS, EXPECTED)
     assert verdict.overall(verdict.tally(table, "rlvr"), PARAMS) == verdict.ROUTING
     assert verdict.overall(verdict.tally(table, "attn_only"), PARAMS) == verdict.ROUTING
     assert verdict.overall(verdict.tally(table, "mlp_only"), PARAMS) == verdict.REPRESENTATION
@@ -106,15 +109,15 @@ def test_a_one_sided_row_counts_when_the_other_control_reads_no_evidence():
     gains = {"rlvr": 0.2, "attn_only": 0.0, "mlp_only": 0.3, "identical": 0.0,
              **{n: 0.01 * rng.standard_normal() for n in NULLS}}
     metrics = {"probes.json": {"variants": {t: {"selectivity_gain": entry(g, 0.02)} for t, g in gains.items()}}}
-    r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "probes.json")
+    r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS, EXPECTED), "probes.json")
     assert r["readings"]["attn_only"] == verdict.NO_EVIDENCE and r["calibration"] == "counts"
     assert r["rlvr"] == verdict.REPRESENTATION
 
 
 def test_rows_count_only_when_the_seeds_agree():
-    table = verdict.evidence(calibrated_metrics(), TREATMENTS, NULLS, PARAMS)
+    table = verdict.evidence(calibrated_metrics(), TREATMENTS, NULLS, PARAMS, EXPECTED)
     agreeing = {"rows": verdict._records(table)}
-    other = verdict.evidence(calibrated_metrics(rlvr_attn=0.012, rlvr_mlp=0.011), TREATMENTS, NULLS, PARAMS)
+    other = verdict.evidence(calibrated_metrics(rlvr_attn=0.012, rlvr_mlp=0.011), TREATMENTS, NULLS, PARAMS, EXPECTED)
     disagreeing = {"rows": verdict._records(other)}
     assert row(verdict.replicate(table, 0, {1: agreeing}), "same_input.json")["calibration"] == "counts"
     replicated = verdict.replicate(table, 0, {1: agreeing, 2: disagreeing})
@@ -140,7 +143,7 @@ def test_nulls_without_spread_read_no_evidence_and_a_planted_mlp_change_still_fi
     metrics = {"crosscoder.json": {"variants": {t: {"specific_latents": e} for t, e in counts.items()}}}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 0 × inf would warn and give a NaN effect
-        r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS), "crosscoder.json")
+        r = row(verdict.evidence(metrics, TREATMENTS, NULLS, PARAMS, EXPECTED), "crosscoder.json")
     assert r["readings"]["mlp_only"] == verdict.REPRESENTATION
     assert all(r["readings"][n] == verdict.NO_EVIDENCE for n in ["rlvr", "attn_only", "identical", *NULLS])
     assert r["calibration"] == "counts"

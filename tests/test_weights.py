@@ -15,7 +15,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlvr_utils.core import artifacts, config
-from rlvr_utils.instruments.weights import weights
+from rlvr_utils.instruments import base
+from rlvr_utils.instruments.weights import checkpoints, maths, measures, updates
+from rlvr_utils.instruments.weights.instrument import Weights
+from rlvr_utils.models.families import family_of
 
 TINY = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)
@@ -46,7 +49,7 @@ def _perturb(model, folder, groups, scale=1e-2, seed=1):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if weights.classify(name)[2] in groups:
+            if updates.tensor_label(family_of(model), name)[2] in groups:
                 p.add_(scale * torch.randn(p.shape, generator=gen))
     model.save_pretrained(folder)
     return model
@@ -56,7 +59,7 @@ def _perturb(model, folder, groups, scale=1e-2, seed=1):
 @pytest.mark.parametrize("r", [1, 3, 7])
 def test_rank_r_update_with_equal_singular_values_has_effective_and_stable_rank_r(r):
     before = torch.randn(48, 40, generator=torch.Generator().manual_seed(5))
-    stats = weights.update_stats(before, before + _planted([0.3] * r), tolerance=1e-5, top_k=4)
+    stats = maths.update_stats(before, before + _planted([0.3] * r), tolerance=1e-5, top_k=4)
     assert stats["effective_rank"] == pytest.approx(r, abs=1e-3)
     assert stats["stable_rank"] == pytest.approx(r, abs=1e-3)
     assert stats["effective_rank_ratio"] == pytest.approx(r / 40, abs=1e-4)
@@ -65,7 +68,7 @@ def test_rank_r_update_with_equal_singular_values_has_effective_and_stable_rank_
 
 def test_rank_r_update_with_unequal_singular_values_has_both_ranks_below_r():
     before = torch.randn(48, 40, generator=torch.Generator().manual_seed(5))
-    stats = weights.update_stats(before, before + _planted([1.0, 0.5, 0.2, 0.1]), tolerance=1e-5, top_k=2)
+    stats = maths.update_stats(before, before + _planted([1.0, 0.5, 0.2, 0.1]), tolerance=1e-5, top_k=2)
     assert 1 <= stats["stable_rank"] < 4 - 0.5
     assert 1 <= stats["effective_rank"] < 4 - 0.5
     # stable rank = sum s^2 / max s^2, known exactly here
@@ -77,7 +80,7 @@ def test_effective_rank_matches_a_naive_numpy_reference():
     s = np.linalg.svd(a.double().numpy(), compute_uv=False)
     p = s / s.sum()
     expected = math.exp(-(p * np.log(p)).sum())
-    assert weights.effective_rank(torch.linalg.svdvals(a), a.shape) == pytest.approx(expected, rel=1e-5)
+    assert maths.effective_rank(torch.linalg.svdvals(a), a.shape) == pytest.approx(expected, rel=1e-5)
 
 
 def test_principal_angle_of_a_rotated_top_direction_is_the_rotation_angle():
@@ -89,7 +92,7 @@ def test_principal_angle_of_a_rotated_top_direction_is_the_rotation_angle():
     u_rot[:, 0] = math.cos(theta) * u[:, 0] + math.sin(theta) * u[:, 8]
     u_rot[:, 8] = -math.sin(theta) * u[:, 0] + math.cos(theta) * u[:, 8]
     before, after = u @ torch.diag(s) @ v.T, u_rot @ torch.diag(s) @ v.T
-    stats = weights.update_stats(before, after, tolerance=1e-5, top_k=4)
+    stats = maths.update_stats(before, after, tolerance=1e-5, top_k=4)
     assert stats["subspace_angle_left"] == pytest.approx(30, abs=1e-2)
     assert stats["subspace_angle_right"] == pytest.approx(0, abs=1e-2)
     assert stats["spectrum_change"] == pytest.approx(0, abs=1e-5)
@@ -100,7 +103,7 @@ def test_sparsity_counts_entries_within_the_tolerance():
     after = before.clone()
     after.view(-1)[:30] = 1e-3  # 30 entries moved, 70 unchanged; 20 more moved by less than the tolerance
     after.view(-1)[30:50] = 1e-6
-    stats = weights.update_stats(before, after, tolerance=1e-5, top_k=2, spectra=False)
+    stats = maths.update_stats(before, after, tolerance=1e-5, top_k=2, spectra=False)
     assert stats["sparsity"] == pytest.approx(0.7)
     assert stats["n_unchanged"] == 70
     assert stats["energy_per_param"] == pytest.approx((30 * 1e-6 + 20 * 1e-12) / 100, rel=1e-4)
@@ -108,9 +111,9 @@ def test_sparsity_counts_entries_within_the_tolerance():
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="tolerance"):
-        weights.update_stats(torch.ones(2, 2), torch.ones(2, 2), tolerance=-1, top_k=1)
+        maths.update_stats(torch.ones(2, 2), torch.ones(2, 2), tolerance=-1, top_k=1)
     with pytest.raises(ValueError, match="top_k"):
-        weights.update_stats(torch.ones(2, 2), torch.ones(2, 2), tolerance=0, top_k=0)
+        maths.update_stats(torch.ones(2, 2), torch.ones(2, 2), tolerance=0, top_k=0)
 
 
 # --- names -----------------------------------------------------------------------------------------
@@ -127,26 +130,27 @@ def test_every_block_matrix_of_each_family_is_classified(family, attention, mlp)
              "gpt_neox": dict(rotary_pct=1.0)}.get(family, {})
     cfg = AutoConfig.for_model(family, **{**TINY, **extra})
     names = AutoModelForCausalLM.from_config(cfg).state_dict()
+    label = lambda name: updates.tensor_label(family_of(family), name)  # noqa: E731
     found = {}
     for name, tensor in names.items():
-        layer, module, group = weights.classify(name)
+        layer, module, group = label(name)
         if tensor.ndim == 2 and layer is not None:
             found.setdefault((layer, group), set()).add(module)
     for layer in range(2):
         assert found[(layer, "attention")] == attention
         assert found[(layer, "mlp")] == mlp
-    assert weights.classify("model.embed_tokens.weight") == (None, "other", "other")
-    assert weights.classify("transformer.h.3.attn.c_proj.weight") == (3, "o", "attention")
-    assert weights.classify("transformer.h.3.mlp.c_proj.weight") == (3, "down", "mlp")
+    assert updates.tensor_label(family_of("qwen2"), "model.embed_tokens.weight") == (None, "other", "other")
+    assert updates.tensor_label(family_of("gpt2"), "transformer.h.3.attn.c_proj.weight") == (3, "o", "attention")
+    assert updates.tensor_label(family_of("gpt2"), "transformer.h.3.mlp.c_proj.weight") == (3, "down", "mlp")
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
 def test_identical_checkpoints_give_zero_norm_full_sparsity_and_no_subspace_change(tmp_path):
     _save_tiny(tmp_path / "sft")
     _save_tiny(tmp_path / "rlvr")  # same seed: the same weights, written separately
-    rows = weights.compare({"sft": tmp_path / "sft", "rlvr": tmp_path / "rlvr"}, [("rlvr", "sft")])
+    rows = updates.compare({"sft": tmp_path / "sft", "rlvr": tmp_path / "rlvr"}, [("rlvr", "sft")])
     assert rows and all(r["delta_norm"] == 0 and r["sparsity"] == 1 for r in rows)
-    summary = {k: v["value"] for k, v in weights.summarize(rows).items()}
+    summary = {k: v["value"] for k, v in measures.summarize(rows).items()}
     assert summary["rlvr_relative_update_norm"] == 0 and summary["rlvr_update_sparsity"] == 1
     assert summary["rlvr_top_subspace_angle"] < 1e-3
     assert summary["rlvr_update_mlp_share"] is None  # 0 / 0: no update to share out
@@ -163,14 +167,14 @@ def test_a_planted_update_confined_to_one_group_is_attributed_to_it(tmp_path, gr
     model = _save_tiny(tmp_path / "base")
     _perturb(model, tmp_path / "sft", groups, seed=1)
     _perturb(model, tmp_path / "rlvr", groups, seed=2)
-    rows = weights.compare({s: tmp_path / s for s in ("base", "sft", "rlvr")}, weights.PAIRS, spectra=False)
-    table = weights.group_table(rows).set_index(["pair", "group"])
+    rows = updates.compare({s: tmp_path / s for s in ("base", "sft", "rlvr")}, measures.PAIRS, spectra=False)
+    table = updates.group_table(rows).set_index(["pair", "group"])
     other = ({"attention", "mlp"} - groups).pop()
     for pair in ("sft-base", "rlvr-sft", "rlvr-base"):
         assert table.loc[(pair, other), "energy_per_param"] == 0
         assert table.loc[(pair, "other"), "energy_per_param"] == 0
         assert table.loc[(pair, "all"), "mlp_share"] == share
-    summary = weights.summarize(rows)
+    summary = measures.summarize(rows)
     assert summary["rlvr_update_mlp_share"]["value"] == share
     assert summary["sft_update_mlp_share"]["value"] == share
 
@@ -179,18 +183,18 @@ def test_sharded_and_single_file_checkpoints_read_the_same(tmp_path):
     model = _save_tiny(tmp_path / "single")
     model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
-    assert weights.tensor_files(tmp_path / "sharded").keys() == weights.tensor_files(tmp_path / "single").keys()
-    assert weights.parameter_count(tmp_path / "sharded") == sum(p.numel() for p in model.parameters())
-    rows = weights.compare({"a": tmp_path / "single", "b": tmp_path / "sharded"}, [("b", "a")], spectra=False)
+    assert checkpoints.tensor_files(tmp_path / "sharded").keys() == checkpoints.tensor_files(tmp_path / "single").keys()
+    assert checkpoints.parameter_count(tmp_path / "sharded") == sum(p.numel() for p in model.parameters())
+    rows = updates.compare({"a": tmp_path / "single", "b": tmp_path / "sharded"}, [("b", "a")], spectra=False)
     assert all(r["delta_norm"] == 0 for r in rows)
 
 
 def test_missing_checkpoint_files_and_unknown_pairs_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="safetensors"):
-        weights.tensor_files(tmp_path / "empty")
+        checkpoints.tensor_files(tmp_path / "empty")
     with pytest.raises(ValueError, match="pair"):
-        weights.compare({"a": tmp_path / "empty", "b": tmp_path / "empty"}, [("rlvr", "a")])
+        updates.compare({"a": tmp_path / "empty", "b": tmp_path / "empty"}, [("rlvr", "a")])
 
 
 def test_find_checkpoints_orders_steps_and_ignores_other_folders(tmp_path):
@@ -198,8 +202,8 @@ def test_find_checkpoints_orders_steps_and_ignores_other_folders(tmp_path):
         (tmp_path / name).mkdir()
         save_file({"w": torch.zeros(1)}, tmp_path / name / "model.safetensors")
     (tmp_path / "step-9").mkdir()  # no weights: not a checkpoint
-    assert list(weights.find_checkpoints(tmp_path)) == [3, 20]
-    assert weights.find_checkpoints(tmp_path / "absent") == {}
+    assert list(checkpoints.find_checkpoints(tmp_path)) == [3, 20]
+    assert checkpoints.find_checkpoints(tmp_path / "absent") == {}
 
 
 def test_analyze_writes_a_json_summary_and_training_dynamics(tmp_path):
@@ -214,10 +218,12 @@ def test_analyze_writes_a_json_summary_and_training_dynamics(tmp_path):
     shutil.copytree(models / "sft", models / "null_0")  # ... and SFT plus noise in every block matrix
     sft = load_file(models / "sft" / "model.safetensors")
     gen = torch.Generator().manual_seed(4)
-    save_file({k: v + 1e-3 * torch.randn(v.shape, generator=gen) if weights.classify(k)[2] in weights.GROUPS else v
+    family = family_of("qwen2")
+    save_file({k: v + 1e-3 * torch.randn(v.shape, generator=gen)
+               if updates.tensor_label(family, k)[2] in updates.GROUPS else v
                for k, v in sft.items()}, models / "null_0" / "model.safetensors", metadata={"format": "pt"})
-    result = weights.analyze(cfg)
-    path = artifacts.write_json(cfg.path("metrics", "weights.json"), result)
+    base.run(cfg, Weights(), progress=False)
+    path = cfg.path("metrics", "weights.json")
     loaded = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in weights.json"))
     assert set(loaded["summary"]) == {
         "rlvr_update_mlp_share", "sft_update_mlp_share", "rlvr_update_effective_rank_ratio",
@@ -231,7 +237,8 @@ def test_analyze_writes_a_json_summary_and_training_dynamics(tmp_path):
     keys = {"attn_structured_update", "mlp_structured_update", "attn_rotation", "mlp_rotation", "mlp_share",
             "effective_rank_ratio", "attn_relative_norm", "mlp_relative_norm"}
     assert all(set(v) == keys for v in variants.values())
-    assert variants["identical"]["attn_structured_update"] == {"value": 0.0, "ci": [0.0, 0.0]}
+    identical = variants["identical"]["attn_structured_update"]
+    assert {k: identical[k] for k in ("value", "ci")} == {"value": 0.0, "ci": [0.0, 0.0]}
     assert variants["identical"]["attn_rotation"]["value"] == 0.0
     assert variants["identical"]["effective_rank_ratio"]["value"] is None  # nothing changed
     assert variants["rlvr"]["mlp_structured_update"]["value"] == 0.0 and variants["rlvr"]["mlp_share"]["value"] == 0.0
@@ -246,15 +253,15 @@ def test_analyze_writes_a_json_summary_and_training_dynamics(tmp_path):
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, re, sys
-    from rlvr_utils.instruments.weights import weights
+    from rlvr_utils.instruments.weights import checkpoints, maths
 
     def status(key):
         return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
 
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS mark after the imports
     start = status("VmRSS")
-    for name, t in weights.iter_tensors({"a": sys.argv[1], "b": sys.argv[2]}):
-        weights.update_stats(t["a"], t["b"], tolerance=1e-5, top_k=1, spectra=False)
+    for name, t in checkpoints.iter_tensors({"a": sys.argv[1], "b": sys.argv[2]}):
+        maths.update_stats(t["a"], t["b"], tolerance=1e-5, top_k=1, spectra=False)
         del t
     print(json.dumps({"peak_increase": status("VmHWM") - start}))
 """)
@@ -291,15 +298,34 @@ def test_reading_two_checkpoints_keeps_memory_near_one_tensor_at_a_time(tmp_path
 
 
 def test_fingerprint_changes_when_a_checkpoint_is_rewritten(tmp_path):
+    """The driver's stamp checks the checkpoints' content: a retrained checkpoint is analysed again even when no
+    param changed."""
     cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path)})
     models = cfg.path("models")
     model = _save_tiny(models / "base")
     for stage in ("sft", "rlvr"):
         model.save_pretrained(models / stage)
-    before = weights.fingerprint(cfg)
-    assert weights.fingerprint(cfg) == before
+    instrument = Weights()
+    treatments = instrument.treatments(cfg)
+    base.run(cfg, instrument, progress=False)
+
+    def current():
+        return artifacts.is_current(base.path(cfg, instrument), base.fingerprint(cfg, instrument, treatments),
+                                    base.inputs(cfg, instrument, treatments))
+
+    assert current() and current()
     _perturb(model, models / "rlvr", {"mlp"})
-    assert weights.fingerprint(cfg) != before
+    assert not current()
+
+
+def test_fingerprint_changes_with_the_confidence_level_it_reads():
+    """The instrument reads evaluation.confidence (its intervals' level): its fingerprint must follow it."""
+    treatments = ["rlvr"]
+    fingerprints = {c: base.fingerprint(config.from_dict({"name": "t", "evaluation": {"confidence": c}}), Weights(),
+                                        treatments) for c in (0.9, 0.95)}
+    assert fingerprints[0.9] != fingerprints[0.95]
+    same = config.from_dict({"name": "t", "evaluation": {"confidence": 0.95}})
+    assert base.fingerprint(same, Weights(), treatments) == fingerprints[0.95]
 
 
 # --- storage precision, spectral gap, per-variant measures -------------------------------------------
@@ -313,21 +339,21 @@ def test_a_bf16_stored_rank_4_update_reads_as_rank_4(seed):
     before = 0.02 * torch.randn(128, 512, generator=gen)  # an initialised weight's scale
     update = _planted([0.05, 0.04, 0.03, 0.02], shape=(128, 512), seed=seed)  # relative size ~1.5%
     stored_before, stored_after = _bf16(before), _bf16(before + update)  # both rounded, as bf16 checkpoints are
-    stats = weights.update_stats(stored_before, stored_after, tolerance=1e-5, top_k=8, dtype="BF16")
+    stats = maths.update_stats(stored_before, stored_after, tolerance=1e-5, top_k=8, dtype="BF16")
     assert 3.5 < stats["effective_rank"] < 4.6
     assert stats["effective_rank_ratio"] < 0.04  # truth 4 / 128 = 0.031
     # the round-off floor set from the update itself (float32 arithmetic) counts the bf16 noise as rank
-    naive = weights.effective_rank(torch.linalg.svdvals(stored_after - stored_before), (128, 512))
+    naive = maths.effective_rank(torch.linalg.svdvals(stored_after - stored_before), (128, 512))
     assert naive > 20
     # an update below storage precision is round-off, not rank
-    tiny = weights.update_stats(stored_before, _bf16(before + 1e-3 * update), tolerance=0, top_k=8, dtype="BF16")
+    tiny = maths.update_stats(stored_before, _bf16(before + 1e-3 * update), tolerance=0, top_k=8, dtype="BF16")
     assert tiny["effective_rank"] <= 4.6
 
 
 def test_unknown_dtype_is_a_clear_error():
     with pytest.raises(ValueError, match="dtype"):
-        weights.unit_roundoff("F8_E4M3X")
-    assert weights.unit_roundoff("BF16") == 2**-8 and weights.unit_roundoff("F16") == 2**-11
+        maths.unit_roundoff("F8_E4M3X")
+    assert maths.unit_roundoff("BF16") == 2**-8 and maths.unit_roundoff("F16") == 2**-11
 
 
 def _gapped_weight(seed=0, shape=(128, 128)):
@@ -349,21 +375,21 @@ def test_rotation_at_the_spectral_gap_orders_a_rank_1_and_a_same_norm_gaussian_u
     gauss = torch.randn(128, 128, generator=gen)
     scattered, gauss = scattered * norm / scattered.norm(), gauss * norm / gauss.norm()
     angle = lambda st: (st["subspace_angle_left"] + st["subspace_angle_right"]) / 2  # noqa: E731
-    a, r, g = (weights.update_stats(before, before + d, tolerance=0, top_k=8) for d in (aimed, scattered, gauss))
+    a, r, g = (maths.update_stats(before, before + d, tolerance=0, top_k=8) for d in (aimed, scattered, gauss))
     assert a["gap_k"] == r["gap_k"] == g["gap_k"] == 1 and a["top_k_gap"] == pytest.approx(20 / 12, rel=1e-3)
     wedin = math.degrees(math.asin(norm / (20 - 12)))  # sin(angle) <= ||E||_2 / (sigma_1 - sigma_2)
     assert angle(g) < angle(a) <= wedin + 0.01  # the update that turns the top direction turns it most
     assert max(angle(r), angle(g)) < 0.3 * angle(a)  # same-norm updates in random directions barely do
     # the fixed top-8 subspace, whose edge sits between sigma_8 and sigma_9 ~ sigma_8, is turned by degrees by
     # the Gaussian update: more than the aimed update turns the top direction
-    assert weights.largest_principal_angle(u[:, :8], torch.linalg.svd(before + gauss)[0][:, :8]) > 5 > 10 * angle(a)
+    assert maths.largest_principal_angle(u[:, :8], torch.linalg.svd(before + gauss)[0][:, :8]) > 5 > 10 * angle(a)
     # a planted rotation of the top direction is measured as such
     u, s, vh = torch.linalg.svd(before)
     theta = math.radians(30)
     u_rot = u.clone()
     u_rot[:, 0], u_rot[:, 5] = math.cos(theta) * u[:, 0] + math.sin(theta) * u[:, 5], \
         -math.sin(theta) * u[:, 0] + math.cos(theta) * u[:, 5]
-    turned = weights.update_stats(before, u_rot @ torch.diag(s) @ vh, tolerance=0, top_k=8)
+    turned = maths.update_stats(before, u_rot @ torch.diag(s) @ vh, tolerance=0, top_k=8)
     assert turned["subspace_angle_left"] == pytest.approx(30, abs=0.1)
 
 
@@ -372,9 +398,9 @@ def test_sparsity_does_not_count_storage_round_off_as_change():
     before = 0.05 * torch.randn(64, 64, generator=gen)
     after = before.clone()
     after.view(-1)[:1000] += 0.01  # 1000 of 4096 entries really moved
-    stats = weights.update_stats(before, _bf16(after), tolerance=1e-5, top_k=2, spectra=False, dtype="BF16")
+    stats = maths.update_stats(before, _bf16(after), tolerance=1e-5, top_k=2, spectra=False, dtype="BF16")
     assert stats["n_unchanged"] == 4096 - 1000  # every other entry differs only by bf16 rounding
-    absolute = weights.update_stats(before, _bf16(after), tolerance=1e-5, top_k=2, spectra=False, dtype="F32")
+    absolute = maths.update_stats(before, _bf16(after), tolerance=1e-5, top_k=2, spectra=False, dtype="F32")
     assert absolute["n_unchanged"] < 1000  # read as float32, rounding counts as a change
 
 
@@ -396,7 +422,7 @@ def _checkpoints(tmp_path, changes: dict, layers=3):
         g = torch.Generator().manual_seed(seed)
         out = {}
         for key, w in sft.items():
-            if weights.classify(key)[2] not in groups:
+            if updates.tensor_label(family_of("qwen2"), key)[2] not in groups:
                 out[key] = w
                 continue
             if kind == "low_rank":
@@ -406,6 +432,7 @@ def _checkpoints(tmp_path, changes: dict, layers=3):
             out[key] = w + d * (0.02 * w.norm() / d.norm())
         (tmp_path / name).mkdir()
         save_file(out, tmp_path / name / "model.safetensors")
+        (tmp_path / name / "config.json").write_text(json.dumps({"model_type": "qwen2"}))  # the tensors' family
         folders[name] = tmp_path / name
     return folders
 
@@ -414,25 +441,25 @@ def test_variant_measures_credit_a_planted_low_rank_update_to_its_component(tmp_
     folders = _checkpoints(tmp_path, {"attn_only": ({"attention"}, "low_rank", 1), "mlp_only": ({"mlp"}, "low_rank", 2),
                                       "null_0": ({"attention", "mlp"}, "gaussian", 3),
                                       "null_1": ({"attention", "mlp"}, "gaussian", 4)})
-    rows = weights.compare(folders, [(t, "sft") for t in folders if t != "sft"], tolerance=0, top_k=4, progress=False)
-    v = weights.variant_measures(rows, ["attn_only", "mlp_only", "null_0", "null_1", "absent"], n_bootstrap=300)
+    rows = updates.compare(folders, [(t, "sft") for t in folders if t != "sft"], tolerance=0, top_k=4, progress=False)
+    v = measures.variant_measures(rows, ["attn_only", "mlp_only", "null_0", "null_1", "absent"], n_bootstrap=300)
     assert set(v) == {"attn_only", "mlp_only", "null_0", "null_1"}
     null = v["null_0"]
     for planted, other in (("attn", "mlp"), ("mlp", "attn")):
         got = v[f"{planted}_only"]
-        assert got[f"{planted}_structured_update"]["value"] > 3 * null[f"{planted}_structured_update"]["value"]
-        assert got[f"{planted}_structured_update"]["ci"][0] > null[f"{planted}_structured_update"]["ci"][1]
-        assert got[f"{other}_structured_update"]["value"] == 0 and got[f"{other}_rotation"]["value"] == 0
-        assert got[f"{other}_relative_norm"]["value"] == 0
-        assert got[f"{planted}_relative_norm"]["value"] == pytest.approx(0.02, rel=1e-3)
-        assert got["effective_rank_ratio"]["value"] == pytest.approx(1 / 64, rel=0.05)  # rank 1 of 64
-    assert v["attn_only"]["mlp_share"]["value"] == 0 and v["mlp_only"]["mlp_share"]["value"] == 1
+        assert got[f"{planted}_structured_update"].value > 3 * null[f"{planted}_structured_update"].value
+        assert got[f"{planted}_structured_update"].ci[0] > null[f"{planted}_structured_update"].ci[1]
+        assert got[f"{other}_structured_update"].value == 0 and got[f"{other}_rotation"].value == 0
+        assert got[f"{other}_relative_norm"].value == 0
+        assert got[f"{planted}_relative_norm"].value == pytest.approx(0.02, rel=1e-3)
+        assert got["effective_rank_ratio"].value == pytest.approx(1 / 64, rel=0.05)  # rank 1 of 64
+    assert v["attn_only"]["mlp_share"].value == 0 and v["mlp_only"]["mlp_share"].value == 1
     # two draws of the same-norm Gaussian update read the same, within their intervals
     for key in ("attn_structured_update", "mlp_structured_update", "attn_rotation", "mlp_rotation",
                 "effective_rank_ratio", "attn_relative_norm"):
         a, b = v["null_0"][key], v["null_1"][key]
-        assert abs(a["value"] - b["value"]) <= 0.1 * abs(a["value"]), key
-    assert v["null_0"]["effective_rank_ratio"]["value"] > 0.7  # a Gaussian update is high rank
+        assert abs(a.value - b.value) <= 0.1 * abs(a.value), key
+    assert v["null_0"]["effective_rank_ratio"].value > 0.7  # a Gaussian update is high rank
 
 
 def test_an_update_with_equal_energy_per_parameter_has_mlp_share_one_half(tmp_path):
@@ -441,7 +468,7 @@ def test_an_update_with_equal_energy_per_parameter_has_mlp_share_one_half(tmp_pa
     sft, null = load_file(folders["sft"] / "model.safetensors"), load_file(folders["null_0"] / "model.safetensors")
     save_file({k: sft[k] + (null[k] - sft[k]) / (null[k] - sft[k]).norm() * 1e-3 * math.sqrt(sft[k].numel())
                if (null[k] - sft[k]).norm() > 0 else sft[k] for k in sft}, folders["null_0"] / "model.safetensors")
-    rows = weights.compare(folders, [("null_0", "sft")], tolerance=0, top_k=4, progress=False)
-    share = weights.variant_measures(rows, ["null_0"])["null_0"]["mlp_share"]
-    assert share["value"] == pytest.approx(0.5, abs=1e-3)
-    assert share["ci"][0] <= 0.5 <= share["ci"][1]
+    rows = updates.compare(folders, [("null_0", "sft")], tolerance=0, top_k=4, progress=False)
+    share = measures.variant_measures(rows, ["null_0"])["null_0"]["mlp_share"]
+    assert share.value == pytest.approx(0.5, abs=1e-3)
+    assert share.ci[0] <= 0.5 <= share.ci[1]

@@ -24,10 +24,20 @@ ALWAYS = ("seed", "rehearsal", "model")  # read by almost everything: every fing
 
 
 def module_file(name: str) -> Path | None:
-    """The source file of an rlvr_utils module or package (None outside the package)."""
+    """The source file of an rlvr_utils module or package; for a module outside the package (a user's own
+    instrument), its file when it is one, so that what it imports from rlvr_utils is followed too."""
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
-        return None
-    rel = Path(*name.split(".")[1:])
+        import importlib.util
+        import sys
+
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) or getattr(importlib.util.find_spec(name), "origin", None) \
+            if name else None
+        return Path(origin) if origin and origin.endswith(".py") else None
+    parts = name.split(".")[1:]
+    if not parts:
+        return ROOT / "__init__.py"
+    rel = Path(*parts)
     for candidate in (ROOT / rel.with_suffix(".py"), ROOT / rel / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -108,6 +118,6 @@ def notebook_modules(code_cells: Iterable[str]) -> set[str]:
     return out
 
 
-def fingerprint(cfg, module: str) -> str:
-    """What a cached artifact made by `module` depends on: its params sections and its code."""
-    return cfg.fingerprint(*sections([module])) + code_digest([module])
+def fingerprint(cfg, *modules: str) -> str:
+    """What a cached artifact made by `modules` depends on: their params sections and their code."""
+    return cfg.fingerprint(*sections(modules)) + code_digest(modules)

@@ -80,14 +80,18 @@ def pass_at_k(metrics: dict) -> plt.Figure:
     return fig
 
 
-def variant_gains(eval_metrics: dict) -> plt.Figure:
-    """Greedy accuracy gain over SFT of every treatment (paired 95% interval): RLVR, the two controls,
-    the identical model and the nulls, so a reader sees at once whether attention alone reaches RLVR's gain."""
+KIND_COLORS = {"study": STAGE_COLORS["rlvr"], "control": "#2ca02c", "null": "#555555", "identical": "#555555",
+               "user": "#9467bd"}
+
+
+def variant_gains(eval_metrics: dict, kinds: dict[str, str]) -> plt.Figure:
+    """Greedy accuracy gain over SFT of every treatment (paired 95% interval), coloured by kind (`kinds`:
+    {treatment: kind}, treatments.registry.kinds): RLVR, the controls, the identical model and the nulls, so a
+    reader sees at once whether one component alone reaches RLVR's gain."""
     rows = [(name, v["gain"]) for name, v in eval_metrics.get("variants", {}).items()]
     fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(rows), 1) + 1.4))
     for i, (name, gain) in enumerate(rows):
-        color = STAGE_COLORS["rlvr"] if name == "rlvr" else ("#555555" if name.startswith("null") or
-                                                             name == "identical" else "#2ca02c")
+        color = KIND_COLORS.get(kinds.get(name), "#555555")
         lo, hi = 100 * gain["ci"][0], 100 * gain["ci"][1]
         ax.errorbar([100 * gain["value"]], [i], xerr=[[100 * gain["value"] - lo], [hi - 100 * gain["value"]]],
                     fmt="o", color=color, capsize=4)

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rlvr_utils.core import artifacts, stats
+from rlvr_utils.core import artifacts, deps, stats
 from rlvr_utils.training import data
 from rlvr_utils.treatments import registry
 from rlvr_utils.training.rewards import extract_answer, is_correct, is_formatted
+
+PARAMS = ("evaluation", "data")  # params sections read here (rlvr_utils.core.deps)
 
 STAGES = ("base", "sft", "rlvr")
 
@@ -209,13 +211,13 @@ def summarize(cfg) -> dict:
 
 
 def summarize_variants(cfg) -> dict:
-    """metrics/variants.json (notebook 03; eval.json stays chapter 02's): per treatment, greedy accuracy, its
+    """metrics/variants.json (the variants chapter; eval.json stays the GRPO chapter's): per treatment, greedy accuracy, its
     gain over SFT and its difference from RLVR, with paired intervals; the controls' gains as summary keys."""
     ev = cfg.evaluation
     boot = dict(n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=cfg.seed)
     correct = {name: c for name in ["sft", *registry.names(cfg)] if (c := _greedy_correct(cfg, name)) is not None}
     if "sft" not in correct:
-        raise FileNotFoundError(f"{cfg.path('eval', 'sft_greedy.jsonl')}: SFT is not evaluated yet (notebook 02)")
+        raise FileNotFoundError(f"{cfg.path('eval', 'sft_greedy.jsonl')}: SFT is not evaluated yet (run the GRPO chapter first)")
     out = {"n_problems": len(correct["sft"]), "variants": variant_summary(correct, boot), "summary": {}}
     for name in registry.names(cfg, "control"):
         if name in out["variants"]:
@@ -237,7 +239,7 @@ def variant_summary(correct: dict[str, np.ndarray], boot: dict) -> dict:
     out, sft, rlvr = {}, correct["sft"], correct.get("rlvr")
     for name, c in correct.items():
         if name == "sft" or c.shape != sft.shape:
-            continue  # a different shape: evaluated on another problem set, stale; re-run notebook 03
+            continue  # a different shape: evaluated on another problem set, stale; re-run the variants chapter
         out[name] = {"accuracy": stats.bootstrap(c, **boot), "gain": stats.paired_difference(c, sft, **boot)}
         if rlvr is not None and name != "rlvr":
             out[name]["minus_rlvr"] = stats.paired_difference(c, rlvr, **boot)
@@ -246,10 +248,8 @@ def variant_summary(correct: dict[str, np.ndarray], boot: dict) -> dict:
 
 def run_variant(cfg, name: str, force: bool = False) -> str:
     """Greedy evaluation of one variant (no pass@k: the nulls and controls are compared on accuracy)."""
-    from rlvr_utils.core.artifacts import checkpoint_fingerprint
-
     path = cfg.path("eval", f"{name}_greedy.jsonl")
-    fingerprint = cfg.fingerprint("evaluation", "data", "seed") + checkpoint_fingerprint(cfg.model_ref(name))
+    fingerprint = deps.fingerprint(cfg, __name__)  # the checkpoint itself is a content-checked input
     inputs = [cfg.model_ref(name), cfg.path("data", "eval.jsonl")]  # content-checked by the stamp
     if artifacts.is_current(path, fingerprint, inputs) and not force:
         return f"{name}: evaluation up to date, skipped"
@@ -264,10 +264,8 @@ def run_variant(cfg, name: str, force: bool = False) -> str:
 
 def run(cfg, stage: str, force: bool = False) -> str:
     """Evaluate one stage unless its per-problem files are up to date for these params."""
-    from rlvr_utils.training.train import STAGE_SECTIONS
-
     path = cfg.path("eval", f"{stage}_greedy.jsonl")
-    fingerprint = cfg.fingerprint(*STAGE_SECTIONS[stage], "evaluation")
+    fingerprint = deps.fingerprint(cfg, __name__)  # the checkpoint itself is a content-checked input
     inputs = [cfg.model_ref(stage), cfg.path("data", "eval.jsonl")]  # content-checked by the stamp
     if artifacts.is_current(path, fingerprint, inputs) and not force:
         return f"{stage}: evaluation up to date, skipped"

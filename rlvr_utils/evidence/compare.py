@@ -28,9 +28,9 @@ def table(runs: list[str]) -> pd.DataFrame:
         folder = _run_dir(run)
         metrics = verdict.load_metrics(folder / "metrics")
         column = {}
-        for file, key in (("eval.json", "accuracy_base"), ("eval.json", "accuracy_sft"), ("eval.json", "accuracy_rlvr"),
-                          ("eval.json", "rlvr_minus_sft_accuracy"), ("variants.json", "attn_only_minus_sft_accuracy"),
-                          ("variants.json", "mlp_only_minus_sft_accuracy")):
+        controls = [k.removesuffix("_minus_sft_accuracy") for k in metrics.get("variants.json", {}).get("summary", {})
+                    if k.endswith("_minus_sft_accuracy")]  # whatever controls that run had
+        for file, key in verdict.context_keys(controls)[:len(verdict.ACCURACY) + len(controls)]:
             value = verdict.summary_value(metrics, file, key)
             column[key] = verdict.format_observed(*(value or (None, None)))
         result = _read_verdict(folder)

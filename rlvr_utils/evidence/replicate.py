@@ -14,6 +14,8 @@ import yaml
 
 from rlvr_utils.core.config import load, resolve
 
+PARAMS = ("verdict",)  # params sections read here (rlvr_utils.core.deps)
+
 
 def seed_params(params_file: str | Path, seed: int) -> Path:
     """Write runs/<name>-seed<k>/params.yaml: the given file with the seed and the run name changed."""

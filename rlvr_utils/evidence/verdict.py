@@ -32,17 +32,16 @@ import numpy as np
 import pandas as pd
 
 from rlvr_utils.treatments import registry
+from rlvr_utils.treatments.registry import NO_EVIDENCE, REPRESENTATION, ROUTING  # one definition of the readings
+
+PARAMS = ("verdict", "organism")  # params sections read here (rlvr_utils.core.deps)
 
 log = logging.getLogger(__name__)
 
-ROUTING = "Routing"
-REPRESENTATION = "Representation learning"
-NO_EVIDENCE = "no evidence"
 NOT_MEASURED = "not measured"
 INCONCLUSIVE = "inconclusive"
 METRICS_FILES = ("eval.json", "variants.json", "same_input.json", "cka.json", "probes.json", "crosscoder.json",
                  "patching.json", "weights.json")
-EXPECTED = {"attn_only": ROUTING, "mlp_only": REPRESENTATION}
 
 
 @dataclass(frozen=True)
@@ -103,10 +102,10 @@ RULES: tuple[Rule, ...] = (
 )
 
 # Shown beside the evidence, not tallied: did RLVR help, and by how much did the controls and nulls?
-CONTEXT: tuple[tuple[str, str], ...] = (
+ACCURACY: tuple[tuple[str, str], ...] = (
     ("eval.json", "accuracy_base"), ("eval.json", "accuracy_sft"), ("eval.json", "accuracy_rlvr"),
-    ("eval.json", "rlvr_minus_sft_accuracy"), ("variants.json", "attn_only_minus_sft_accuracy"),
-    ("variants.json", "mlp_only_minus_sft_accuracy"),
+    ("eval.json", "rlvr_minus_sft_accuracy"))
+CONTEXT: tuple[tuple[str, str], ...] = (
     ("weights.json", "rlvr_relative_update_norm"), ("weights.json", "sft_relative_update_norm"),
     ("cka.json", "cka_permutation_baseline"),
     ("patching.json", "graft_attn_share"), ("patching.json", "graft_mlp_share"),
@@ -114,6 +113,11 @@ CONTEXT: tuple[tuple[str, str], ...] = (
 
 
 # --- reading ---------------------------------------------------------------------------------------
+def context_keys(controls: list[str]) -> list[tuple[str, str]]:
+    """Accuracies, each control's gain over SFT (the variants chapter's variants.json), then the other context rows."""
+    return [*ACCURACY, *(("variants.json", f"{c}_minus_sft_accuracy") for c in controls), *CONTEXT]
+
+
 def load_metrics(metrics_dir: str | Path) -> dict[str, dict]:
     """{file name: its JSON} for the metrics files that exist; an unreadable one is left out with a warning
     (its rows become "not measured")."""
@@ -210,22 +214,27 @@ def read_rule(rule: Rule, metrics: Mapping[str, dict], treatment: str, null_name
          "n_nulls": n} for s, r, n in signals]}
 
 
-def calibration(rule: Rule, readings: Mapping[str, str], null_names: list[str]) -> str:
-    """'counts', or why the row does not: a control misread, a null or the identical model read as evidence,
-    or a control or nulls missing."""
+def calibration(rule: Rule, readings: Mapping[str, str], null_names: list[str], expected: Mapping[str, str]) -> str:
+    """'counts', or why the row does not: a treatment with a known answer misread (a control, a null or the
+    identical model read as evidence), or a control or nulls missing. `expected`: {treatment: known answer}
+    (treatments.registry.expected)."""
     sides = {s.supports for s in rule.signals}
     problems = []
-    for control, expected in EXPECTED.items():
+    for control, answer in expected.items():
+        if answer not in (ROUTING, REPRESENTATION):
+            continue
+        expected_reading = answer
         got = readings.get(control)
         if got in (None, NOT_MEASURED):
             problems.append(f"control {control} not measured")
-        elif expected in sides and got != expected:
-            problems.append(f"{control} reads {got}, expected {expected}")
-        elif expected not in sides and got != NO_EVIDENCE:
-            problems.append(f"{control} reads {got}, expected no evidence (this row cannot support {expected})")
+        elif expected_reading in sides and got != expected_reading:
+            problems.append(f"{control} reads {got}, expected {expected_reading}")
+        elif expected_reading not in sides and got != NO_EVIDENCE:
+            problems.append(f"{control} reads {got}, expected no evidence (this row cannot support "
+                            f"{expected_reading})")
     if len(null_names) < 2:
         problems.append("fewer than 2 nulls")
-    for name in [*null_names, "identical"]:
+    for name in [n for n, answer in expected.items() if answer == NO_EVIDENCE]:
         if readings.get(name) in (ROUTING, REPRESENTATION):
             problems.append(f"{name} reads {readings[name]}")
     if not rule.counted:
@@ -240,8 +249,10 @@ def calibration_short(calibration: str) -> str:
     return "not counted by design" if calibration.startswith("not counted") else "fails calibration"
 
 
-def evidence(metrics: Mapping[str, dict], treatments: list[str], null_names: list[str], params) -> pd.DataFrame:
-    """One row per rule: each treatment's reading, RLVR's signals, and whether the row counts."""
+def evidence(metrics: Mapping[str, dict], treatments: list[str], null_names: list[str], params,
+             expected: Mapping[str, str]) -> pd.DataFrame:
+    """One row per rule: each treatment's reading, RLVR's signals, and whether the row counts. `expected`
+    gives the known answers ({treatment: reading}) that calibrate each row."""
     rows = []
     for rule in RULES:
         per = {t: read_rule(rule, metrics, t, null_names, params) for t in treatments}
@@ -250,7 +261,7 @@ def evidence(metrics: Mapping[str, dict], treatments: list[str], null_names: lis
                      "routing_predicts": rule.routing_predicts, "representation_predicts": rule.representation_predicts,
                      "note": rule.note, "readings": readings, "rlvr": readings.get(registry.STUDY, NOT_MEASURED),
                      "signals": per.get(registry.STUDY, {}).get("signals", []),
-                     "calibration": calibration(rule, readings, null_names)})
+                     "calibration": calibration(rule, readings, null_names, expected)})
     return pd.DataFrame(rows)
 
 
@@ -308,12 +319,12 @@ def replicate(table: pd.DataFrame, seed: int, others: Mapping[int, dict]) -> pd.
 
 # --- the whole chapter's result -----------------------------------------------------------------------------
 def build(cfg) -> dict:
-    """Everything notebook 10 writes to metrics/verdict.json: rows with every treatment's reading and RLVR's
+    """Everything the verdict chapter writes to metrics/verdict.json: rows with every treatment's reading and RLVR's
     signals, the calibration of each row, the verdict per treatment, replication, context and caveats."""
     metrics = load_metrics(cfg.path("metrics"))
     null_names = registry.names(cfg, "null")
     treatments = registry.names(cfg)
-    table = evidence(metrics, treatments, null_names, cfg.verdict)
+    table = evidence(metrics, treatments, null_names, cfg.verdict, registry.expected(cfg))
     single_seed = table.copy()
     others, per_seed = {}, {}
     for seed, folder in replicate_dirs(cfg).items():
@@ -343,22 +354,22 @@ def build(cfg) -> dict:
         "single_seed": {"rows": _records(single_seed)},
         "seeds": [cfg.seed, *others],
         "per_seed": per_seed,
-        "context": context(metrics),
+        "context": context(metrics, registry.names(cfg, "control")),
         "thresholds": cfg.verdict.model_dump(),
         "caveats": caveats(cfg, metrics, table, list(others)),
     }
 
 
 def _gains(metrics_dir: Path) -> dict[str, dict]:
-    """Each treatment's greedy accuracy gain over SFT on that seed (chapter 03), with its interval."""
+    """Each treatment's greedy accuracy gain over SFT on that seed (the variants chapter), with its interval."""
     path = metrics_dir / "variants.json"
     found = json.loads(path.read_text())["variants"] if path.exists() else {}
     return {t: v["gain"] for t, v in found.items() if "gain" in v}
 
 
-def context(metrics: Mapping[str, dict]) -> list[dict]:
+def context(metrics: Mapping[str, dict], controls: list[str]) -> list[dict]:
     rows = []
-    for file, key in CONTEXT:
+    for file, key in context_keys(controls):
         observed = summary_value(metrics, file, key)
         entry = metrics.get(file, {}).get("summary", {}).get(key, {})
         rows.append({"measurement": key, "source": file, "observed": format_observed(*(observed or (None, None))),

@@ -58,7 +58,7 @@ class Instrument:
 
 
 def fingerprint(cfg, instrument: Instrument, treatments: list[str]) -> str:
-    return deps.fingerprint(cfg, type(instrument).__module__) + ",".join(treatments)
+    return deps.fingerprint(cfg, type(instrument).__module__, __name__) + ",".join(treatments)
 
 
 def inputs(cfg, instrument: Instrument, treatments: list[str]) -> list:

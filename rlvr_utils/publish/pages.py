@@ -16,6 +16,8 @@ from rlvr_utils.core import artifacts
 from rlvr_utils.core.config import PROJECT_ROOT, Params
 from rlvr_utils.core.fmt import interval
 
+PARAMS = ("evaluation", "grpo", "organism", "variants")  # params sections read here (rlvr_utils.core.deps)
+
 
 def _read(path: Path) -> dict:
     try:
@@ -96,7 +98,7 @@ def params_reference() -> str:
            "Every key a params file (`params/*.yaml`) may set, with its default (the embedded experiment) and "
            "what it does. Every key is optional. `python -m rlvr_utils show-params FILE` prints a file's "
            "effective config with these defaults filled in; `check-params FILE` validates it. Generated from "
-           "`rlvr_utils/core/config.py`.", ""]
+           "`rlvr_utils/core/params.py`.", ""]
     top = [(k, f) for k, f in Params.model_fields.items() if k != "source" and not _is_section(f)]
     out += ["## Top level", "", "| key | type | default | description |", "| --- | --- | --- | --- |"]
     out += [f"| `{k}` | {_type(f.annotation)} | {_default(f)} | {_cell(f.description)} |" for k, f in top]

@@ -6,12 +6,13 @@ notebook is skipped only when its entry was made from the same params, notebook 
 predecessors (a stamp chain), its executed copy is complete, and every file it wrote is unchanged;
 otherwise it and every later notebook re-run (their stages skip inside what is still current).
 `force` re-runs what it names and makes their stages recompute (artifacts.FORCE_ENV). One run folder
-runs one run at a time (artifacts.run_lock). The first failure stops the run with the notebook, the
+runs one run at a time (lock.run_lock). The first failure stops the run with the notebook, the
 cell, the error and the path of the partially executed copy; the book is never built from it.
 
 Each run has its own book (runs/<name>/book/: the executed notebooks and _build/html), so two runs never
 mix chapters, and a failed run touches only its own. A notebook re-runs only when the params sections it
-reads (NOTEBOOK_SECTIONS), its source or the files of the notebooks it reads from (UPSTREAM) changed.
+reads (declared by the library modules it imports: rlvr_utils.core.deps), its source, the source of those
+modules or the files of the notebooks it reads from (UPSTREAM) changed.
 While a notebook runs, one terminal line shows its cell, elapsed time and the kernel's last progress or
 log line; the kernel's output goes to runs/<name>/logs/<notebook>.log, and the executed copy is cleaned
 for the book (rlvr_utils.publish).
@@ -31,7 +32,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlvr_utils.core import artifacts
+from rlvr_utils.core import artifacts, lock, deps
 from rlvr_utils.publish import pages, clean as publish
 from rlvr_utils.core.config import PROJECT_ROOT, Params, load, resolve
 
@@ -41,22 +42,6 @@ BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 RECORD = "executed_notebooks.json"
 BOOK, LOGS = "book", "logs"  # the run's own book root and kernel logs, under runs/<name>/
 SCRATCH = ("trainer", BOOK, LOGS)  # run folders that hold no results of a notebook (scratch, book, logs)
-# Params sections each chapter reads (through its library calls too); seed and rehearsal reach every one.
-# A chapter not listed reads all of them.
-NOTEBOOK_SECTIONS = {
-    "00_base": ("model", "organism", "data", "evaluation"),
-    "01_train_sft": ("model", "organism", "data", "sft", "evaluation"),
-    "02_train_grpo": ("model", "data", "grpo", "evaluation"),
-    "03_variants": ("model", "data", "grpo", "evaluation", "variants"),
-    "04_extract": ("model", "data", "evaluation", "extract", "variants"),
-    "05_cka": ("model", "data", "extract", "cka", "variants"),
-    "06_probes": ("model", "data", "evaluation", "extract", "probes", "variants"),
-    "07_crosscoder": ("model", "data", "evaluation", "extract", "crosscoder", "variants"),
-    "08_patching": ("model", "data", "evaluation", "extract", "patching", "variants"),
-    "09_spectra": ("model", "weights", "variants"),
-    "10_verdict": ("verdict", "variants"),
-}
-ALWAYS = ("seed", "rehearsal")
 # The last earlier chapter whose files (and its predecessors') a chapter reads; not listed: all earlier ones.
 UPSTREAM = {"05_cka": "04_extract", "06_probes": "04_extract", "07_crosscoder": "04_extract",
             "08_patching": "04_extract", "09_spectra": "03_variants"}
@@ -84,11 +69,24 @@ def _select(all_nbs: list[Path], only: list[str] | None, start: str | None) -> l
     return all_nbs
 
 
+def chapter_modules(nb: Path) -> set[str]:
+    """The rlvr_utils modules a chapter's code cells import."""
+    cells = json.loads(nb.read_text())["cells"]
+    return deps.notebook_modules("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def chapter_sections(nb: Path) -> tuple[str, ...]:
+    """Params sections a chapter reads: those its library modules declare (rlvr_utils.core.deps), never a
+    hand-kept list."""
+    return deps.sections(chapter_modules(nb))
+
+
 def _stamp_key(params: Params, nb: Path, all_nbs: list[Path], record: dict) -> str:
-    """What a chapter's executed copy depends on: the params sections it reads, its source, and the files
-    the chapters it reads from wrote (as recorded, with their digests)."""
-    sections = NOTEBOOK_SECTIONS.get(nb.stem)
-    fingerprint = params.fingerprint(*sections, *ALWAYS) if sections else params.fingerprint()
+    """What a chapter's executed copy depends on: the params sections it reads, its source, the source of
+    the library modules it runs, and the files the chapters it reads from wrote (as recorded, with their
+    digests)."""
+    modules = chapter_modules(nb)
+    fingerprint = params.fingerprint(*deps.sections(modules)) + deps.code_digest(modules)
     earlier = [n.name for n in all_nbs if n.name < nb.name]
     last = UPSTREAM.get(nb.stem)
     if last:
@@ -285,10 +283,10 @@ def _kernel_fds(log):
 
 def execute(params_file: str, only: list[str] | None = None, start: str | None = None, force: bool = False,
             book_root: Path | None = None, notebook_dir: Path | None = None) -> bool:
-    """Execute the selected notebooks; True when all succeeded. Raises artifacts.RunLocked when another
+    """Execute the selected notebooks; True when all succeeded. Raises lock.RunLocked when another
     process runs the same run folder, Interrupted on Ctrl-C. The book root defaults to the run's own."""
     params = load(params_file)  # fail on bad params before any computation
-    with artifacts.run_lock(params.run_dir):
+    with lock.run_lock(params.run_dir):
         return _execute(params, resolve(params_file), notebooks(notebook_dir), only, start, force,
                         Path(book_root) if book_root else run_book_root(params))
 
@@ -348,7 +346,7 @@ def _execute(params: Params, params_path: Path, all_nbs: list[Path], only, start
                 bar = {"file": live, "desc": "", "bar_format": "cell {n_fmt}/{total_fmt}", "mininterval": 0} \
                     if live.enabled else False
                 # Only params_file is passed: the notebook reads and validates the file itself, and papermill's
-                # injected cell is parsed, never executed (config.guard_papermill).
+                # injected cell is parsed, never executed (notebook.guard_papermill).
                 pm.execute_notebook(str(nb), str(out), parameters={"params_file": str(params_path)},
                                     cwd=str(PROJECT_ROOT), kernel_name="python3", progress_bar=bar,
                                     stdout_file=_KernelOutput(log, live), stderr_file=_KernelOutput(log, live),

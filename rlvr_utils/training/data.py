@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+PARAMS = ("data", "evaluation", "sft")  # params sections read here (rlvr_utils.core.deps)
+
 
 NAMES = ["Ida", "Raj", "Mia", "Leo", "Ana", "Tom", "Eva", "Sam", "Zoe", "Max"]
 ITEMS = ["apples", "marbles", "coins", "books", "stamps", "shells", "pens", "cards"]

@@ -7,6 +7,8 @@ import sys
 
 from rlvr_utils.core.config import resolve
 
+PARAMS = ("sft", "grpo")  # params sections read here (rlvr_utils.core.deps)
+
 
 def needs_launcher(cfg, stage: str) -> bool:
     section = {"sft": cfg.sft, "rlvr": cfg.grpo}.get(stage)

@@ -5,7 +5,7 @@ NuminaMath-CoT-schema SFT data, GSM8K GRPO and evaluation, `accelerate launch` w
 model small enough for a 2-core CPU. Nothing here downloads: the tokenizer is trained with `tokenizers`
 on the GSM8K text shipped in tests/data/, and the model is briefly pretrained on the same text.
 
-    python -m rlvr_utils.rehearsal --out runs/rehearsal-base      # ~1 min on 2 cores
+    python -m rlvr_utils.training.rehearsal --out runs/rehearsal-base      # ~1 min on 2 cores
 
 The numbers a rehearsal produces mean nothing: it proves that the path runs, not what RLVR does.
 """
@@ -134,7 +134,7 @@ def build(out: str | Path, pretrain_steps: int = 60, vocab_size: int = 2048, see
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlvr_utils.rehearsal", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rlvr_utils.training.rehearsal", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/rehearsal-base", help="checkpoint folder (params/rehearsal.yaml's "
                         "model.base)")
     parser.add_argument("--pretrain-steps", type=int, default=60)

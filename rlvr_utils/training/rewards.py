@@ -30,6 +30,8 @@ import re
 import unicodedata
 from fractions import Fraction
 
+PARAMS = ("grpo",)  # params sections read here (rlvr_utils.core.deps)
+
 # "#### N" must open its own line and end the completion for the *format* reward: an unanchored pattern
 # let GRPO drift to "######## 27" while still being paid for it.
 _HASH_FINAL = re.compile(r"(?:^|\n)####[ \t]*([^#\s][^\n]*?)\s*\Z")

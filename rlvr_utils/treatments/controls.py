@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from rlvr_utils.core import artifacts
+from rlvr_utils.core import artifacts, lock
 from rlvr_utils.treatments.registry import REPRESENTATION, ROUTING, Family, Treatment, register
 
 PARAMS = ("variants",)
@@ -55,8 +55,8 @@ def train_controls(cfg, names: list[str], force: bool = False) -> list[str]:
     start = time.time()
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if len(todo) > 1 else {})}
     params_file = artifacts.write_json(cfg.path("trainer", "controls-params.json"), cfg.model_dump(mode="json"))
-    with artifacts.run_lock(cfg.run_dir):  # the children see that this process holds the run's lock
-        env[artifacts.LOCK_ENV] = os.environ[artifacts.LOCK_ENV]
+    with lock.run_lock(cfg.run_dir):  # the children see that this process holds the run's lock
+        env[lock.LOCK_ENV] = os.environ[lock.LOCK_ENV]
         procs = {n: subprocess.Popen([sys.executable, "-m", "rlvr_utils", "train", "--stage", n, "--params",
                                       str(params_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=env) for n in todo}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+PARAMS = ("variants",)  # the families expand params.variants
 REFERENCE = "sft"  # every treatment is measured against this checkpoint
 STUDY = "rlvr"
 ROUTING = "Routing"
@@ -54,8 +55,15 @@ def register(family: Family) -> Family:
 
 
 def _families() -> list[Family]:
+    """Every module of this folder that registers a family (a new family is a new file here)."""
     if not _FAMILIES:
-        from rlvr_utils.treatments import controls, identical, nulls, study  # noqa: F401 (each registers itself)
+        import importlib
+        import pkgutil
+
+        from rlvr_utils import treatments
+
+        for module in pkgutil.iter_modules(treatments.__path__):
+            importlib.import_module(f"{treatments.__name__}.{module.name}")
     return sorted(_FAMILIES.values(), key=lambda f: f.order)
 
 
@@ -67,6 +75,11 @@ def all(cfg) -> list[Treatment]:  # noqa: A001 (registry.all reads naturally)
 def names(cfg, *kinds: str) -> list[str]:
     """Treatment names, optionally of some kinds only ('null', 'control', ...)."""
     return [t.name for t in all(cfg) if not kinds or t.kind in kinds]
+
+
+def kinds(cfg) -> dict[str, str]:
+    """{treatment: kind}, for colouring and grouping."""
+    return {t.name: t.kind for t in all(cfg)}
 
 
 def get(cfg, name: str) -> Treatment:

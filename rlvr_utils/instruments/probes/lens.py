@@ -6,7 +6,7 @@ own output distribution:
   - KL(final || lens), averaged over the positions that predict completion tokens;
   - top-1 agreement with the final prediction at those positions;
   - at the answer position (the one predicting the first character of the final answer, see
-    `probes.answer_positions`): the probability and rank (0 = top-1) of the answer token that really
+    `targets.answer_positions`): the probability and rank (0 = top-1) of the answer token that really
     follows there in the sequence (teacher forcing: right for any tokenizer, e.g. ' 10' where digits merge),
     and whether the lens' top-1 there already is the model's final top-1.
 The last layer's lens is the model's own logits, so its KL is 0 and its agreement 1.
@@ -24,22 +24,18 @@ from __future__ import annotations
 import logging
 import time
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rlvr_utils.activations.tokens import iter_batches
 from rlvr_utils.core import stats
-from rlvr_utils.activations.store import capture, iter_batches
+from rlvr_utils.core.estimate import Estimate
+from rlvr_utils.instruments.probes.targets import answer_positions
+from rlvr_utils.models import hooks
 from rlvr_utils.models.families import blocks, final_norm, site_name, unembedding
-from rlvr_utils.models.loading import load_stage
-from rlvr_utils.core.plots import STAGE_COLORS
-from rlvr_utils.instruments.probes.probes import answer_positions
-
-STAGES = ("base", "sft", "rlvr")
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +52,7 @@ def residuals(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(residual stream after every block [L, B, T, d], the model's logits [B, T, V])."""
     n_layers = len(blocks(model))
-    with capture(model, ["hook_resid_post"]) as acts:
+    with hooks.capture(model, ["hook_resid_post"]) as acts:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return torch.stack([acts[site_name(l, "hook_resid_post")] for l in range(n_layers)]), logits
 
@@ -104,16 +100,9 @@ def stitched_logits(resid: torch.Tensor, model: nn.Module, input_ids: torch.Tens
                     layer: int) -> torch.Tensor:
     """Logits [B, T, V] of `model` whose residual stream after block `layer` is replaced by `resid` [B, T, d]
     (another model's): `model`'s later blocks, final norm and unembedding run on it."""
-    block = blocks(model)[layer].block
-
-    def replace(_module, _args, output):
-        hidden = resid.to(output[0].dtype if isinstance(output, tuple) else output.dtype)
-        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
-    handle = block.register_forward_hook(replace)
-    try:
+    replace = hooks.hook(model, layer, "hook_resid_post", lambda own: resid.to(own.dtype))
+    with hooks.active([replace]):
         return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    finally:
-        handle.remove()
 
 
 def stitched_lens(model_a: nn.Module, model_b: nn.Module, cache, answers: dict[int, tuple[int, int]],
@@ -209,12 +198,29 @@ def answer_layer(lens_table: pd.DataFrame, model: str, agreement: float) -> int 
     return None if rows.empty else int(rows.layer.min())
 
 
-def summary(lens_table: pd.DataFrame, results: dict, models: list[str], agreement: float,
-            cross_pairs=(("rlvr", "sft"), ("sft", "rlvr"), ("sft", "base"), ("rlvr", "base")),
+def mean_estimate(values: np.ndarray, n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """Mean over problems with its bootstrap interval; problems without a value (NaN) are left out."""
+    kept = values[~np.isnan(values)]
+    if len(kept) == 0:
+        return Estimate.undefined(0)
+    est = stats.bootstrap(kept, np.mean, n_bootstrap, confidence, seed)
+    return Estimate(est["value"], est["ci"], "bootstrap", len(kept))
+
+
+def stitch_kl(stitched: dict[str, np.ndarray], n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0
+              ) -> dict[str, Estimate]:
+    """A stitch's KL per problem {'last': at the last layer (B's read-out on A's final stream), 'mean':
+    averaged over layers}, with bootstrap intervals over problems."""
+    kl = stitched["kl"]
+    return {"last": mean_estimate(kl[-1], n_bootstrap, confidence, seed),
+            "mean": mean_estimate(np.nanmean(kl, axis=0), n_bootstrap, confidence, seed)}
+
+
+def summary(lens_table: pd.DataFrame, results: dict, models: list[str], agreement: float, cross_pairs=None,
             n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0) -> dict:
-    """Headline lens numbers: each model's answer layer, and the stitched cross-model lens: `results[a]
-    ["stitch:b"]` (B's later blocks on A's stream), its KL at the last layer (B's read-out on A's final
-    stream) and averaged over layers."""
+    """Headline lens numbers: each model's answer layer, and the stitched cross-model lens of `cross_pairs`
+    (default: every stitch in `results`): `results[a]["stitch:b"]` (B's later blocks on A's stream), its KL at
+    the last layer (B's read-out on A's final stream) and averaged over layers."""
     out = {}
     for m in models:
         layer = answer_layer(lens_table, m, agreement)
@@ -222,95 +228,25 @@ def summary(lens_table: pd.DataFrame, results: dict, models: list[str], agreemen
             "value": float("nan") if layer is None else float(layer), "ci": None,
             "description": f"{m}: first layer whose logit lens at the answer position matches the model's final "
                            f"top-1 prediction on at least {agreement:.0%} of problems"}
+    if cross_pairs is None:
+        cross_pairs = [(a, r.removeprefix("stitch:")) for a, read_outs in results.items() for r in read_outs
+                       if r.startswith("stitch:")]
     for a, b in cross_pairs:
         stitched = results.get(a, {}).get(f"stitch:{b}")
         if stitched is None:
             continue
-        kl = stitched["kl"]
-        for key, values, what in ((f"lens_cross_kl_{a}_by_{b}", kl[-1], "at the last layer"),
-                                  (f"lens_stitch_kl_{a}_into_{b}", np.nanmean(kl, axis=0), "averaged over layers")):
-            kept = values[~np.isnan(values)]
-            est = stats.bootstrap(kept, np.mean, n_bootstrap, confidence, seed)
-            out[key] = {**est, "n_problems": int(len(kept)),
+        kl = stitch_kl(stitched, n_bootstrap, confidence, seed)
+        for key, est, what in ((f"lens_cross_kl_{a}_by_{b}", kl["last"], "at the last layer"),
+                               (f"lens_stitch_kl_{a}_into_{b}", kl["mean"], "averaged over layers")):
+            out[key] = {"value": est.value, "ci": list(est.ci), "n_problems": est.n,
                         "description": f"stitched lens {what}: KL from {b}'s own output to {b}'s later blocks, final "
                                        f"norm and unembedding run on {a}'s residual stream (nats per completion "
                                        f"token); 0 = {b} reads {a}'s code as its own"}
     return out
 
 
-# --- the notebook's steps -----------------------------------------------------------------------
-def answers_for(cache, problems: list[dict] | None, tokenizer) -> dict[int, tuple[int, int]]:
+def answers_for(cache, tokenizer) -> dict[int, tuple[int, int]]:
     """{cache row: (answer position, the answer token that follows it in the sequence)} for rows with an
-    answer (teacher forcing: with merged digits the token is ' 10', not '1'). `problems` is unused (kept for
-    callers)."""
+    answer (teacher forcing: with merged digits the token is ' 10', not '1')."""
     return {row: (pos, int(cache.sequences[row][pos + 1])) for row, pos in answer_positions(cache, tokenizer).items()
             if pos + 1 < len(cache.sequences[row])}
-
-
-CROSS_PAIRS = (("rlvr", "sft"), ("sft", "rlvr"), ("sft", "base"), ("rlvr", "base"))
-
-
-def analyse(cfg, cache, problems: list[dict], tokenizer, stages=STAGES) -> tuple[pd.DataFrame, dict]:
-    """Plain logit lens of every stage and the stitched cross-model lens of `CROSS_PAIRS` on the token cache;
-    returns (table, summary)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = {s: load_stage(cfg, s, device)[0] for s in stages}
-    answers = answers_for(cache, problems, tokenizer)
-    size = cfg.probes.lens_batch_size
-    results = {s: logit_lens(m, {s: decoder(m)}, cache, answers, size) for s, m in loaded.items()}
-    for a, b in CROSS_PAIRS:
-        if a in loaded and b in loaded:
-            results[a][f"stitch:{b}"] = stitched_lens(loaded[a], loaded[b], cache, answers, size)
-    ev = cfg.evaluation
-    lens_table = table(results, cfg.probes.n_bootstrap, ev.confidence, cfg.seed)
-    return lens_table, summary(lens_table, results, list(stages), cfg.probes.lens_agreement,
-                               n_bootstrap=cfg.probes.n_bootstrap, confidence=ev.confidence, seed=cfg.seed)
-
-
-# --- figures --------------------------------------------------------------------------------------
-_LABELS = {"kl": "KL(final ‖ lens) [nats]", "top1_agreement": "top-1 agreement with final",
-           "answer_prob": "p(answer token that follows)", "answer_rank": "rank of answer token that follows",
-           "answer_agreement": "answer top-1 = final top-1"}
-
-
-def figure(lens_table: pd.DataFrame, metrics=("kl", "top1_agreement", "answer_prob", "answer_rank")) -> plt.Figure:
-    """The plain logit lens (each model read by its own final norm + unembedding), one panel per metric."""
-    own = lens_table[lens_table.model == lens_table.read_out]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for model, rows in own[own.metric == metric].groupby("model", sort=False):
-            rows = rows.sort_values("layer")
-            sns.lineplot(data=rows, x="layer", y="value", ax=ax, marker="o", color=STAGE_COLORS.get(model), label=model)
-            ax.fill_between(rows.layer, rows.ci_low, rows.ci_high, color=STAGE_COLORS.get(model), alpha=0.2)
-        ax.set(title=_LABELS[metric], xlabel="layer (residual stream after block)", ylabel=metric.replace("_", " "))
-        ax.set_xticks(sorted(own.layer.unique()))
-        if metric == "answer_rank":
-            ax.set_yscale("symlog")
-        if ax is not axes[0][0] and ax.get_legend():
-            ax.get_legend().remove()
-    fig.suptitle("Logit lens on the shared token cache (95% bootstrap interval over problems)")
-    fig.tight_layout()
-    return fig
-
-
-def cross_figure(lens_table: pd.DataFrame, metric: str = "kl") -> plt.Figure:
-    """Stitched cross-model lens: each model's residual stream (panel) after layer l, run through another
-    model's later blocks and read-out (dashed, colour = that model; against that model's own output), beside
-    the model's plain logit lens (solid)."""
-    models = list(dict.fromkeys(lens_table.model))
-    fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.4), squeeze=False, sharey=True)
-    for ax, model in zip(axes[0], models):
-        rows = lens_table[(lens_table.model == model) & (lens_table.metric == metric)]
-        for read_out, line in rows.groupby("read_out", sort=False):
-            line = line.sort_values("layer")
-            other = read_out.removeprefix("stitch:")
-            style = "-" if read_out == model else "--"
-            label = "own logit lens" if read_out == model else f"{other}'s later blocks (vs {other}'s output)"
-            ax.plot(line.layer, line.value, style, marker="o", color=STAGE_COLORS.get(other), label=label)
-            ax.fill_between(line.layer, line.ci_low, line.ci_high, color=STAGE_COLORS.get(other), alpha=0.15)
-        ax.set(title=f"{model}'s residual stream", xlabel="layer", ylabel=_LABELS[metric])
-        ax.set_xticks(sorted(rows.layer.unique()))
-        ax.legend(fontsize="small")
-    fig.suptitle(f"Stitched cross-model lens and plain logit lens: {_LABELS[metric]}")
-    fig.tight_layout()
-    return fig

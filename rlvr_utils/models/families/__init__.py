@@ -138,8 +138,13 @@ def family_of(model_or_type) -> Family:
 
 
 def _load_all() -> None:
+    """Import every module of this folder: each registers its family (a new family is a new file here)."""
     if not _REGISTRY:
-        from rlvr_utils.models.families import gpt2, gpt_neox, llama, olmo2  # noqa: F401 (each registers itself)
+        import importlib
+        import pkgutil
+
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
 # --- the views every instrument uses --------------------------------------------------------------------

@@ -16,25 +16,26 @@ excludes pairs between copies of one row, and `bootstrap_cka` pairs between two 
 problem, exactly as the Gram diagonal is excluded, so a resample does not bring back the bias that
 debiasing removed. Rows are centred at the unweighted mean of the rows given (with such exclusions
 the debiased estimate is only approximately shift-invariant, so the centre is fixed this way).
+
+Pure functions of arrays: no params, no files; the instruments (`instrument`, `same_input`) read the run.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from rlvr_utils.core.stats import bootstrap_indices
-from rlvr_utils.treatments.registry import REFERENCE, STUDY
 
 MIN_SAMPLES = {False: 2, True: 4}  # below these, (n-1) or n(n-3) normalisers vanish
-_GROUPED_BYTES = 2 << 30  # per-problem d x d statistics above this size: bootstrap loops instead
+GROUPED_BYTES = 2 << 30  # per-problem d x d statistics above this size: bootstrap loops instead
+# the components whose change both comparisons (end to end, same input) measure, by their output sites
+COMPONENT_SITES = {"attn": "hook_attn_out", "mlp": "hook_mlp_out"}
 
 
 # --- input handling ---------------------------------------------------------------------------------
-def _matrix(X, name: str) -> torch.Tensor:
+def as_matrix(X, name: str) -> torch.Tensor:
     if isinstance(X, torch.Tensor):
         t = X.detach().to(torch.float64)
     else:  # share float64 arrays (never written to); convert others, e.g. float32 memmaps
@@ -48,7 +49,7 @@ def _matrix(X, name: str) -> torch.Tensor:
 
 
 def _pair(X, Y, debiased: bool, weights=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    X, Y = _matrix(X, "X"), _matrix(Y, "Y")
+    X, Y = as_matrix(X, "X"), as_matrix(Y, "Y")
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"X and Y must have the same number of rows (paired samples), got {X.shape[0]} and {Y.shape[0]}")
     w = _weights(weights, X.shape[0], X.device)
@@ -200,7 +201,7 @@ def rbf_gram(X, sigma: float = 0.8) -> torch.Tensor:
     """RBF kernel exp(-|x_i - x_j|^2 / (2 (sigma * median distance)^2)), as in Kornblith et al. 2019."""
     if sigma <= 0:
         raise ValueError(f"sigma={sigma} must be > 0 (a fraction of the median distance)")
-    X = _matrix(X, "X")
+    X = as_matrix(X, "X")
     sq = torch.cdist(X, X).pow(2)
     median = torch.median(sq[~torch.eye(len(X), dtype=torch.bool, device=X.device)]) if len(X) > 1 else sq.new_tensor(1.0)
     median = median if median > 0 else sq.new_tensor(1.0)
@@ -218,8 +219,8 @@ def cka_matrix(Xs: Sequence, Ys: Sequence, debiased: bool = False) -> np.ndarray
 
     Self-similarities are computed once per matrix, so the cost is one cross product per pair.
     """
-    Xs = [_centre(_matrix(X, f"Xs[{i}]")) for i, X in enumerate(Xs)]
-    Ys = [_centre(_matrix(Y, f"Ys[{j}]")) for j, Y in enumerate(Ys)]
+    Xs = [_centre(as_matrix(X, f"Xs[{i}]")) for i, X in enumerate(Xs)]
+    Ys = [_centre(as_matrix(Y, f"Ys[{j}]")) for j, Y in enumerate(Ys)]
     n = {M.shape[0] for M in Xs + Ys}
     if len(n) != 1:
         raise ValueError(f"every matrix must have the same number of rows, got {sorted(n)}")
@@ -302,7 +303,7 @@ def bootstrap_cka(X, Y, groups, n_bootstrap: int = 200, debiased: bool = True, s
     n, dx, dy = X.shape[0], X.shape[1], Y.shape[1]
     if not _use_features(n, dx, dy):
         return _gram_cka(X @ X.T, Y @ Y.T, counts[:, index], debiased, index).cpu().numpy()
-    keep = counts.shape[1] * (dx * dx + dy * dy + dx * dy) * 8 <= _GROUPED_BYTES
+    keep = counts.shape[1] * (dx * dx + dy * dy + dx * dy) * 8 <= GROUPED_BYTES
     return _feature_bootstrap(X, Y, index, counts, debiased, keep)
 
 
@@ -413,105 +414,7 @@ def permutation_cka(X, Y, n_permutations: int = 100, debiased: bool = True, seed
     return out
 
 
-# --- one run: the notebook 05 analysis ----------------------------------------------------------------------
-# The context pairs (how far each training stage moved the model); the verdict's treatments are compared with
-# the reference by `compare_variants`.
-PAIRS = (("base", REFERENCE), ("base", STUDY), (REFERENCE, STUDY))
-_VARIANT_SITES = {"attn": "hook_attn_out", "mlp": "hook_mlp_out"}
-END_TO_END = "end-to-end (mixes upstream changes)"
-_SUMMARY_SITES = ("hook_attn_out", "hook_mlp_out", "hook_resid_post")
-
-
-def _short(site: str) -> str:
-    return site.removeprefix("hook_")
-
-
-def _layers(store, stages) -> list[int]:
-    metas = [store.meta(s) for s in stages]
-    layers = sorted(set.intersection(*(set(m["layers"]) for m in metas)))
-    caches = {m["token_cache"] for m in metas}
-    if len(caches) != 1:
-        raise ValueError(f"stages {list(stages)} were extracted from different token caches {sorted(caches)}: "
-                         "re-run 04_extract so every model sees the same tokens")
-    if not layers:
-        raise ValueError(f"stages {list(stages)} share no extracted layer")
-    return layers
-
-
-def compare_stages(store, selection: str, sites: Sequence[str] = _SUMMARY_SITES, pairs=PAIRS,
-                   debiased: bool = True, n_bootstrap: int = 200, n_permutations: int = 20,
-                   confidence: float = 0.95, seed: int = 0) -> dict:
-    """Linear CKA per model pair, component and layer at one position selection of an ActivationStore.
-
-    Returns {"cells": [...], "cross_layer": [...], "inflation": [...], "summary": {...}, ...}. Every cell
-    carries the estimate, a bootstrap interval over problems, the biased estimate for comparison, and a
-    permutation baseline; the summary averages over layers with the joint bootstrap (same resamples for
-    every layer, component and pair).
-    """
-    from rlvr_utils.models.families import site_name
-    from rlvr_utils.core.stats import interval
-
-    stages = sorted({s for p in pairs for s in p})
-    layers = _layers(store, stages)
-
-    def load(stage, site, layer):
-        data, rows = store.read(stage, site_name(layer, site), selection)
-        return _matrix(data, f"{stage} {site_name(layer, site)}"), rows
-
-    cells, cross, boot, perms = [], [], {}, []
-    for a, b in pairs:
-        for site in sites:
-            Xs, Ys = [], []
-            for layer in layers:
-                (X, rows), (Y, rows_b) = load(a, site, layer), load(b, site, layer)
-                if not np.array_equal(rows, rows_b):
-                    raise ValueError(f"{a} and {b} stored different rows for {site} at {selection!r}")
-                samples = bootstrap_cka(X, Y, rows, n_bootstrap, debiased, seed)
-                perm = permutation_cka(X, Y, n_permutations, debiased, seed + layer)
-                boot[(a, b, site, layer)] = samples
-                perms.append(perm)
-                cells.append({"pair": f"{a}_{b}", "site": site, "layer": layer, "n": int(X.shape[0]),
-                              "value": linear_cka(X, Y, debiased), "ci": list(interval(samples, confidence)),
-                              "biased": linear_cka(X, Y, False), "permutation_mean": float(perm.mean()),
-                              "permutation_hi": float(np.quantile(perm, confidence))})
-                Xs.append(X)
-                Ys.append(Y)
-            cross.append({"pair": f"{a}_{b}", "site": site, "layers": layers,
-                          "matrix": cka_matrix(Xs, Ys, debiased).tolist()})
-
-    summary = {}
-    for a, b in pairs:
-        for site in sites:
-            value = float(np.mean([c["value"] for c in cells if c["pair"] == f"{a}_{b}" and c["site"] == site]))
-            joint = np.mean([boot[(a, b, site, l)] for l in layers], axis=0)
-            summary[f"cka_{a}_{b}_{_short(site)}"] = {
-                "value": value, "ci": list(interval(joint, confidence)),
-                "description": f"{'debiased' if debiased else 'biased'} linear CKA of {a} vs {b} "
-                               f"{_short(site)}, mean over layers"}
-        if {"hook_attn_out", "hook_mlp_out"} <= set(sites):
-            samples = np.mean([boot[(a, b, "hook_mlp_out", l)] - boot[(a, b, "hook_attn_out", l)] for l in layers], 0)
-            value = (summary[f"cka_{a}_{b}_mlp_out"]["value"] - summary[f"cka_{a}_{b}_attn_out"]["value"])
-            summary[f"cka_{a}_{b}_mlp_minus_attn"] = {
-                "value": value, "ci": list(interval(samples, confidence)),
-                "description": f"MLP-output minus attention-output CKA of {a} vs {b}, mean over layers "
-                               "(> 0: MLP outputs changed less than attention outputs)"}
-    pooled = np.concatenate(perms)
-    summary["cka_permutation_baseline"] = {
-        "value": float(pooled.mean()), "ci": list(interval(pooled, confidence)),
-        "description": "CKA with one model's rows shuffled (chance level), pooled over pairs, components, layers"}
-
-    # the estimator check uses base vs RLVR where available: the pair with the most to show
-    first, second = ("base", STUDY) if ("base", STUDY) in pairs else pairs[-1]
-    last = layers[-1]
-    (X, rows), (Y, _) = load(first, sites[-1], last), load(second, sites[-1], last)
-    return {"selection": selection, "debiased": debiased, "layers": layers, "sites": list(sites),
-            "pairs": [f"{a}_{b}" for a, b in pairs], "confidence": confidence, "n_bootstrap": n_bootstrap,
-            "n_permutations": n_permutations, "cells": cells, "cross_layer": cross,
-            "inflation": {"pair": f"{first}_{second}", "site": sites[-1], "layer": last,
-                          "d": int(X.shape[1]), "points": inflation_curve(X, Y, rows, seed=seed)},
-            "summary": summary}
-
-
+# --- the estimator check -------------------------------------------------------------------------------------
 def inflation_curve(X, Y, groups, sizes: Sequence[int] | None = None, repeats: int = 5, seed: int = 0) -> list[dict]:
     """Biased vs debiased CKA on random subsets of n rows, for the true pairing and a shuffled one.
 
@@ -550,246 +453,3 @@ def _spread_sample(groups: np.ndarray, size: int, rng) -> np.ndarray:
         return rng.choice(one_each, size, replace=False)
     rest = np.setdiff1d(order, one_each)
     return np.concatenate([one_each, rng.choice(rest, size - len(one_each), replace=False)])
-
-
-def compare_variants(store, selection: str, reference: str, variants: Sequence[str], debiased: bool = True,
-                     n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0) -> tuple[dict, list[dict]]:
-    """End-to-end change of attention and MLP outputs, each variant against `reference`: 1 - CKA of the two
-    models' stored outputs per layer. End to end, so a change upstream of a component counts as its change
-    (see `same_input` for the component's own change).
-
-    Returns ({variant: {"attn_change_end_to_end", "mlp_change_end_to_end": {value, ci}}} with the mean over
-    layers and its joint bootstrap interval, [per-layer cells]).
-    """
-    from rlvr_utils.models.families import site_name
-    from rlvr_utils.core.stats import interval
-
-    if not variants:
-        return {}, []
-    layers = _layers(store, [reference, *variants])
-    summary, cells = {}, []
-    for name in variants:
-        summary[name] = {}
-        for component, site in _VARIANT_SITES.items():
-            values, samples = [], []
-            for layer in layers:
-                X, rows = store.read(reference, site_name(layer, site), selection)
-                Y, rows_b = store.read(name, site_name(layer, site), selection)
-                if not np.array_equal(rows, rows_b):
-                    raise ValueError(f"{reference} and {name} stored different rows for {site} at {selection!r}")
-                X, Y = _matrix(X, f"{reference} {site}"), _matrix(Y, f"{name} {site}")
-                value, boot = linear_cka(X, Y, debiased), bootstrap_cka(X, Y, rows, n_bootstrap, debiased, seed)
-                values.append(value)
-                samples.append(boot)
-                cells.append({"variant": name, "component": component, "site": site, "layer": layer, "n": int(X.shape[0]),
-                              "cka": value, "ci": list(interval(boot, confidence)), "change": 1.0 - value,
-                              "change_ci": list(interval(1.0 - boot, confidence))})
-            summary[name][f"{component}_change_end_to_end"] = {
-                "value": float(1.0 - np.mean(values)), "ci": list(interval(1.0 - np.mean(samples, 0), confidence))}
-    return summary, cells
-
-
-def run_cka(cfg, store=None) -> dict:
-    """runs/<name>/metrics/cka.json for a run: computed from runs/<name>/activations, skipped when the cka
-    params and the stored activations are unchanged. The context pairs (`PAIRS`) are those whose activations
-    exist; `variants` holds the end-to-end change of every treatment (variants.treatments) extracted."""
-    import time
-    from rlvr_utils.core import artifacts
-    from rlvr_utils.activations.store import ActivationStore
-    from rlvr_utils.treatments.registry import names
-
-    store = store or ActivationStore(cfg.path("activations"))
-    path = cfg.path("metrics", "cka.json")
-    have = set(store.models())
-    pairs = [p for p in PAIRS if set(p) <= have]
-    if not pairs:
-        raise FileNotFoundError(f"no pair of {sorted({s for p in PAIRS for s in p})} has activations in {store.folder} "
-                                f"(found {sorted(have)}): run 04_extract first")
-    names = [t for t in names(cfg) if t in have] if REFERENCE in have else []
-    used = sorted({s for p in pairs for s in p} | set(names) | ({REFERENCE} if names else set()))
-    stamps = {s: artifacts.read_json(cfg.path("activations", s, artifacts.STAMP))["fingerprint"]
-              if cfg.path("activations", s, artifacts.STAMP).exists() else None for s in used}
-    fingerprint = cfg.fingerprint("cka", "seed") + "-" + hashlib.sha256(
-        json.dumps(stamps, sort_keys=True).encode()).hexdigest()[:16]
-    inputs = [cfg.path("activations", s) for s in used]  # content-checked by the stamp
-    if artifacts.is_current(path, fingerprint, inputs):
-        return artifacts.read_json(path)
-    c = cfg.cka
-    started = time.perf_counter()
-    result = compare_stages(store, c.position, c.sites, pairs, c.debiased, c.n_bootstrap, c.n_permutations,
-                            c.confidence, cfg.seed)
-    result["variants"], result["variant_cells"] = compare_variants(
-        store, c.position, REFERENCE, names, c.debiased, c.n_bootstrap, c.confidence, cfg.seed)
-    result["variants_reference"], result["variants_label"] = REFERENCE, END_TO_END
-    result["seconds"] = time.perf_counter() - started
-    result = artifacts.json_safe(result)
-    artifacts.write_json(path, result)
-    artifacts.stamp(path, fingerprint, inputs)
-    return result
-
-
-# --- figures -----------------------------------------------------------------------------------------------
-def plot_components(result: dict):
-    """Heatmaps, one per model pair: CKA per layer (rows) and component (columns), each cell annotated
-    with its estimate and bootstrap interval."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    cells = pd.DataFrame(result["cells"])
-    cells["component"] = cells["site"].map(_short)
-    fig, axes = plt.subplots(1, len(result["pairs"]), figsize=(4.2 * len(result["pairs"]), 1.0 + 0.8 * len(result["layers"])),
-                             sharey=True, squeeze=False)
-    low = min(0.0, float(cells["value"].min()))
-    for ax, pair in zip(axes[0], result["pairs"]):
-        sub = cells[cells["pair"] == pair]
-        values = sub.pivot(index="layer", columns="component", values="value")
-        text = sub.assign(t=[f"{v:.3f}\n[{lo:.3f}, {hi:.3f}]" for v, (lo, hi) in zip(sub["value"], sub["ci"])]) \
-            .pivot(index="layer", columns="component", values="t")
-        sns.heatmap(values, annot=text.loc[values.index, values.columns].values, fmt="", vmin=low, vmax=1.0,
-                    cmap="viridis", cbar=ax is axes[0][-1], ax=ax, annot_kws={"fontsize": 8})
-        ax.set_title(pair.replace("_", " vs "))
-        ax.set_xlabel("component")
-        ax.set_ylabel("layer" if ax is axes[0][0] else "")
-    kind = "debiased" if result["debiased"] else "biased"
-    fig.suptitle(f"Linear CKA ({kind}) per layer and component, {int(result['confidence'] * 100)}% bootstrap "
-                 f"intervals over problems ({result['selection']} positions)")
-    fig.tight_layout()
-    return fig
-
-
-def plot_cross_layer(result: dict):
-    """Grid of layer x layer CKA matrices: rows are model pairs, columns are components."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sites, pairs = result["sites"], result["pairs"]
-    fig, axes = plt.subplots(len(pairs), len(sites), figsize=(3.6 * len(sites), 3.2 * len(pairs)), squeeze=False)
-    for entry in result["cross_layer"]:
-        ax = axes[pairs.index(entry["pair"])][sites.index(entry["site"])]
-        first, second = entry["pair"].split("_")
-        sns.heatmap(np.array(entry["matrix"]), vmin=min(0.0, np.min(entry["matrix"])), vmax=1.0, cmap="viridis",
-                    annot=len(entry["layers"]) <= 6, fmt=".2f", xticklabels=entry["layers"],
-                    yticklabels=entry["layers"], ax=ax, annot_kws={"fontsize": 7})
-        ax.set_title(f"{first} vs {second}: {_short(entry['site'])}")
-        ax.set_xlabel(f"layer ({second})")
-        ax.set_ylabel(f"layer ({first})")
-    fig.suptitle("Cross-layer CKA: does a layer of one model match the same layer of the other?")
-    fig.tight_layout()
-    return fig
-
-
-def plot_inflation(result: dict):
-    """Biased vs debiased CKA against the number of samples, true and shuffled pairings."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    info = result["inflation"]
-    points = pd.DataFrame(info["points"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(points, x="n", y="cka", hue="estimator", style="pairing", markers=True, errorbar=("pi", 100), ax=ax)
-    ax.axvline(info["d"], color="grey", linestyle=":", label=f"d = {info['d']}")
-    ax.axhline(0.0, color="black", linewidth=0.6)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("samples n (tokens, spread over problems)")
-    ax.set_ylabel("linear CKA")
-    first, second = info["pair"].split("_")
-    ax.set_title(f"Biased CKA inflates when n is not >> d ({first} vs {second}, layer {info['layer']} "
-                 f"{_short(info['site'])})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def summary_markdown(result: dict) -> str:
-    """A short reading of the run's numbers, in the terms of the two hypotheses."""
-    s = result["summary"]
-
-    def fmt(key):  # 4 digits: CKA near 1 differs in the third decimal
-        v = s[key]
-        return f"{v['value']:.4f} [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}]"
-
-    conf = int(result["confidence"] * 100)
-    lines = [f"Debiased linear CKA, mean over layers {result['layers'][0]}..{result['layers'][-1]}, at "
-             f"`{result['selection']}` positions ({conf}% bootstrap intervals over problems):", ""]
-    lines.append("| pair | " + " | ".join(_short(x) for x in result["sites"]) + " |")
-    lines.append("|---|" + "---|" * len(result["sites"]))
-    for pair in result["pairs"]:
-        lines.append(f"| {pair.replace('_', ' vs ')} | "
-                     + " | ".join(fmt(f"cka_{pair}_{_short(x)}") for x in result["sites"]) + " |")
-    lines.append("")
-    lines.append(f"Chance level (rows shuffled): {fmt('cka_permutation_baseline')}.")
-    for pair in (f"{REFERENCE}_{STUDY}", f"base_{STUDY}"):
-        key = f"cka_{pair}_mlp_minus_attn"
-        if key in s:
-            lo, hi = s[key]["ci"]
-            verdict = ("MLP outputs changed **less** than attention outputs, as the Routing Hypothesis predicts"
-                       if lo > 0 else
-                       "MLP outputs changed **more** than attention outputs, as the Representation Learning "
-                       "Hypothesis predicts" if hi < 0 else
-                       "the data cannot tell whether MLP or attention outputs changed more")
-            lines.append(f"- {pair.replace('_', ' → ')}: MLP minus attention CKA = {fmt(key)}: {verdict}.")
-    inflation = _smallest_n_inflation(result)
-    if inflation:
-        lines.append(f"- Estimator check: on shuffled (unrelated) rows at n = {inflation['n']} < d = "
-                     f"{result['inflation']['d']}, the biased estimator reads {inflation['biased']:.3f} "
-                     f"while the debiased one reads {inflation['debiased']:.3f} (true value 0).")
-    return "\n".join(lines)
-
-
-def _smallest_n_inflation(result: dict) -> dict | None:
-    """Mean biased and debiased CKA of the shuffled pairing at the smallest n of the inflation curve."""
-    points = [p for p in result["inflation"]["points"] if p["pairing"] == "shuffled"]
-    if not points:
-        return None
-    n = min(p["n"] for p in points)
-
-    def mean(estimator):
-        return float(np.mean([p["cka"] for p in points if p["n"] == n and p["estimator"] == estimator]))
-
-    return {"n": n, "biased": mean("biased"), "debiased": mean("debiased")}
-
-
-# --- training dynamics --------------------------------------------------------------------------------------
-def run_dynamics(cfg, cache) -> list[dict]:
-    """Debiased CKA between SFT and each of GRPO's intermediate checkpoints, per layer and component, on the
-    same tokens and positions as the main comparison: how the change grows with training steps. The
-    checkpoints' activations go to runs/<name>/activations_dynamics/ with the same extraction (resumable,
-    skipped when current). Rows: step, layer, site, cka. Empty when the run kept no checkpoints."""
-    from rlvr_utils.activations.store import ActivationStore, extract
-    from rlvr_utils.core.artifacts import checkpoint_fingerprint
-    from rlvr_utils.models.loading import load
-
-    folders = sorted(cfg.path("models", "rlvr_checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    main, out_dir = ActivationStore(cfg.path("activations")), cfg.path("activations_dynamics")
-    e, c = cfg.extract, cfg.cka
-    rows = []
-    for folder in folders:
-        model, _ = load(str(folder), cfg)
-        extract(model, cache, out_dir, folder.name, sites=c.sites, layers=e.layers, positions=[c.position],
-                batch_size=e.batch_size, shard_size=e.shard_size, fingerprint=checkpoint_fingerprint(folder),
-                dtype=e.dtype, inputs=[folder])
-        store = ActivationStore(out_dir)
-        for site_name in store.meta(folder.name)["site_names"]:
-            X, _ = main.read("sft", site_name, c.position)
-            Y, _ = store.read(folder.name, site_name, c.position)
-            rows.append({"step": int(folder.name.split("-")[1]), "layer": int(site_name.split(".")[1]),
-                         "site": _short(site_name.split(".")[2]),
-                         "cka": linear_cka(np.asarray(X), np.asarray(Y), debiased=c.debiased)})
-    return rows
-
-
-def plot_dynamics(rows: list[dict]):
-    """CKA of SFT with each GRPO checkpoint against the training step, one line per component (mean over
-    layers, the band spanning the layers)."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=pd.DataFrame(rows), x="step", y="cka", hue="site", marker="o", errorbar=("pi", 100), ax=ax)
-    ax.set(xlabel="GRPO step", ylabel="debiased CKA with SFT",
-           title="How far RLVR's representations move from SFT during training (band: range over layers)")
-    ax.legend(title="component")
-    return fig

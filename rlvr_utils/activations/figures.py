@@ -1,0 +1,56 @@
+"""A first look at a store: mean activation norms per model, layer and site.
+
+The plotting libraries are imported when drawing: this package is imported by every extraction process.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rlvr_utils.activations.store import ActivationStore
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+
+def describe_store(store: ActivationStore, selection: str) -> pd.DataFrame:
+    """Mean L2 norm of each stored site per model at one selection: a sanity check and a first look at
+    how the models' streams differ in scale. Columns: model, layer, site, norm, n, d."""
+    import pandas as pd
+
+    records = []
+    for model in store.models():
+        meta = store.meta(model)
+        if selection not in meta["positions"]:
+            continue
+        for name in meta["site_names"]:
+            layer, site = int(name.split(".")[1]), name.split(".")[2]
+            chunks = [np.linalg.norm(c.astype(np.float64), axis=1) for c in store.iter_chunks(model, name, selection, 4096)]
+            norms = np.concatenate(chunks) if chunks else np.zeros(0)
+            records.append({"model": model, "layer": layer, "site": site.removeprefix("hook_"),
+                            "norm": float(norms.mean()) if len(norms) else float("nan"), "n": len(norms),
+                            "d": meta["d_model"]})
+    return pd.DataFrame(records)
+
+
+def plot_norms(table) -> plt.Figure:
+    """Mean activation norm per layer, one panel per site, one line per model."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from rlvr_utils.core.plots import STAGE_COLORS
+
+    sites = list(dict.fromkeys(table["site"]))
+    fig, axes = plt.subplots(1, len(sites), figsize=(3.6 * len(sites), 3.4), squeeze=False, sharex=True)
+    for ax, site in zip(axes[0], sites):
+        sns.lineplot(table[table["site"] == site], x="layer", y="norm", hue="model", marker="o",
+                     palette={m: STAGE_COLORS.get(m, "black") for m in table["model"].unique()}, ax=ax)
+        ax.set_title(site)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("mean L2 norm")
+        ax.set_xticks(sorted(table["layer"].unique()))
+    fig.suptitle("Activation norms per layer at the stored positions")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,214 @@
+"""Figures, tables and a reading of the patching and grafting results (metrics/patching.json and
+metrics/grafting.json), for the patching chapter."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from rlvr_utils.instruments.patching.grafting import GAIN_NOTE
+from rlvr_utils.treatments.registry import REFERENCE, STUDY
+
+SITE_LABELS = {"hook_resid_pre": "resid_pre", "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out",
+               "hook_resid_post": "resid_post"}
+COMPONENT_COLORS = {"attn": "#1f77b4", "mlp": "#ff7f0e"}
+
+
+def layer_frame(report: dict):
+    """Per layer and component (pandas, long form): total effect (activation patching at every position up to
+    the answer, later components recompute), direct effect (same input, later components frozen), direct
+    effect with own-run donor outputs; nats with intervals."""
+    records = []
+    for p in report["patches"]:
+        comp = {"hook_attn_out": "attn", "hook_mlp_out": "mlp"}.get(p["site"])
+        if comp and len(p["layers"]) == 1 and p["positions"] == "all":
+            records.append({"layer": p["layers"][0], "component": comp, "effect": "total", **_flat(p["effect"])})
+    for r in report["components"]:
+        records.append({"layer": r["layer"], "component": r["component"], "effect": "direct", **_flat(r["direct"])})
+        records.append({"layer": r["layer"], "component": r["component"], "effect": "direct (own run)",
+                        **_flat(r["direct_own_run"])})
+    return pd.DataFrame(records)
+
+
+def _flat(estimate: dict) -> dict:
+    ci = estimate.get("ci") or [np.nan, np.nan]
+    value = estimate.get("value")
+    return {"value": np.nan if value is None else value, "lo": np.nan if ci[0] is None else ci[0],
+            "hi": np.nan if ci[1] is None else ci[1]}
+
+
+def plot_layers(report: dict, title: str, effects=("total", "direct")):
+    """One panel per effect kind: per layer, the attention and MLP effect (nats, 95% interval) on the answer
+    tokens' mean log-probability; the donor - receiver gap as a dashed line for scale."""
+    frame = layer_frame(report)
+    fig, axes = plt.subplots(1, len(effects), figsize=(4.6 * len(effects), 3.6), squeeze=False, sharey=True)
+    gap = report["total_effect"]["value"]
+    for ax, kind in zip(axes[0], effects):
+        rows = frame[frame.effect == kind]
+        for offset, (comp, part) in zip((-0.18, 0.18), rows.groupby("component", sort=False)):
+            ax.bar(part.layer + offset, part.value, width=0.36, color=COMPONENT_COLORS[comp], label=comp)
+            ax.errorbar(part.layer + offset, part.value, yerr=np.abs(np.vstack([part.value - part.lo, part.hi - part.value])),
+                        fmt="none", ecolor="black", capsize=2, lw=0.8)
+        ax.axhline(0, color="black", lw=0.8)
+        if gap is not None:
+            ax.axhline(gap, color="#d62728", ls="--", lw=1, label="donor − receiver")
+        ax.set(title=f"{kind} effect", xlabel="layer", ylabel="Δ mean log p(answer tokens) [nats]")
+        ax.set_xticks(sorted(frame.layer.unique()))
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{title} ({report['n_problems']} problems)")
+    fig.tight_layout()
+    return fig
+
+
+def variants_frame(results: dict):
+    """One row per treatment: attention and MLP direct effects summed over layers and the total effect."""
+    rows = []
+    for name, measures in results["variants"].items():
+        n = results["cross_model"][f"{name}_into_{REFERENCE}"]["n_problems"]
+        for key, entry in measures.items():
+            rows.append({"treatment": name, "measure": key, "n_problems": n, **_flat(entry)})
+    return pd.DataFrame(rows)
+
+
+def plot_variants(results: dict):
+    """Per treatment (donor into SFT): attention and MLP direct effects summed over layers, and the total
+    effect, with 95% intervals."""
+    frame = variants_frame(results)
+    names = list(dict.fromkeys(frame.treatment))
+    measures = {"attn_direct_effect": ("attention direct", COMPONENT_COLORS["attn"]),
+                "mlp_direct_effect": ("MLP direct", COMPONENT_COLORS["mlp"]), "total_effect": ("total", "#7f7f7f")}
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.8))
+    for offset, (key, (label, color)) in zip((-0.25, 0.0, 0.25), measures.items()):
+        part = frame[frame.measure == key].set_index("treatment").loc[names]
+        y = np.arange(len(names)) + offset
+        ax.barh(y, part.value, height=0.24, color=color, label=label)
+        ax.errorbar(part.value, y, xerr=np.abs(np.vstack([part.value - part.lo, part.hi - part.value])), fmt="none",
+                    ecolor="black", capsize=2, lw=0.8)
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("Δ mean log p(answer tokens) in SFT [nats] (95% bootstrap CI)")
+    ax.set_title("Each treatment's components patched into SFT: direct effects summed over layers")
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_heatmaps(reports: dict[str, dict], titles: dict[str, str], suptitle: str = ""):
+    """Clean/corrupted patching: one heatmap (layer x site@positions, normalised effect) per model."""
+    def table(report):
+        frame = pd.DataFrame([{"layer": str(p["layers"][0]), "column": f"{SITE_LABELS[p['site']]}@{p['positions']}",
+                               "effect": _flat(p["normalised"])["value"]}
+                              for p in report["patches"] if len(p["layers"]) == 1])
+        out = frame.pivot(index="layer", columns="column", values="effect")
+        return out.loc[sorted(out.index, key=int), list(dict.fromkeys(frame["column"]))]
+
+    tables = {name: table(r) for name, r in reports.items()}
+    width = max(3.0, 0.75 * max(t.shape[1] for t in tables.values())) + 1.5
+    height = 0.45 * max(t.shape[0] for t in tables.values()) + 1.8
+    fig, axes = plt.subplots(1, len(reports), figsize=(width * len(reports), height), squeeze=False)
+    for ax, (name, report) in zip(axes[0], reports.items()):
+        sns.heatmap(tables[name].astype(float), ax=ax, annot=True, fmt=".2f", cmap="RdBu_r", center=0, vmin=-1,
+                    vmax=1, annot_kws={"fontsize": 8}, cbar_kws={"label": "normalised effect"})
+        ax.set_title(f"{titles.get(name, name)} ({report['n_problems']} problems)")
+        ax.set_xlabel("patched site @ positions")
+        ax.set_ylabel("layer")
+        ax.set_xticks(ax.get_xticks(), ax.get_xticklabels(), rotation=35, ha="right")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(entry: dict | None, digits: int = 2) -> str:
+    if not entry or entry.get("value") is None:
+        return (entry or {}).get("note", "n/a")
+    ci = "" if not entry.get("ci") else f" [{entry['ci'][0]:.{digits}f}, {entry['ci'][1]:.{digits}f}]"
+    return f"**{entry['value']:+.{digits}f}**{ci}"
+
+
+def reading(results: dict, grafts: dict) -> str:
+    """A short reading of this run's numbers (markdown) for the chapter's closing summary: `results` is
+    metrics/patching.json, `grafts` metrics/grafting.json."""
+    parts = []
+    if grafts.get("rows"):
+        gain, s = grafts["gain"], grafts["summary"]
+        lo, hi = gain["ci"] if gain.get("ci") else (float("nan"), float("nan"))
+        parts.append(
+            f"On {grafts['n_problems']} held-out problems RLVR answers {grafts['donor']['value']:.1%} correctly and "
+            f"SFT {grafts['receiver']['value']:.1%}: a gain of {100 * gain['value']:+.1f} points (95% CI "
+            f"[{100 * lo:+.1f}, {100 * hi:+.1f}]). Grafting RLVR's attention into SFT recovers a share "
+            f"{_fmt(s.get('graft_attn_share'))} of that gain, its MLPs {_fmt(s.get('graft_mlp_share'))}, both "
+            f"{_fmt(s.get('graft_attn_mlp_share'))}.")
+    treatments = [
+        f"- **{name}** into SFT ({results['cross_model'][f'{name}_into_{REFERENCE}']['n_problems']} problems): total "
+        f"effect {_fmt(m['total_effect'])}; direct effects summed over layers: attention "
+        f"{_fmt(m['attn_direct_effect'])}, MLP {_fmt(m['mlp_direct_effect'])}."
+        for name, m in results["variants"].items()]
+    parts.append("Per treatment, the change in SFT's mean log-probability of the answer tokens (nats, 95% CI):\n\n"
+                 + "\n".join(treatments))
+    within = results.get("within_model")
+    if within and "skipped" not in within:
+        parts.append(_within_reading(within))
+    return "\n\n".join(parts)
+
+
+def _within_reading(within: dict) -> str:
+    """Which component at the copy position carries the corrupted number in SFT, and the same cell in RLVR."""
+    candidates = [(i, p) for i, p in enumerate(within[REFERENCE]["patches"])
+                  if p["site"] != "hook_resid_pre" and p["positions"] == "target" and p["normalised"]["value"] is not None]
+    if not candidates:
+        return "The clean and corrupted runs do not differ distinguishably: the information flow cannot be read."
+    i, best = max(candidates, key=lambda c: c[1]["normalised"]["value"])
+    rlvr = within[STUDY]["patches"][i]["normalised"]["value"]
+    text = (f"Inside each model ({within[REFERENCE]['n_problems']} problems), the corrupted number reaches the position "
+            f"where the working copies it mainly through layer {best['layers'][0]}'s {SITE_LABELS[best['site']]}: "
+            f"restoring it brings back {best['normalised']['value']:.2f} of the clean preference in SFT and ")
+    return text + ("an unmeasured share in RLVR." if rlvr is None else f"{rlvr:.2f} in RLVR.")
+
+
+# --- grafting ---------------------------------------------------------------------------------------
+def table_frame(result: dict):
+    """The grafting table (pandas): accuracy and share of the gain per hybrid, with intervals."""
+    def ci(entry):
+        return "" if entry.get("ci") is None else "[{:.2f}, {:.2f}]".format(*entry["ci"])
+
+    def value(entry):
+        return np.nan if entry["value"] is None else entry["value"]
+
+    rows = [{"model": "SFT (receiver)", "accuracy": value(result["receiver"]), "accuracy CI": ci(result["receiver"]),
+             "share of gain": 0.0, "share CI": ""}]
+    rows += [{"model": f"SFT + RLVR {row['graft']}", "accuracy": value(row["accuracy"]),
+              "accuracy CI": ci(row["accuracy"]), "share of gain": value(row["share"]),
+              "share CI": row["share"].get("note") or ci(row["share"])}
+             for row in result["rows"]]
+    rows.append({"model": "RLVR (donor)", "accuracy": value(result["donor"]), "accuracy CI": ci(result["donor"]),
+                 "share of gain": 1.0, "share CI": ""})
+    return pd.DataFrame(rows)
+
+
+def plot_shares(result: dict):
+    """Bar chart: share of the SFT -> RLVR accuracy gain each graft recovers, with bootstrap intervals."""
+    kinds = {("attn",): "attention", ("mlp",): "MLP"}
+    frame = pd.DataFrame([{
+        "graft": r["graft"], "kind": kinds.get(tuple(r["components"]), "attention + MLP"),
+        "share": np.nan if r["share"]["value"] is None else r["share"]["value"],
+        "lo": np.nan if r["share"]["ci"] is None else r["share"]["ci"][0],
+        "hi": np.nan if r["share"]["ci"] is None else r["share"]["ci"][1]} for r in result["rows"]])
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(frame) + 1.8))
+    sns.barplot(frame, x="share", y="graft", hue="kind", dodge=False, legend=False, ax=ax,
+                palette={"attention": "#1f77b4", "MLP": "#ff7f0e", "attention + MLP": "#7f7f7f"})
+    ax.errorbar(frame["share"], np.arange(len(frame)), fmt="none", ecolor="black", capsize=3,
+                xerr=np.abs(np.vstack([frame["share"] - frame["lo"], frame["hi"] - frame["share"]])))
+    ax.axvline(0, color="black", lw=0.8)
+    ax.axvline(1, color="#d62728", lw=1, ls="--", label="RLVR's full gain")
+    ax.set_xlabel("share of the RLVR - SFT accuracy gain recovered (95% bootstrap CI)")
+    ax.set_ylabel("RLVR weights grafted into SFT")
+    gain, n = result["gain"], len(result["donor"]["correct"])
+    note = "" if gain.get("ci") and (gain["ci"][0] > 0 or gain["ci"][1] < 0) else f": {GAIN_NOTE}, no share is reported"
+    ax.set_title(f"Grafting RLVR components into SFT\n(RLVR - SFT accuracy gain {100 * gain['value']:+.1f} points on "
+                 f"{n} problems{note})")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig

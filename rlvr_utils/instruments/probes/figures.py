@@ -1,0 +1,148 @@
+"""The probes chapter's figures and its closing reading: probe scores per layer, the plain and the stitched
+logit lens, and a short Markdown reading of the summaries of probes.json and lens.json."""
+from __future__ import annotations
+
+import itertools
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from rlvr_utils.core.plots import STAGE_COLORS
+from rlvr_utils.treatments.registry import REFERENCE, STUDY
+
+PROBE_LABELS = {"accuracy": "accuracy", "selectivity": "selectivity (task − control)",
+                "over_majority": "accuracy − majority class", "macro_f1": "macro-F1"}
+
+
+def figure(table: pd.DataFrame, metric: str = "accuracy", models=None) -> plt.Figure:
+    """One panel per target x site: `metric` per layer for each model (all, or `models`) with its interval.
+    For accuracy the control-task accuracy (dashed) and the majority baseline (dotted) are drawn too."""
+    if models is not None:
+        table = table[table.model.isin(list(models))]
+    if table.empty:  # e.g. completions that never write an intermediate result or an answer
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.set_axis_off()
+        ax.set_title("No probe targets were found in this run's completions")
+        return fig
+    targets, sites = list(dict.fromkeys(table.target)), list(dict.fromkeys(table.site))
+    fig, axes = plt.subplots(len(targets), len(sites), figsize=(3.6 * len(sites), 2.9 * len(targets)),
+                             squeeze=False, sharex=True)
+    for (i, target), (j, site) in itertools.product(enumerate(targets), enumerate(sites)):
+        ax = axes[i][j]
+        here = table[(table.target == target) & (table.site == site)]
+        for model, rows in here.groupby("model", sort=False):
+            color = STAGE_COLORS.get(model)
+            line = rows[rows.metric == metric].sort_values("layer")
+            sns.lineplot(data=line, x="layer", y="value", ax=ax, color=color, marker="o", label=model)
+            ax.fill_between(line.layer, line.ci_low, line.ci_high, color=color, alpha=0.2)
+            if metric == "accuracy":
+                for extra, style in (("control_accuracy", "--"), ("majority_accuracy", ":")):
+                    rows_e = rows[rows.metric == extra].sort_values("layer")
+                    ax.plot(rows_e.layer, rows_e.value, linestyle=style, color=color, alpha=0.8)
+        if metric != "accuracy":
+            ax.axhline(0, color="black", linewidth=0.8)
+        ax.set(title=f"{target} · {site.removeprefix('hook_')}", xlabel="layer",
+               ylabel=PROBE_LABELS.get(metric, metric))
+        ax.set_xticks(sorted(here.layer.unique()))
+        if (i, j) != (0, 0) and ax.get_legend():
+            ax.get_legend().remove()
+    fig.suptitle(f"Probe {PROBE_LABELS.get(metric, metric)} per layer (95% bootstrap interval over test problems)")
+    fig.tight_layout()
+    return fig
+
+
+def reading(summary: dict, n_layers: int, stages=("base", REFERENCE, STUDY)) -> str:
+    """A short Markdown reading of the summaries of probes.json and lens.json (merged) for the chapter's close."""
+    def show(key, digits=2):
+        if key not in summary:
+            return "not measured"
+        v = summary[key]
+        if v["value"] is None:
+            return "undefined"
+        if v["ci"] is None:
+            return f"{v['value']:.0f}"
+        return f"{v['value']:.{digits}f} [{v['ci'][0]:.{digits}f}, {v['ci'][1]:.{digits}f}]"
+
+    lines = []
+    for m in stages:
+        parts = []
+        if f"answer_decodable_layer_{m}" in summary:
+            layer = summary[f"answer_decodable_layer_{m}"]["value"]
+            where = "at no layer" if layer >= n_layers else f"from layer {layer:.0f}"
+            parts.append(f"the answer's last digit is decodable {where} (selectivity "
+                         f"{show(f'probe_selectivity_answer_{m}')})")
+        if f"probe_selectivity_intermediate_{m}" in summary:
+            parts.append(f"intermediate results reach selectivity {show(f'probe_selectivity_intermediate_{m}')} "
+                         "at the layer and site chosen on validation")
+        lens_layer = summary.get(f"lens_answer_layer_{m}", {}).get("value")
+        if lens_layer is not None and lens_layer == lens_layer:  # None (NaN) when no completion has an answer
+            parts.append(f"its logit lens gives its final answer token from layer {lens_layer:.0f}")
+        found = "; ".join(parts) or "no intermediate result or answer was found in the completions"
+        lines.append(f"- **{m}**: {found}.")
+    gain = summary.get(f"probe_selectivity_gain_{STUDY}_vs_{REFERENCE}")
+    if gain and gain.get("ci"):
+        lo, hi = gain["ci"]
+        verdict = ("RLVR made them more decodable, as Representation learning predicts" if lo > 0 else
+                   "RLVR made them less decodable" if hi < 0 else
+                   "the interval contains 0: no change detected, as Routing predicts")
+        lines += ["", "RLVR − SFT selectivity for intermediate results: "
+                      f"{show(f'probe_selectivity_gain_{STUDY}_vs_{REFERENCE}')}; {verdict}."]
+    floor = summary.get("selectivity_noise_floor")
+    if floor and floor.get("ci"):
+        lines += ["", "Noise floor of selectivity (the same pipeline on shuffled features): "
+                      f"{show('selectivity_noise_floor')}: a selectivity or gain inside this range is no evidence."]
+    lines += ["", "Cross-model lens at the last layer (KL to the owner's output, nats): SFT's read-out on RLVR's "
+                  f"stream {show(f'lens_cross_kl_{STUDY}_by_{REFERENCE}', 3)}, RLVR's on SFT's "
+                  f"{show(f'lens_cross_kl_{REFERENCE}_by_{STUDY}', 3)}; for scale, the base model's read-out on SFT's "
+                  f"stream {show(f'lens_cross_kl_{REFERENCE}_by_base', 3)}."]
+    return "\n".join(lines)
+
+
+# --- the logit lens --------------------------------------------------------------------------------------
+LENS_LABELS = {"kl": "KL(final ‖ lens) [nats]", "top1_agreement": "top-1 agreement with final",
+               "answer_prob": "p(answer token that follows)", "answer_rank": "rank of answer token that follows",
+               "answer_agreement": "answer top-1 = final top-1"}
+
+
+def lens_figure(lens_table: pd.DataFrame, metrics=("kl", "top1_agreement", "answer_prob", "answer_rank")) -> plt.Figure:
+    """The plain logit lens (each model read by its own final norm + unembedding), one panel per metric."""
+    own = lens_table[lens_table.model == lens_table.read_out]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for model, rows in own[own.metric == metric].groupby("model", sort=False):
+            rows = rows.sort_values("layer")
+            sns.lineplot(data=rows, x="layer", y="value", ax=ax, marker="o", color=STAGE_COLORS.get(model), label=model)
+            ax.fill_between(rows.layer, rows.ci_low, rows.ci_high, color=STAGE_COLORS.get(model), alpha=0.2)
+        ax.set(title=LENS_LABELS[metric], xlabel="layer (residual stream after block)", ylabel=metric.replace("_", " "))
+        ax.set_xticks(sorted(own.layer.unique()))
+        if metric == "answer_rank":
+            ax.set_yscale("symlog")
+        if ax is not axes[0][0] and ax.get_legend():
+            ax.get_legend().remove()
+    fig.suptitle("Logit lens on the shared token cache (95% bootstrap interval over problems)")
+    fig.tight_layout()
+    return fig
+
+
+def cross_figure(lens_table: pd.DataFrame, metric: str = "kl") -> plt.Figure:
+    """Stitched cross-model lens: each model's residual stream (panel) after layer l, run through another
+    model's later blocks and read-out (dashed, colour = that model; against that model's own output), beside
+    the model's plain logit lens (solid)."""
+    models = list(dict.fromkeys(lens_table.model))
+    fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.4), squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], models):
+        rows = lens_table[(lens_table.model == model) & (lens_table.metric == metric)]
+        for read_out, line in rows.groupby("read_out", sort=False):
+            line = line.sort_values("layer")
+            other = read_out.removeprefix("stitch:")
+            style = "-" if read_out == model else "--"
+            label = "own logit lens" if read_out == model else f"{other}'s later blocks (vs {other}'s output)"
+            ax.plot(line.layer, line.value, style, marker="o", color=STAGE_COLORS.get(other), label=label)
+            ax.fill_between(line.layer, line.ci_low, line.ci_high, color=STAGE_COLORS.get(other), alpha=0.15)
+        ax.set(title=f"{model}'s residual stream", xlabel="layer", ylabel=LENS_LABELS[metric])
+        ax.set_xticks(sorted(rows.layer.unique()))
+        ax.legend(fontsize="small")
+    fig.suptitle(f"Stitched cross-model lens and plain logit lens: {LENS_LABELS[metric]}")
+    fig.tight_layout()
+    return fig
