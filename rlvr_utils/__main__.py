@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from rlvr_utils.core.lock import RunLocked, acquire_run_lock
+from rlvr_utils.core.lock import NotARunFolder, RunLocked, acquire_run_lock
 from rlvr_utils.core.config import PROJECT_ROOT, ParamsError, load, unchecked
 
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted. Resume with the same command: finished notebooks and stages are skipped.",
               file=sys.stderr, flush=True)
         return 130
-    except ParamsError as err:
+    except (ParamsError, NotARunFolder) as err:
         print(err, file=sys.stderr)
         return 2
     except RunLocked as err:

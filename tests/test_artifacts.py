@@ -166,7 +166,7 @@ def test_digest_cache_is_cheap_and_never_stale(tmp_path):
 
 LOCK_HOLDER = """
 import sys, time
-from rlvr_utils.core import artifacts
+from rlvr_utils.core import lock
 lock.acquire_run_lock(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)
@@ -192,12 +192,59 @@ def test_a_second_run_of_one_run_folder_is_refused(tmp_path, monkeypatch):
 
 def test_leftover_temporaries_are_cleaned_at_the_next_start(tmp_path):
     run_dir = tmp_path / "run"
-    (run_dir / "models" / ".sft.abc.tmp").mkdir(parents=True)
-    (run_dir / "models" / ".sft.old").mkdir()
+    lock.claim(run_dir)  # a run folder this package made
+    (run_dir / "models" / f".sft.abc{artifacts.TMP}").mkdir(parents=True)
+    (run_dir / "models" / f".sft{artifacts.OLD}").mkdir()
     (run_dir / "metrics").mkdir()
-    (run_dir / "metrics" / ".cka.json.x1.tmp").write_text("{")
+    (run_dir / "metrics" / f".cka.json.x1{artifacts.TMP}").write_text("{")
     (run_dir / "metrics" / "cka.json").write_text("{}")
     assert lock.acquire_run_lock(run_dir)
     lock.release_run_lock(run_dir)
     left = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*"))
-    assert left == [".lock", "metrics", "metrics/cka.json", "models"]
+    assert left == [".lock", lock.MARKER, "metrics", "metrics/cka.json", "models"]
+
+
+def test_a_folder_rlvr_utils_did_not_make_is_never_touched(tmp_path):
+    """A user's folder named as a run: nothing in it is deleted or changed, and the refusal comes before any work."""
+    import subprocess
+    import sys
+
+    from rlvr_utils.core import config as params_config
+
+    user = tmp_path / "notes"
+    (user / "sub").mkdir(parents=True)
+    files = {user / ".notes.old": "keep", user / ".draft.tmp": "keep", user / "sub" / ".config.old": "keep",
+             user / "report.md": "mine"}
+    for path, text in files.items():
+        path.write_text(text)
+    before = sorted(p.relative_to(user).as_posix() for p in user.rglob("*"))
+    params = tmp_path / "p.yaml"
+    params.write_text(f"runs_dir: {tmp_path}\nname: notes\n")
+    result = subprocess.run([sys.executable, "-m", "rlvr_utils", "run", "--params", str(params)], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "was not made by rlvr_utils" in result.stderr
+    with pytest.raises(lock.NotARunFolder):
+        lock.acquire_run_lock(user)
+    assert sorted(p.relative_to(user).as_posix() for p in user.rglob("*")) == before
+    assert all(path.read_text() == text for path, text in files.items())
+    for raw in ({"runs_dir": ".", "name": "rlvr_utils"}, {"runs_dir": str(params)}):  # the package; a file
+        with pytest.raises(params_config.ParamsError, match="runs_dir / name"):
+            params_config.from_dict(raw)
+
+
+def test_a_new_run_folder_is_marked_and_only_its_own_temporaries_are_cleaned(tmp_path):
+    run = tmp_path / "run"
+    assert lock.acquire_run_lock(run)
+    lock.release_run_lock(run)
+    assert (run / lock.MARKER).is_file()
+    (run / f".x.abc{artifacts.TMP}").write_text("left by a killed write")
+    (run / ".user.tmp").write_text("not ours")
+    assert lock.clean_temporaries(run) == 1 and (run / ".user.tmp").exists()
+
+
+def test_the_digest_cache_switch_accepts_what_people_write(tmp_path, monkeypatch):
+    for off in ("off", "false", "none", "disabled", "0", "no", " OFF "):
+        monkeypatch.setenv("RLVR_DIGEST_CACHE", off)
+        monkeypatch.setattr(artifacts, "_cache", None)
+        monkeypatch.chdir(tmp_path)
+        assert artifacts._cache_db() is None and not any(tmp_path.iterdir())

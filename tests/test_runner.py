@@ -146,7 +146,7 @@ def test_killed_rerun_never_yields_a_book_with_a_half_executed_chapter(project, 
 
 LOCK_HOLDER = """
 import sys, time
-from rlvr_utils.core import artifacts
+from rlvr_utils.core import lock
 lock.acquire_run_lock(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)
@@ -160,7 +160,7 @@ def test_two_runs_of_one_run_folder_never_both_write(project):
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(lock.RunLocked, match="is in use by pid"):
             _execute(project)
-        assert sorted(p.name for p in project["run"].iterdir()) == [lock.LOCK]  # nothing written
+        assert sorted(p.name for p in project["run"].iterdir()) == [lock.LOCK, lock.MARKER]  # nothing written
         assert not project["book"].exists()
     finally:
         holder.kill()

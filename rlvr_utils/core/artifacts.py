@@ -29,6 +29,8 @@ from typing import Any, Iterable, Iterator
 log = logging.getLogger(__name__)
 
 STAMP = "_stamp.json"
+# Suffixes of the temporaries atomic writes make: a run cleans up only names it makes itself (rlvr_utils.core.lock)
+TMP, OLD = ".rlvr-tmp", ".rlvr-old"
 FORCE_ENV = "RLVR_FORCE"  # set (by `run --force`) for the notebooks it names: every is_current() is False
 _PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "scikit-learn", "rlvr-utils")
 
@@ -101,7 +103,7 @@ def checkpoint_fingerprint(ref: str | Path) -> str:
 
 
 def _tracked(rel: Path) -> bool:
-    """Files a folder's digest covers: not stamps, not hidden temporaries ('.x.tmp', '.lock')."""
+    """Files a folder's digest covers: not stamps, not hidden files (temporaries of atomic writes, '.lock')."""
     return not any(part.startswith(".") or part == "__pycache__" for part in rel.parts) and not rel.name.endswith(STAMP)
 
 
@@ -223,7 +225,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; it replaces `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -249,14 +251,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `path` whole, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if path.exists():
-        old = path.with_name(f".{path.name}.old")
+        old = path.with_name(f".{path.name}{OLD}")
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
         tmp.rename(path)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rlvr_utils.core.params import ORGANISM, Params, ParamsError  # noqa: F401 (the API of params files)
+from rlvr_utils.core.lock import run_folder_problem
 from rlvr_utils.core.paths import PROJECT_ROOT, looks_local, resolve  # noqa: F401
 
 
@@ -64,6 +65,9 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
     """Cross-section checks against what extraction keeps and what the model has, and with `machine`
     against this machine (installed packages). One line per problem: key, value, what is expected."""
     problems = []
+    run_folder = run_folder_problem(p.run_dir)
+    if run_folder:
+        problems.append(f"runs_dir / name (got {p.runs_dir!r} / {p.name!r}): {run_folder}")
     if p.extract.completions_from != "gold" and p.extract.n_problems > p.evaluation.n_problems:
         problems.append(f"extract.n_problems (got {p.extract.n_problems}): must be <= evaluation.n_problems="
                         f"{p.evaluation.n_problems}; completions from {p.extract.completions_from!r} are the greedy "

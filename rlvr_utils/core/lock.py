@@ -11,10 +11,51 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from rlvr_utils.core.artifacts import OLD, TMP
+
 log = logging.getLogger(__name__)
 
 LOCK_ENV = "RLVR_RUN_LOCKED"  # the run folder whose lock a parent process (the runner) already holds
 LOCK = ".lock"
+MARKER = ".rlvr-run"  # says "this folder is a run folder that rlvr_utils made": nothing else is ever touched
+_LEGACY = ("executed_notebooks.json", "models/base/_stamp.json", "metrics")  # run folders made before the marker
+
+
+class NotARunFolder(RuntimeError):
+    """A folder that rlvr_utils did not make: it never locks, cleans or writes in it."""
+
+
+def run_folder_problem(run_dir: Path) -> str | None:
+    """Why `run_dir` cannot be a run folder (None when it is one, or is new or empty): it is a file, it lies in
+    the project's own files, or it exists with content that rlvr_utils did not make."""
+    from rlvr_utils.core.paths import PROJECT_ROOT
+
+    run_dir = Path(run_dir).resolve()
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        return f"run folder {run_dir}: {existing} is a file, not a folder; choose another runs_dir or name"
+    own = [PROJECT_ROOT, *(PROJECT_ROOT / d for d in ("rlvr_utils", "notebooks", "tests", "params", "book",
+                                                      "benchmarks", ".git", ".venv"))]
+    if any(run_dir == d or d in run_dir.parents for d in own[1:]) or run_dir == own[0]:
+        return f"run folder {run_dir} lies in the project's own files: runs go under runs/ or a folder of their own"
+    if (run_dir / MARKER).is_file() or not run_dir.exists():
+        return None
+    content = sorted(p.name for p in run_dir.iterdir())
+    if content and content != [LOCK] and not any((run_dir / p).exists() for p in _LEGACY):
+        return (f"{run_dir} exists and was not made by rlvr_utils (no {MARKER} marker; it holds "
+                f"{', '.join(content[:5])}{', ...' if len(content) > 5 else ''}): nothing in it is written, locked "
+                "or cleaned. Choose another `name` or `runs_dir` (a run creates its own folder)")
+    return None
+
+
+def claim(run_dir: Path) -> None:
+    """Make `run_dir` a run folder (the marker), or refuse it (NotARunFolder) without touching anything in it."""
+    problem = run_folder_problem(run_dir)
+    if problem:
+        raise NotARunFolder(problem)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / MARKER).is_file():
+        (run_dir / MARKER).write_text("a run folder made by rlvr_utils: its own temporaries are cleaned at each start\n")
 
 
 class RunLocked(RuntimeError):
@@ -31,7 +72,7 @@ def acquire_run_lock(run_dir: str | Path) -> bool:
     run_dir = Path(run_dir).resolve()
     if str(run_dir) in _held or os.environ.get(LOCK_ENV) == str(run_dir):
         return False
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim(run_dir)
     handle = open(run_dir / LOCK, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,11 +118,15 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
 
 
 def clean_temporaries(run_dir: str | Path) -> int:
-    """Remove '.*.tmp' and '.*.old' files and folders (atomic writes an interrupted run left) under a run
-    folder. Only safe while holding its lock."""
+    """Remove the temporaries of atomic writes that an interrupted run left under its run folder ('.<name>.*'
+    ending in artifacts.TMP or artifacts.OLD: names only this package makes), in a folder it made (the marker).
+    Only safe while holding its lock."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MARKER).is_file():
+        return 0
     removed = 0
-    for path in sorted(Path(run_dir).rglob(".*"), key=lambda p: -len(p.parts)):
-        if path.name.endswith((".tmp", ".old")) and path.exists():
+    for path in sorted(run_dir.rglob(".*"), key=lambda p: -len(p.parts)):
+        if path.name.endswith((TMP, OLD)) and path.exists():
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             removed += 1
     return removed
