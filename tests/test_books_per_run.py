@@ -46,7 +46,6 @@ def _notebook(path: Path, code: str) -> None:
 def project(tmp_path, monkeypatch):
     monkeypatch.setenv("RLVR_DIGEST_CACHE", str(tmp_path / "digests.sqlite"))
     monkeypatch.setattr(artifacts, "_cache", None)
-    monkeypatch.setattr(runner, "NOTEBOOK_SECTIONS", {"00_a": ("organism",), "01_b": ("cka",)})
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     _notebook(nbs / "00_a.ipynb", NB_A)

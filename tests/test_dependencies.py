@@ -48,3 +48,21 @@ def test_a_notebook_is_read_for_its_imports_even_with_magics():
     assert deps.notebook_modules(cells) == {"rlvr_utils.core", "rlvr_utils.core.notebook", "rlvr_utils.evidence",
                                             "rlvr_utils.evidence.verdict"}
     assert json.dumps(deps.sections(["rlvr_utils.evidence.verdict"]))  # declared sections are plain strings
+
+
+def test_the_verdict_reads_only_the_replicates_this_run_made_and_reruns_when_one_changes(tmp_path):
+    from rlvr_utils.core import artifacts
+    from rlvr_utils.evidence import replicate, verdict
+
+    cfg = config.from_dict({"runs_dir": str(tmp_path), "name": "study", "verdict": {"replicate_seeds": [1, 2]}})
+    cfg.run_dir.mkdir()
+    for seed in (1, 2):  # two folders with the replicates' names; only seed 1 was made by `replicate`
+        artifacts.write_json(tmp_path / f"study-seed{seed}" / "metrics" / "verdict.json", {"verdict": "Routing"})
+    artifacts.write_json(cfg.path(replicate.RECORD), {"1": str(tmp_path / "study-seed1")})
+    assert sorted(verdict.replicate_dirs(cfg)) == [0, 1]
+    chapter = next(nb for nb in runner.notebooks() if nb.stem.endswith("_verdict"))
+    before = runner._stamp_key(cfg, chapter, runner.notebooks(), {})
+    artifacts.write_json(tmp_path / "study-seed2" / "metrics" / "verdict.json", {"verdict": "forged"})
+    assert runner._stamp_key(cfg, chapter, runner.notebooks(), {}) == before  # not this run's replicate
+    artifacts.write_json(tmp_path / "study-seed1" / "metrics" / "verdict.json", {"verdict": "edited"})
+    assert runner._stamp_key(cfg, chapter, runner.notebooks(), {}) != before

@@ -182,3 +182,22 @@ def test_papermill_injection_is_refused_and_never_runs(tmp_path):
                                 progress_bar=False, cwd=str(ROOT))
         assert err.value.ename == "ParamsError"
     assert not marker.exists()
+
+
+def test_an_edited_executed_chapter_is_re_executed_and_never_published(project, capsys):
+    """Editing what the book shows (even with the file's mtime put back) re-runs that chapter; a book is never
+    built from a chapter that differs from what the run executed."""
+    from rlvr_utils.core.config import load
+
+    assert _execute(project)
+    chapter = project["book"] / runner.EXECUTED / "01_b.ipynb"
+    stat = chapter.stat()
+    chapter.write_text(chapter.read_text().replace('"outputs": []', '"outputs": [{"name": "stdout", "output_type": "stream", "text": "FORGED"}]', 1))
+    os.utime(chapter, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(SystemExit, match="01_b.ipynb in .* differ from what this run executed"):
+        runner.build_book(project["book"], project["nbs"], params=load(project["params"]))
+    capsys.readouterr()
+    assert _execute(project)
+    out = capsys.readouterr().out
+    assert "01_b             re-runs: executed copy" in out and "changed since the run made it" in out
+    assert "FORGED" not in chapter.read_text()

@@ -74,6 +74,11 @@ def declared(name: str) -> tuple[str, ...]:
     return ()
 
 
+def defines(name: str, function: str) -> bool:
+    """Whether a module defines a top-level function of that name."""
+    return any(isinstance(n, ast.FunctionDef) and n.name == function for n in _parse(name)[0].body)
+
+
 def closure(names: Iterable[str]) -> list[str]:
     """The modules named and every rlvr_utils module they import, directly or not, sorted."""
     seen, todo = set(), [n for n in names if module_file(n)]

@@ -12,9 +12,26 @@ from pathlib import Path
 
 import yaml
 
+from rlvr_utils.core import artifacts, lock
 from rlvr_utils.core.config import load, resolve
 
 PARAMS = ("verdict",)  # params sections read here (rlvr_utils.core.deps)
+RECORD = "replicates.json"  # in the main run's folder: {seed: run folder} of the replicates this command made
+
+
+def recorded(cfg) -> dict[int, Path]:
+    """The replicate runs that `replicate` made for this run (never a folder that merely has a matching name)."""
+    path = cfg.path(RECORD)
+    if not path.is_file():
+        return {}
+    return {int(seed): Path(folder) for seed, folder in artifacts.read_json(path).items()}
+
+
+def _record(cfg, seed: int, run_dir: Path) -> None:
+    with lock.run_lock(cfg.run_dir):
+        made = {str(k): str(v) for k, v in recorded(cfg).items()}
+        made[str(seed)] = str(run_dir)
+        artifacts.write_json(cfg.path(RECORD), dict(sorted(made.items(), key=lambda kv: int(kv[0]))))
 
 
 def seed_params(params_file: str | Path, seed: int) -> Path:
@@ -41,5 +58,6 @@ def run(params_file: str, seeds: list[int] | None = None) -> bool:
         started = time.time()
         if not runner.execute(str(path), book_root=path.parent / "book"):
             return False
+        _record(cfg, seed, path.parent)
         print(f"--- seed {seed} done in {time.time() - started:.0f} s", flush=True)
     return True

@@ -31,6 +31,8 @@ from typing import Literal, Mapping
 import numpy as np
 import pandas as pd
 
+from rlvr_utils.core import artifacts
+from rlvr_utils.evidence import replicate as replication
 from rlvr_utils.treatments import registry
 from rlvr_utils.treatments.registry import NO_EVIDENCE, REPRESENTATION, ROUTING  # one definition of the readings
 
@@ -285,15 +287,21 @@ def overall(counts: Mapping[str, int], params) -> str:
 
 # --- replication over seeds ------------------------------------------------------------------------------
 def replicate_dirs(cfg) -> dict[int, Path]:
-    """Run folders of the replicate seeds (`verdict.replicate_seeds`) that have a verdict; the run itself
-    is one of them under its own seed."""
+    """Metrics folders of the replicate seeds (`verdict.replicate_seeds`) that `replicate` ran for this run and
+    that have a verdict; the run itself is one of them under its own seed."""
     out = {cfg.seed: cfg.path("metrics")}
+    made = replication.recorded(cfg)
     for seed in cfg.verdict.replicate_seeds:
-        if seed != cfg.seed:
-            folder = cfg.run_dir.parent / f"{cfg.name}-seed{seed}" / "metrics"
-            if (folder / "verdict.json").exists():
-                out[seed] = folder
+        if seed != cfg.seed and seed in made and (made[seed] / "metrics" / "verdict.json").exists():
+            out[seed] = made[seed] / "metrics"
     return dict(sorted(out.items()))
+
+
+def outside_inputs(cfg) -> dict[str, str | None]:
+    """Files outside this run that the verdict reads (the replicate seeds'), with their content digests: the
+    runner re-runs the verdict chapter when one changes."""
+    return {str(folder / name): artifacts.digest(folder / name) for seed, folder in replicate_dirs(cfg).items()
+            if seed != cfg.seed for name in ("verdict.json", "variants.json")}
 
 
 def replicate(table: pd.DataFrame, seed: int, others: Mapping[int, dict]) -> pd.DataFrame:

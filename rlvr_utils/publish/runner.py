@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,16 +70,33 @@ def _select(all_nbs: list[Path], only: list[str] | None, start: str | None) -> l
     return all_nbs
 
 
+def _code_cells(nb: Path) -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+
+
 def chapter_modules(nb: Path) -> set[str]:
     """The rlvr_utils modules a chapter's code cells import."""
-    cells = json.loads(nb.read_text())["cells"]
-    return deps.notebook_modules("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return deps.notebook_modules(_code_cells(nb))
 
 
 def chapter_sections(nb: Path) -> tuple[str, ...]:
-    """Params sections a chapter reads: those its library modules declare (rlvr_utils.core.deps), never a
-    hand-kept list."""
-    return deps.sections(chapter_modules(nb))
+    """Params sections a chapter reads: those its library modules declare (rlvr_utils.core.deps) and those its
+    own cells read (`cfg.<section>`), never a hand-kept list."""
+    fields = set(Params.model_fields) - {"source", "name", "runs_dir"}  # where a run is, not what it computes
+    own = {m for cell in _code_cells(nb) for m in re.findall(r"\bcfg\.(\w+)", cell)} & fields
+    return tuple(sorted(set(deps.sections(chapter_modules(nb))) | own))
+
+
+def _outside_inputs(params: Params, modules) -> dict[str, str | None]:
+    """Digests of the files outside the run that a chapter's modules read: a module that reads such files says
+    so with a function `outside_inputs(cfg)` (the verdict reads the replicate seeds' metrics)."""
+    import importlib
+
+    out = {}
+    for name in deps.closure(modules):
+        if deps.defines(name, "outside_inputs"):
+            out.update(importlib.import_module(name).outside_inputs(params))
+    return out
 
 
 def _stamp_key(params: Params, nb: Path, all_nbs: list[Path], record: dict) -> str:
@@ -86,7 +104,8 @@ def _stamp_key(params: Params, nb: Path, all_nbs: list[Path], record: dict) -> s
     the library modules it runs, and the files the chapters it reads from wrote (as recorded, with their
     digests)."""
     modules = chapter_modules(nb)
-    fingerprint = params.fingerprint(*deps.sections(modules)) + deps.code_digest(modules)
+    fingerprint = params.fingerprint(*chapter_sections(nb)) + deps.code_digest(modules)
+    outside = _outside_inputs(params, modules)
     earlier = [n.name for n in all_nbs if n.name < nb.name]
     last = UPSTREAM.get(nb.stem)
     if last:
@@ -95,7 +114,7 @@ def _stamp_key(params: Params, nb: Path, all_nbs: list[Path], record: dict) -> s
     for n in earlier:
         upstream.update((record.get(n) or {}).get("files") or {n: "not executed"})
     h = hashlib.sha256()
-    for part in (fingerprint, nb.read_bytes(), json.dumps(upstream, sort_keys=True)):
+    for part in (fingerprint, nb.read_bytes(), json.dumps(upstream, sort_keys=True), json.dumps(outside, sort_keys=True)):
         h.update(part if isinstance(part, bytes) else part.encode())
     return h.hexdigest()[:16]
 
@@ -172,8 +191,10 @@ def _stale(entry: dict | None, key: str, out: Path, run_dir: Path) -> str | None
     made_with = _executed_with(out)
     if made_with.get("key") != key:
         return f"executed copy {out} was made from other params or another run ({made_with.get('run', 'unknown')})"
-    if "files" not in entry:
+    if "files" not in entry or "executed" not in entry:
         return "recorded before content checks"
+    if artifacts.file_digest(out) != entry["executed"]:
+        return f"executed copy {out} changed since the run made it (edited?): the book shows only what ran"
     for rel, want in entry["files"].items():
         path = run_dir / rel
         if not path.is_file():
@@ -371,6 +392,7 @@ def _execute(params: Params, params_path: Path, all_nbs: list[Path], only, start
             other["files"] = {r: d for r, d in other.get("files", {}).items() if r in after and r not in written}
         kept = set((entry or {}).get("files", {})) | written
         record[nb.name] = {"key": key, "seconds": round(time.time() - start_time, 1),
+                           "executed": artifacts.file_digest(out),
                            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                            "code": pages.git_version(),
                            "files": {rel: after[rel] for rel in sorted(kept) if rel in after}}
@@ -423,6 +445,13 @@ def build_book(book_root: Path | None = None, notebook_dir: Path | None = None, 
         other = {n: r for n, r in other.items() if r != params.name}
         if other:
             raise SystemExit(f"book not built: chapters of another run in {book_root / EXECUTED}: {other}")
+        record = _read_record(params.run_dir / RECORD)
+        changed = [nb.name for nb in chapters if (record.get(nb.name) or {}).get("executed")
+                   != artifacts.file_digest(book_root / EXECUTED / nb.name)]
+        if changed:
+            raise SystemExit(f"book not built: {', '.join(changed)} in {book_root / EXECUTED} differ from what this "
+                             "run executed (edited, or executed by another command): run the book again "
+                             "(python -m rlvr_utils run --params ...), which re-executes them")
     _stage_book(book_root, chapters)
     pages_dir = book_root / "book"
     (pages_dir / "params.md").write_text(pages.params_reference())
@@ -433,9 +462,16 @@ def build_book(book_root: Path | None = None, notebook_dir: Path | None = None, 
         shutil.copy2(params.path("metrics", "evidence.csv"), book_root / EXECUTED / "evidence.csv")
     start = time.time()
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(book_root), "--warningiserror", "--quiet"]
+    # Sphinx rebuilds a page when its source's mtime changed; a chapter whose content changed with its mtime
+    # kept must be rebuilt too: every page is rebuilt whenever any chapter's content differs from the last build
+    built = book_root / "_build" / ".rlvr-chapters.json"
+    now = {p.name: artifacts.file_digest(p) for p in sorted((book_root / EXECUTED).glob("*")) if p.is_file()}
+    if not built.is_file() or json.loads(built.read_text()) != now:
+        cmd.append("--all")
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    artifacts.write_json(built, now)
     index = book_root / "_build" / "html" / "index.html"
     print(f"{'book':<16} {time.time() - start:7.1f} s", flush=True)
     print(f"the book: {_shown(index)}  (open it in a browser)", flush=True)
