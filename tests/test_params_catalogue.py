@@ -76,6 +76,29 @@ CASES = [
     ("crosscoder_site_not_extracted", "extract:\n  sites: [hook_attn_out, hook_mlp_out, hook_resid_post]\n"
      "crosscoder:\n  site: hook_resid_pre\n", "crosscoder.site"),
     ("crosscoder_layer_not_extracted", "extract:\n  layers: [0, 1]\ncrosscoder:\n  layer: 3\n", "crosscoder.layer"),
+    # values that passed before and failed late, hung or misbehaved (the reliability campaign's catalogue)
+    ("head_dim_odd", "organism:\n  hidden_size: 60\n  num_heads: 4\n", "organism.hidden_size"),
+    ("max_value_below_max_start", "data:\n  max_start: 20\n  max_value: 10\n", "data.max_value"),
+    ("template_attribute", "data:\n  prompt_template: '{question.__class__}'\n", "data.prompt_template"),
+    ("template_index", "data:\n  prompt_template: '{question} {question[0]}'\n", "data.prompt_template"),
+    ("template_huge_width", "data:\n  prompt_template: '{question:>99999999999}'\n", "data.prompt_template"),
+    ("template_conversion", "data:\n  prompt_template: '{question!r}'\n", "data.prompt_template"),
+    ("name_too_long", "name: " + "a" * 300 + "\n", "name"),
+    ("crosscoder_unknown_treatment", "crosscoder:\n  treatments: [rlvr, no_such]\n", "crosscoder.treatments"),
+    ("crosscoder_unknown_causal", "crosscoder:\n  causal_treatments: [./runs/x]\n", "crosscoder.causal_treatments"),
+    ("weights_on_missing_cuda", "weights:\n  device: cuda\n", "weights.device"),
+    ("sft_not_a_checkpoint", "model:\n  sft: /etc\n  rlvr: /etc\n", "model.sft"),
+    ("one_null", "variants:\n  nulls: 1\n", "variants.nulls"),
+    ("probe_fractions_past_one", "probes:\n  test_fraction: 0.6\n  validation_fraction: 0.5\n", "probes.test_fraction"),
+    ("replicate_seed_negative", "verdict:\n  replicate_seeds: [-1]\n", "verdict.replicate_seeds"),
+    ("replicate_seed_twice", "verdict:\n  replicate_seeds: [1, 1]\n", "verdict.replicate_seeds"),
+    ("learning_rate_absurd", "grpo:\n  learning_rate: 1.0e+300\n", "grpo.learning_rate"),
+    ("hidden_size_huge", "organism:\n  hidden_size: 1073741824\n  intermediate_size: 512\n", "organism.hidden_size"),
+    ("n_bootstrap_huge", "evaluation:\n  n_bootstrap: 1000000000000\n", "evaluation.n_bootstrap"),
+    ("deepspeed_not_json", "grpo:\n  deepspeed: params/ci.yaml\n", "grpo.deepspeed"),
+    ("patching_sites_empty", "patching:\n  sites: []\n", "patching.sites"),
+    ("pass_k_twice", "evaluation:\n  pass_k: [1, 8, 8]\n", "evaluation.pass_k"),
+
 ]
 if importlib.util.find_spec("vllm") is None:
     CASES.append(("vllm_not_installed", "grpo:\n  use_vllm: true\n", "grpo.use_vllm"))
@@ -130,6 +153,14 @@ def test_cli_refuses_in_a_fresh_process(tmp_path):
     assert result.returncode == 2 and time.perf_counter() - start < 10
     assert str(path) in result.stderr and "  - name" in result.stderr and "  - seed" in result.stderr
     assert not runs.exists() and list(tmp_path.iterdir()) == [path]
+
+
+def test_a_misspelt_key_gets_a_suggestion(tmp_path, capsys):
+    path, _ = _bad_file(tmp_path, "grpo:\n  learnig_rate: 1.0e-5\nverdit:\n  min_margin: 2\n")
+    assert main(["check-params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "grpo.learnig_rate: unknown key. Did you mean 'learning_rate'?" in err
+    assert "verdit: unknown key. Did you mean 'verdict'?" in err
 
 
 def test_missing_params_file_is_named(tmp_path, capsys):

@@ -4,6 +4,7 @@ machine can run). The schema is rlvr_utils.core.params.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import re
@@ -140,6 +141,72 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
         value = getattr(p.model, key.split(".")[1])
         if value and value != ORGANISM and not looks_local(value) and not _HUB_ID.fullmatch(value):
             problems.append(f"{key} (got {value!r}): neither a local folder nor a hub id 'org/name'")
+    return problems + _limits(p, machine)
+
+
+# Largest values that still describe an experiment (a typo of an exponent must fail here, not hours later or
+# by exhausting memory): learning rates, model sizes, resampling counts.
+_UPPER = {"sft.learning_rate": 1.0, "grpo.learning_rate": 1.0, "organism.pretrain_lr": 1.0,
+          "organism.hidden_size": 16384, "organism.intermediate_size": 65536, "organism.num_layers": 256,
+          "organism.vocab_size": 1_000_000, "organism.corpus_documents": 10_000_000,
+          **{f"{s}.n_bootstrap": 100_000 for s in ("evaluation", "cka", "probes", "patching", "weights", "crosscoder")},
+          "cka.n_permutations": 10_000, "evaluation.batch_size": 1_000_000, "data.n_eval": 10_000_000}
+
+
+def _limits(p: "Params", machine: bool) -> list[str]:
+    """Bounds and combinations that pydantic's per-field rules cannot see, each refused before any work."""
+    problems = []
+    for key, top in _UPPER.items():
+        section, field = key.split(".")
+        value = getattr(getattr(p, section), field)
+        if value > top:
+            problems.append(f"{key} (got {value!r}): at most {top:g}")
+    o, d = p.organism, p.data
+    if (o.hidden_size // o.num_heads) % 2:
+        problems.append(f"organism.hidden_size / organism.num_heads (got {o.hidden_size} / {o.num_heads} = "
+                        f"{o.hidden_size // o.num_heads}): the head dimension must be even (rotary embeddings)")
+    if d.max_value < d.max_start:
+        problems.append(f"data.max_value (got {d.max_value}): must be >= data.max_start={d.max_start} (running values "
+                        "start at most at max_start and stay in 0..max_value)")
+    if d.max_value < d.max_operand:
+        problems.append(f"data.max_value (got {d.max_value}): must be >= data.max_operand={d.max_operand}")
+    if len(p.name) > 100:
+        problems.append(f"name (got {len(p.name)} characters): at most 100 (it names folders and files)")
+    if p.variants.nulls == 1:
+        problems.append("variants.nulls (got 1): 0 (no nulls) or at least 2; a null is read against the others")
+    if p.probes.test_fraction + p.probes.validation_fraction >= 1:
+        problems.append(f"probes.test_fraction + probes.validation_fraction (got {p.probes.test_fraction} + "
+                        f"{p.probes.validation_fraction}): must leave problems to train on (sum < 1)")
+    seeds = p.verdict.replicate_seeds
+    if any(s < 0 for s in seeds) or len(set(seeds)) < len(seeds):
+        problems.append(f"verdict.replicate_seeds (got {seeds}): distinct seeds >= 0")
+    if len(set(p.evaluation.pass_k)) < len(p.evaluation.pass_k):
+        problems.append(f"evaluation.pass_k (got {p.evaluation.pass_k}): each k once")
+    if not p.patching.sites:
+        problems.append("patching.sites (got []): at least one site to patch")
+    for key, path in (("sft.deepspeed", p.sft.deepspeed), ("grpo.deepspeed", p.grpo.deepspeed)):
+        if path and resolve(path).is_file():
+            try:
+                json.loads(resolve(path).read_text())
+            except (ValueError, UnicodeDecodeError) as err:
+                problems.append(f"{key} (got {path!r}): not a JSON DeepSpeed config ({err})")
+    for key in ("model.sft", "model.rlvr"):
+        value = getattr(p.model, key.split(".")[1])
+        if value and looks_local(value) and resolve(value).is_dir() and not (resolve(value) / "config.json").is_file():
+            problems.append(f"{key} (got {value!r}): {resolve(value)} has no config.json; not a checkpoint folder")
+    from rlvr_utils.treatments import registry  # the treatments these params ask for
+
+    known = registry.names(p)
+    for key in ("crosscoder.treatments", "crosscoder.causal_treatments"):
+        unknown = [t for t in getattr(p.crosscoder, key.split(".")[1]) or [] if t not in known]
+        if unknown:
+            problems.append(f"{key} (got {unknown}): not treatments of this run; it has {', '.join(known)}")
+    if machine and p.weights.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(f"weights.device (got {p.weights.device!r}): no CUDA device on this machine (use 'cpu', "
+                            "or check-params --other-machine for a file meant for a GPU machine)")
     return problems
 
 
@@ -150,11 +217,19 @@ def unchecked(p: "Params") -> list[str]:
 
 
 def _template_fields(template: str) -> set[str] | str:
+    """The fields a prompt template fills in, or why it is not a template. Only a bare `{question}` is a field:
+    an attribute, an index, a conversion or a format spec (`{question:>99999999999}` would allocate 100 GB)
+    is refused."""
     try:
-        return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template)
-                if name is not None}
+        parsed = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
     except ValueError as err:
         return f"not a valid format string ({err}); write {{{{ and }}}} for literal braces"
+    odd = [name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") for name, spec, conv in parsed
+           if spec or conv or not name.isidentifier()]
+    if odd:
+        return (f"field(s) {odd} format more than the question itself; write {{question}} alone (and {{{{ }}}} for a "
+                "literal brace)")
+    return {name for name, _, _ in parsed}
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -165,7 +240,9 @@ def _format_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             parent = _section_class(e["loc"][:-1])
             allowed = ", ".join(k for k in parent.model_fields if k != "source")
-            lines.append(f"  - {key}: unknown key. Allowed keys here: {allowed}.")
+            close = difflib.get_close_matches(str(e["loc"][-1]), [k for k in parent.model_fields if k != "source"], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            lines.append(f"  - {key}: unknown key.{hint} Allowed keys here: {allowed}.")
         else:
             value = e.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
