@@ -80,7 +80,7 @@ def pass_at_k(metrics: dict) -> plt.Figure:
     return fig
 
 
-KIND_COLORS = {"study": STAGE_COLORS["rlvr"], "control": "#2ca02c", "null": "#555555", "identical": "#555555",
+KIND_COLORS = {"study": STAGE_COLORS["rlvr"], "control": "#2ca02c",  # nulls and copies: grey
                "user": "#9467bd"}
 
 

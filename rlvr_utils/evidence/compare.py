@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlvr_utils.evidence import verdict
+from rlvr_utils.evidence import tables, verdict
 from rlvr_utils.core.config import resolve
 
 
@@ -54,6 +54,6 @@ def write(frame: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md, csv = out.with_suffix(".md"), out.with_suffix(".csv")
-    md.write_text(verdict.markdown_table(frame) + "\n")
+    md.write_text(tables.markdown_table(frame) + "\n")
     frame.to_csv(csv, index=False)
     return md, csv
