@@ -137,3 +137,9 @@ def test_any_file_is_refused_with_a_short_message_never_a_crash_or_a_hang(tmp_pa
 def test_a_folder_given_as_the_params_file_says_so(tmp_path):
     with pytest.raises(config.ParamsError, match="is a folder: give a YAML file in it"):
         config.load(tmp_path)
+
+
+def test_the_embedded_experiment_is_the_code_defaults():
+    """An empty params file runs the default book: params/default.yaml names only the run."""
+    empty, default = config.from_dict({}).model_dump(mode="json"), config.load("params/default.yaml").model_dump(mode="json")
+    assert {k: v for k, v in empty.items() if k != "name"} == {k: v for k, v in default.items() if k != "name"}

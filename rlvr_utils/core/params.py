@@ -125,11 +125,12 @@ class SFTParams(Section):
     steps: int = Field(1000, gt=0, description="most optimizer steps; training stops earlier when the stopping "
                        "rule says SFT has converged on its own distribution")
     stop_metric: Literal["loss", "mean_token_accuracy"] | None = Field(
-        "loss", description="the stopping rule's measure on held-out problems of SFT's own distribution "
+        "mean_token_accuracy", description="the stopping rule's measure on held-out problems of SFT's own distribution "
         "(None: train all `steps`). The checkpoint with the best value is kept")
     eval_steps: int = Field(50, gt=0, description="steps between two measurements of the stopping rule")
     patience: int = Field(3, gt=0, description="stop after this many measurements without improvement")
-    min_delta: float = Field(0.0, ge=0, description="smaller improvements than this do not count")
+    min_delta: float = Field(0.001, ge=0, description="smaller improvements than this do not count (a tenth of a "
+                             "point of token accuracy)")
     n_validation: int = Field(200, gt=0, description="held-out problems of SFT's distribution for the stopping rule")
     batch_size: int = Field(32, gt=0, description="sequences per device per SFT step")
     learning_rate: float = Field(1e-3, gt=0, description="peak SFT learning rate")
@@ -154,7 +155,8 @@ class RewardWeights(Section):
 
 
 class GRPOParams(Section):
-    steps: int = Field(300, gt=0, description="GRPO optimizer steps (the RLVR model is the last one)")
+    steps: int = Field(100, gt=0, description="GRPO optimizer steps (the RLVR model is the last one); organism: "
+                       "chosen on validation (benchmarks/grpo_sweep.py)")
     learning_rate: float = Field(2e-5, gt=0, description="organism: at 1e-4 without warmup greedy accuracy "
                                                          "drops 25-36 points by step 60, see book/methods.md")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of GRPO steps spent warming up the learning rate")
@@ -162,7 +164,7 @@ class GRPOParams(Section):
     num_generations: int = Field(8, ge=2, description="completions per prompt (the GRPO group)")
     gradient_accumulation_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_completion_length: int = Field(56, gt=0, description="most generated tokens per completion during GRPO")
-    temperature: float = Field(0.3, gt=0, description="sampling temperature of the groups; organism: at 0.8 "
+    temperature: float = Field(0.5, gt=0, description="sampling temperature of the groups; organism: at 0.8 "
                                                       "GRPO rewards cancelling errors and lowers greedy accuracy")
     beta: float = Field(0.0, ge=0, description="KL coefficient; >0 loads a reference model")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field("dapo", description="TRL's GRPO loss normalisation "
@@ -177,7 +179,7 @@ class GRPOParams(Section):
     num_processes: int = Field(1, gt=0, description=">1 launches GRPO through accelerate (one process per GPU)")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config file (launches through accelerate)")
     bf16: bool = Field(False, description="train in bfloat16 (GPUs)")
-    save_steps: int = Field(60, gt=0, description="intermediate checkpoints for training dynamics")
+    save_steps: int = Field(25, gt=0, description="intermediate checkpoints for training dynamics")
     logging_steps: int = Field(5, gt=0, description="steps between two logged rewards and losses")
 
     @model_validator(mode="after")
@@ -378,7 +380,7 @@ class CrosscoderParams(Section):
     steps: int = Field(1000, gt=0, description="Adam steps per crosscoder (~10-25 s each on 2 CPU cores)")
     batch_size: int = Field(256, gt=0, description="tokens per step (BatchTopK keeps k x batch_size activations)")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of the crosscoder")
-    seeds: int = Field(3, ge=1, description="crosscoders per pair (seeds seed, seed+1, ...): intervals over seeds")
+    seeds: int = Field(2, ge=1, description="crosscoders per pair (seeds seed, seed+1, ...): intervals over seeds")
     specific_threshold: float = Field(0.9, gt=0.5, lt=1, description="relative decoder norm ||d_T|| / (||d_SFT|| + "
                                       "||d_T||) above which a latent is a candidate T-specific latent")
     presence_threshold: float = Field(0.3, gt=0, lt=1, description="Latent Scaling: a candidate counts as "
