@@ -32,8 +32,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-check-params: install
+# Every shipped params file; the rehearsal's local base model is built first when missing (about 1 minute).
+check-params: install runs/rehearsal-base/config.json
 	$(PY) -m rlvr_utils check-params --other-machine params/*.yaml  # real-scale files are for GPU machines
+
+runs/rehearsal-base/config.json: | install
+	$(PY) -m rlvr_utils.training.rehearsal --out runs/rehearsal-base
 
 bench: install
 	$(PY) benchmarks/bench_extract_cka.py

@@ -79,8 +79,8 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
     for key in ("model.base", "model.sft", "model.rlvr"):
         value = getattr(p.model, key.split(".")[1])
         if value and value != ORGANISM and looks_local(value) and not resolve(value).is_dir():
-            problems.append(f"{key} (got {value!r}): no such checkpoint folder ({resolve(value)}); a hub id is "
-                            "'org/name', a local folder is best written './path'")
+            problems.append(f"{key} (got {value!r}): no such checkpoint folder ({resolve(value)}); "
+                            + _how_to_make(resolve(value)))
     d = p.data
     for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path)):
         if src != "synthetic" and path is None:
@@ -208,6 +208,17 @@ def _limits(p: "Params", machine: bool) -> list[str]:
             problems.append(f"weights.device (got {p.weights.device!r}): no CUDA device on this machine (use 'cpu', "
                             "or check-params --other-machine for a file meant for a GPU machine)")
     return problems
+
+
+def _how_to_make(folder: Path) -> str:
+    """What makes a missing checkpoint folder: the rehearsal's base model and another run's models are made by
+    commands of this project; anything else is the user's to provide."""
+    runs = PROJECT_ROOT / "runs"
+    if folder == runs / "rehearsal-base":
+        return "build it first: python -m rlvr_utils.training.rehearsal --out runs/rehearsal-base (about 1 minute)"
+    if folder.parent.name == "models" and folder.parent.parent.parent == runs:
+        return f"it is made by the run {folder.parent.parent.name!r}: run that book first (make book for 'default')"
+    return "a hub id is 'org/name', a local folder is best written './path'"
 
 
 def unchecked(p: "Params") -> list[str]:
