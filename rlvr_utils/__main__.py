@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train = sub.add_parser("train", help="train one stage (what `accelerate launch` runs)")
     train.add_argument("--stage", required=True, help="base, sft, rlvr, or a trained treatment of the params' "
-                       "registry (a control)")
+                       "registry (a control, a placebo)")
     train.add_argument("--params", required=True)
 
     ext = sub.add_parser("extract", help="extract one model's activations over the run's token cache (what "
@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "train":
             from rlvr_utils.training import train as training
-            from rlvr_utils.treatments import controls, registry
+            from rlvr_utils.treatments import registry
 
             cfg = load(args.params)
-            trained = registry.names(cfg, "control")
+            trained = [t.name for t in registry.all(cfg) if t.trained and t.name not in training.TRAINERS]
             if args.stage not in (*training.TRAINERS, *trained):
                 print(f"--stage {args.stage!r}: expected one of {', '.join([*training.TRAINERS, *trained])}",
                       file=sys.stderr)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.stage in training.TRAINERS:
                 training.TRAINERS[args.stage](cfg)
             else:
-                controls.train_control(cfg, args.stage)
+                registry.train(cfg, args.stage)
             return 0
         if args.command == "extract":
             from rlvr_utils.activations import store as activations

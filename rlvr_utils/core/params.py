@@ -359,6 +359,8 @@ class VariantParams(Section):
     nulls: int = Field(5, ge=0, description="null 'RLVR' models: SFT plus a random-direction update with RLVR's "
                        "Frobenius norm in every tensor (seeds seed+1000+k); the verdict needs at least 2")
     identical: bool = Field(True, description="an 'RLVR' identical to SFT (a copy): must read 'no evidence'")
+    placebos: int = Field(0, ge=0, description="placebo GRPO runs: RLVR's recipe paid by seeded draws that ignore the "
+                          "completion (RLVR's mean rewards), a trained update with no task signal")
     controls: list[Literal["attn_only", "mlp_only"]] = Field(
         ["attn_only", "mlp_only"], description="positive controls: GRPO with the same recipe from SFT with every "
         "MLP weight frozen (attn_only, a known Routing change) or every attention weight frozen (mlp_only, a "

@@ -264,8 +264,9 @@ def train_grpo(cfg: Params) -> list[dict]:
     return grpo(cfg, "rlvr", cfg.model_ref("sft"))
 
 
-def grpo(cfg: Params, stage: str, model) -> list[dict]:
-    """GRPO from the SFT model (`model`: its reference, or the model itself with some weights frozen)."""
+def grpo(cfg: Params, stage: str, model, reward_funcs=None) -> list[dict]:
+    """GRPO from the SFT model (`model`: its reference, or the model itself with some weights frozen), paid by
+    the study's verifiable rewards unless `reward_funcs` replaces them (a placebo's)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
@@ -273,7 +274,7 @@ def grpo(cfg: Params, stage: str, model) -> list[dict]:
     problems = data.grpo_problems(cfg, held_out=data.eval_problems(cfg))
     dataset = Dataset.from_list([{"prompt": p["prompt"], "final": p["final"]} for p in problems])
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_ref("sft"), trust_remote_code=cfg.model.trust_remote_code)
-    trainer = GRPOTrainer(model=model, reward_funcs=rewards.REWARD_FUNCS, args=grpo_config(cfg, stage),
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs or rewards.REWARD_FUNCS, args=grpo_config(cfg, stage),
                           train_dataset=dataset, processing_class=tokenizer)
     start = time.time()
     trainer.train(resume_from_checkpoint=_last_checkpoint(trainer.args.output_dir))

@@ -7,12 +7,7 @@ Embeddings and norms stay frozen in both (rlvr_utils.models.families defines the
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 
-from rlvr_utils.core import artifacts, lock
 from rlvr_utils.treatments.registry import REPRESENTATION, ROUTING, Family, Treatment, register
 
 PARAMS = ("variants",)
@@ -43,30 +38,6 @@ def train_control(cfg, name: str) -> list[dict]:
     return train.grpo(cfg, name, model)
 
 
-def train_controls(cfg, names: list[str], force: bool = False) -> list[str]:
-    """Train the controls not yet up to date, side by side in one process each: the organism's steps are
-    too small to use two cores in one process, so two single-threaded runs take the time of one."""
-    from rlvr_utils.training import train
-
-    todo = [n for n in names if force or not train.is_trained(cfg, n)]
-    messages = [f"{n}: checkpoint is up to date ({cfg.path('models', n)}): skipped" for n in names if n not in todo]
-    if not todo:
-        return messages
-    start = time.time()
-    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if len(todo) > 1 else {})}
-    params_file = artifacts.write_json(cfg.path("trainer", "controls-params.json"), cfg.model_dump(mode="json"))
-    with lock.run_lock(cfg.run_dir):  # the children see that this process holds the run's lock
-        env[lock.LOCK_ENV] = os.environ[lock.LOCK_ENV]
-        procs = {n: subprocess.Popen([sys.executable, "-m", "rlvr_utils", "train", "--stage", n, "--params",
-                                      str(params_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env) for n in todo}
-        for n, proc in procs.items():
-            output, _ = proc.communicate()
-            if proc.returncode:
-                raise RuntimeError(f"control {n} failed (exit {proc.returncode}):\n{output[-3000:]}")
-    return messages + [f"trained {', '.join(todo)} in {time.time() - start:.0f} s (in parallel)"]
-
-
 register(Family("controls", lambda cfg: [Treatment(n, "control", CONTROLS[n][1], "controls", CONTROLS[n][2],
                                                    trained=True) for n in cfg.variants.controls],
-                order=10))
+                order=10, train=train_control))

@@ -9,6 +9,8 @@ null family is that one file (and, if it has settings, a params field).
 Kinds and known answers:
   - 'study': RLVR itself; its answer is what the study asks (None);
   - 'control': a trained change confined to one component, whose answer is known (Routing or Representation);
+  - 'placebo': a *trained* change with no task signal (RLVR's recipe, paid by draws that ignore the
+    completion): must read "no evidence";
   - 'null': a change that carries no task signal (a random direction of RLVR's size): must read "no evidence";
   - 'identical': SFT itself, copied: must read "no evidence";
   - 'user': a checkpoint a user adds to compare (answer unknown).
@@ -25,7 +27,7 @@ STUDY = "rlvr"
 ROUTING = "Routing"
 REPRESENTATION = "Representation learning"
 NO_EVIDENCE = "no evidence"
-Kind = Literal["study", "control", "null", "identical", "user"]
+Kind = Literal["study", "control", "placebo", "null", "identical", "user"]
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,9 @@ class Treatment:
 class Family:
     name: str
     expand: Callable[[object], list[Treatment]]  # params -> this family's treatments, in order
-    build: Callable[[object, str], str] | None = None  # (params, name) -> what was done; None: given or trained elsewhere
+    build: Callable[[object, str], str] | None = None  # (params, name) -> what was done, for weight arithmetic
     order: int = 50  # position among families: study first, then controls, identical, nulls
+    train: Callable[[object, str], list] | None = None  # (params, name) -> log history, for trained treatments
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -100,6 +103,14 @@ def build(cfg, name: str) -> str:
     if family.build is None:
         return f"{name}: nothing to build here"
     return family.build(cfg, name)
+
+
+def train(cfg, name: str) -> list:
+    """Train one trained treatment in this process (what `python -m rlvr_utils train --stage NAME` runs)."""
+    family = _FAMILIES[get(cfg, name).family]
+    if family.train is None:
+        raise ValueError(f"treatment {name!r} is not trained (it is built from checkpoints: registry.build)")
+    return family.train(cfg, name)
 
 
 def has_checkpoint(ref: str | Path) -> bool:

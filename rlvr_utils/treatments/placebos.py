@@ -1,0 +1,51 @@
+"""Placebo GRPO: the RLVR recipe (same SFT start, data, steps, learning rate and sampling) paid by seeded 0/1 draws
+that ignore the completion, with the same means as RLVR's logged training rewards. A *trained* update of RLVR's
+kind and about its size that carries no task signal, so it must read "no evidence": the yardstick a random
+direction cannot be (any trained update beats a random one). `variants.placebos` of them, placebo_k drawing
+with seed `seed + 2000 + k`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rlvr_utils.core import artifacts
+from rlvr_utils.treatments.registry import NO_EVIDENCE, Family, Treatment, register
+
+PARAMS = ("variants",)
+SEED_OFFSET = 2000
+PAID = ("rewards/accuracy_reward/mean", "rewards/format_reward/mean")  # what RLVR's log says it was paid
+
+
+def rlvr_reward_means(cfg) -> tuple[float, float]:
+    """Mean accuracy and format rewards over RLVR's logged GRPO steps (metrics/train_rlvr.json)."""
+    path = cfg.path("metrics", "train_rlvr.json")
+    history = artifacts.read_json(path)["log_history"] if path.exists() else []
+    means = [[h[k] for h in history if k in h] for k in PAID]
+    if not all(means):
+        raise ValueError(f"{path}: no logged GRPO rewards ({', '.join(PAID)}); placebos copy RLVR's mean rewards, "
+                         "so they need RLVR trained by this run (set variants.placebos: 0 for given checkpoints)")
+    return tuple(float(np.mean(m)) for m in means)
+
+
+def placebo_rewards(means: tuple[float, float], seed: int) -> list:
+    """Reward functions with TRL's signature that pay Bernoulli(mean) draws, whatever the completion says."""
+    rng = np.random.default_rng(seed)
+
+    def placebo_accuracy(completions, **_):
+        return [float(x) for x in rng.random(len(completions)) < means[0]]
+
+    def placebo_format(completions, **_):
+        return [float(x) for x in rng.random(len(completions)) < means[1]]
+    return [placebo_accuracy, placebo_format]
+
+
+def train_placebo(cfg, name: str) -> list[dict]:
+    from rlvr_utils.training import train
+
+    seed = cfg.seed + SEED_OFFSET + int(name.split("_")[1])
+    return train.grpo(cfg, name, cfg.model_ref("sft"), reward_funcs=placebo_rewards(rlvr_reward_means(cfg), seed))
+
+
+register(Family("placebos", lambda cfg: [
+    Treatment(f"placebo_{k}", "placebo", NO_EVIDENCE, "placebos", "GRPO paid by draws that ignore the completion",
+              trained=True) for k in range(cfg.variants.placebos)], order=20, train=train_placebo))
