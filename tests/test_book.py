@@ -46,6 +46,19 @@ def test_artifacts_of_the_run(built_book):
     assert {"base", "sft", "rlvr"} <= set(metrics["greedy"])
 
 
+def test_every_metrics_file_is_strict_json(built_book):
+    """NaN and infinities are not JSON: every metrics file parses with a parser that refuses them."""
+    params, _, _ = built_book
+    run = Path(yaml.safe_load(params.read_text())["runs_dir"]) / "ci"
+    files = sorted((run / "metrics").glob("*.json"))
+    assert len(files) > 8
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not strict JSON")
+    for path in files:
+        json.loads(path.read_text(), parse_constant=refuse)
+
+
 def test_ci_models_learn(built_book):
     params, _, _ = built_book
     assert_models_learn(Path(yaml.safe_load(params.read_text())["runs_dir"]) / "ci")
