@@ -55,3 +55,50 @@ def test_placebos_are_trained_treatments_with_no_task_signal():
     assert all(registry.get(cfg, n).trained and registry.expected(cfg)[n] == registry.NO_EVIDENCE
                for n in ("placebo_0", "placebo_1"))
     assert registry.names(config.from_dict({}), "placebo") == []  # off unless asked for
+
+
+def _tiny_checkpoints(cfg, names):
+    """A tiny Qwen2 checkpoint per name: SFT, and each other name SFT plus its own random update."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    sft = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
+    sft.save_pretrained(cfg.model_dir("sft"))
+    for i, name in enumerate(names):
+        other = Qwen2ForCausalLM(sft.config)
+        other.load_state_dict(sft.state_dict())
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.01 * (i + 1) * torch.randn_like(p))
+        other.save_pretrained(cfg.model_dir(name))
+
+
+def test_hybrids_carry_one_components_trained_update_and_a_placebos_update_of_the_rest(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from rlvr_utils.models.families import family_of
+
+    cfg = config.from_dict({"runs_dir": str(tmp_path), "variants": {"placebos": 1, "hybrids": True, "norm_matched": True}})
+    assert registry.names(cfg, "control") == ["attn_only", "mlp_only", "routing_hybrid", "routing_hybrid_matched",
+                                              "representation_hybrid", "representation_hybrid_matched"]
+    assert registry.expected(cfg)["routing_hybrid_matched"] == registry.ROUTING
+    _tiny_checkpoints(cfg, ["rlvr", "attn_only", "mlp_only", "placebo_0"])
+    for name in registry.built(cfg):
+        if name.startswith(("routing", "representation", "placebo")):
+            registry.build(cfg, name)
+    load = lambda n: load_file(str(cfg.model_dir(n) / "model.safetensors"))  # noqa: E731
+    sft, rlvr, attn, placebo, hyb = (load(n) for n in ("sft", "rlvr", "attn_only", "placebo_0", "routing_hybrid"))
+    component = family_of("qwen2").component_of
+    assert all(torch.equal(hyb[k], (attn if component(k)[0] == "attn" else placebo)[k]) for k in sft)
+    assert any(component(k)[0] == "attn" for k in sft) and any(component(k)[0] == "mlp" for k in sft)
+    matched = load("routing_hybrid_matched")
+    for k in sft:  # every tensor's update at RLVR's size, in the hybrid's direction
+        want = (rlvr[k].double() - sft[k].double()).norm()
+        assert torch.isclose((matched[k].double() - sft[k].double()).norm(), want, rtol=1e-4)
+    placebo_matched = load("placebo_0_matched")
+    k = next(iter(sft))
+    d1, d2 = placebo_matched[k].double() - sft[k].double(), placebo[k].double() - sft[k].double()
+    assert torch.nn.functional.cosine_similarity(d1.flatten(), d2.flatten(), dim=0) > 0.999

@@ -361,6 +361,10 @@ class VariantParams(Section):
     identical: bool = Field(True, description="an 'RLVR' identical to SFT (a copy): must read 'no evidence'")
     placebos: int = Field(0, ge=0, description="placebo GRPO runs: RLVR's recipe paid by seeded draws that ignore the "
                           "completion (RLVR's mean rewards), a trained update with no task signal")
+    norm_matched: bool = Field(False, description="also each placebo (and hybrid) rescaled per tensor to RLVR's "
+                               "update norms")
+    hybrids: bool = Field(False, description="full-parameter controls: a control's component update plus a placebo's "
+                          "update of everything else (needs placebos and both controls)")
     controls: list[Literal["attn_only", "mlp_only"]] = Field(
         ["attn_only", "mlp_only"], description="positive controls: GRPO with the same recipe from SFT with every "
         "MLP weight frozen (attn_only, a known Routing change) or every attention weight frozen (mlp_only, a "

@@ -30,7 +30,7 @@ def random_update(sft: dict[str, torch.Tensor], rlvr: dict[str, torch.Tensor], s
 
 def build(cfg, name: str) -> str:
     seed = cfg.seed + SEED_OFFSET + int(name.split("_")[1])
-    return build_from_checkpoints(cfg, name, lambda sft, rlvr: random_update(sft, rlvr(), seed))
+    return build_from_checkpoints(cfg, name, lambda load: random_update(load("sft"), load("rlvr"), seed))
 
 
 register(Family("nulls", lambda cfg: [

@@ -80,6 +80,16 @@ def names(cfg, *kinds: str) -> list[str]:
     return [t.name for t in all(cfg) if not kinds or t.kind in kinds]
 
 
+def built(cfg) -> list[str]:
+    """Treatments made by weight arithmetic from other checkpoints (registry.build), in registry order."""
+    return [t.name for t in all(cfg) if _FAMILIES[t.family].build is not None]
+
+
+def trained(cfg) -> list[str]:
+    """Treatments trained with RLVR's recipe besides RLVR itself (registry.train)."""
+    return [t.name for t in all(cfg) if _FAMILIES[t.family].train is not None]
+
+
 def kinds(cfg) -> dict[str, str]:
     """{treatment: kind}, for colouring and grouping."""
     return {t.name: t.kind for t in all(cfg)}
