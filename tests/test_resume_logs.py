@@ -59,3 +59,40 @@ def test_interrupted_pretraining_logs_the_whole_run(tmp_path, monkeypatch):
     assert abs(final["session_train_loss"] - ref_final["train_loss"]) > abs(final["train_loss"] - ref_final["train_loss"])
     assert resumed["seconds"] > resumed["session_seconds"] > 0 and final["train_runtime"] == resumed["seconds"]
     assert [e["step"] for e in resumed["log_history"] if "loss" in e] == [e["step"] for e in reference["log_history"] if "loss" in e]
+
+
+def test_interrupted_sft_logs_every_field_as_the_whole_run(tmp_path, monkeypatch):
+    """Every logged field of a resumed SFT run equals the uninterrupted run's (timing aside): the eval token
+    counter as well as the training one."""
+    import transformers
+
+    def sft_cfg(name):
+        raw = _cfg(tmp_path, name).model_dump(mode="json")
+        raw["data"].update(n_sft=200, n_validation=20)
+        raw["sft"].update(steps=40, eval_steps=10, patience=10, batch_size=8, n_validation=16, logging_steps=5)
+        return config.from_dict({k: v for k, v in raw.items() if k != "source"})
+
+    whole = sft_cfg("whole")
+    train.pretrain_base(whole)
+    train.train_sft(whole)
+    reference = json.loads(whole.path("metrics", "train_sft.json").read_text())["log_history"]
+    cfg = sft_cfg("killed")
+    train.pretrain_base(cfg)
+    original = transformers.Trainer.training_step
+
+    def dies_at_step_23(self, *args, **kwargs):
+        if self.state.global_step == 23:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", dies_at_step_23)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_sft(cfg)
+    monkeypatch.setattr(transformers.Trainer, "training_step", original)
+    train.train_sft(cfg)
+    resumed = json.loads(cfg.path("metrics", "train_sft.json").read_text())["log_history"]
+    timing = ("runtime", "per_second", "session_")
+    assert len(resumed) == len(reference)
+    for ref, got in zip(reference, resumed):
+        keys = {k for k in ref.keys() | got.keys() if not any(t in k for t in timing)}
+        assert {k: got.get(k) for k in keys} == pytest.approx({k: ref.get(k) for k in keys}, rel=1e-6), ref.get("step")

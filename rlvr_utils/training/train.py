@@ -87,7 +87,7 @@ def _last_checkpoint(output_dir: str) -> str | None:
 
 def whole_run_history(history: list[dict], resume_step: int) -> list[dict]:
     """Log history of a run resumed at `resume_step`, with counters over the whole run: token counts that
-    restarted at the resume (TRL's SFT num_tokens) continue from the checkpoint's, and the closing
+    restarted at the resume (TRL's SFT num_tokens and eval_num_tokens) continue from the checkpoint's, and the closing
     train_loss averages every step, not only the resumed ones (each logged loss is the mean over the
     steps since the previous log; steps between the last log and the checkpoint take that log's mean)."""
     if resume_step <= 0:
@@ -95,11 +95,13 @@ def whole_run_history(history: list[dict], resume_step: int) -> list[dict]:
     history = [dict(e) for e in history]
     before = [e for e in history if e.get("step", 0) <= resume_step]
     after = [e for e in history if e.get("step", 0) > resume_step]
-    tokens = [e["num_tokens"] for e in before if "num_tokens" in e]
-    later = [e for e in after if "num_tokens" in e]
-    if tokens and later and later[0]["num_tokens"] < tokens[-1]:
-        for e in later:
-            e["num_tokens"] += tokens[-1]
+    counters = {k for e in history for k in e if k.endswith("num_tokens")}  # num_tokens, eval_num_tokens
+    for key in counters:
+        tokens = [e[key] for e in before if key in e]
+        later = [e for e in after if key in e]
+        if tokens and later and later[0][key] < tokens[-1]:
+            for e in later:
+                e[key] += tokens[-1]
     loss_sum, last_step, last_loss = 0.0, 0, None
     for e in before:
         if "loss" in e:
