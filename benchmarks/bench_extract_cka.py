@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlvr_utils import activations  # noqa: E402
-from rlvr_utils.instruments.cka import cka  # noqa: E402
+from rlvr_utils.instruments.cka import maths as cka  # noqa: E402
 from rlvr_utils.models import hooks  # noqa: E402
 
 

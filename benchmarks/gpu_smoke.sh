@@ -90,7 +90,7 @@ print(f'eval (vLLM): greedy {len(rows)} answers, {n} generated tokens; {n / seco
 "
 stage extract 90 "
 import time
-from rlvr_utils.activations import store; from rlvr_utils.core import config; from rlvr_utils.training import data
+from rlvr_utils import activations as store; from rlvr_utils.core import config; from rlvr_utils.training import data
 cfg = config.load('$P'); data.prepare_eval_set(cfg)
 cache = activations.run_token_cache(cfg); t = time.time()
 activations.run_extract(cfg, 'sft', cache)

@@ -10,7 +10,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from rlvr_utils.instruments.patching import patching
+from rlvr_utils.instruments.patching import batches as batching, core as patching
 
 
 def main(n_problems: int = 64, seq: int = 90, batch_size: int = 16, answer_tokens: int = 3):
@@ -21,7 +21,7 @@ def main(n_problems: int = 64, seq: int = 90, batch_size: int = 16, answer_token
     ids = torch.randint(1, 400, (n_problems, seq))
     score = torch.zeros_like(ids, dtype=torch.bool)
     score[:, seq - 1 - answer_tokens:seq - 1] = True
-    batches = [patching.PatchBatch(ids[i:i + batch_size], torch.ones_like(ids[i:i + batch_size]),
+    batches = [batching.PatchBatch(ids[i:i + batch_size], torch.ones_like(ids[i:i + batch_size]),
                                    score[i:i + batch_size]) for i in range(0, n_problems, batch_size)]
     patches = patching.layer_patches(4, ("hook_resid_pre", "hook_attn_out", "hook_mlp_out"), all_layers=True)
     seconds = {}

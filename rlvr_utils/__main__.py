@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from rlvr_utils.publish.checks import checked
 from rlvr_utils.core.lock import NotARunFolder, RunLocked, acquire_run_lock
 from rlvr_utils.core.config import PROJECT_ROOT, ParamsError, load, unchecked
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = False
             for f in args.files:  # every file is checked, each failure reported
                 try:
-                    cfg = load(f, machine=not args.other_machine)
+                    cfg = checked(f, machine=not args.other_machine)
                 except ParamsError as err:
                     print(err, file=sys.stderr)
                     failed = True
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             from rlvr_utils.training import train as training
             from rlvr_utils.treatments import registry
 
-            cfg = load(args.params)
+            cfg = checked(args.params)
             trained = [t.name for t in registry.all(cfg) if t.trained and t.name not in training.TRAINERS]
             if args.stage not in (*training.TRAINERS, *trained):
                 print(f"--stage {args.stage!r}: expected one of {', '.join([*training.TRAINERS, *trained])}",
@@ -113,18 +114,18 @@ def main(argv: list[str] | None = None) -> int:
                 registry.train(cfg, args.stage)
             return 0
         if args.command == "extract":
-            from rlvr_utils.activations import store as activations
+            from rlvr_utils import activations
 
-            cfg = load(args.params)
+            cfg = checked(args.params)
             if os.environ.get("RANK", "0") == "0":
                 acquire_run_lock(cfg.run_dir)
             activations.run_extract(cfg, args.stage, activations.TokenCache.load(cfg.path("tokens")))
             return 0
         from rlvr_utils.publish import runner
 
-        cfg = load(args.params)
+        cfg = checked(args.params)
         if args.command == "replicate":
-            from rlvr_utils.evidence import replicate
+            from rlvr_utils.publish import replication as replicate
 
             if not replicate.run(args.params, args.seeds):
                 return 1

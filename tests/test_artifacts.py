@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr_utils.activations import store as act
+from rlvr_utils import activations as act
 from rlvr_utils.core import artifacts, lock
 from rlvr_utils.models import loading as models
 

@@ -111,8 +111,8 @@ def test_cka_dynamics_ends_at_the_rlvr_model(built_book):
     import numpy as np
 
     from rlvr_utils.core import config
-    from rlvr_utils.instruments.cka import cka as cka_analysis
-    from rlvr_utils.activations.store import TokenCache
+    from rlvr_utils.instruments.cka import instrument as cka_analysis
+    from rlvr_utils.activations.tokens import TokenCache
 
     cfg = config.load(built_book[0])
     rows = cka_analysis.run_dynamics(cfg, TokenCache.load(cfg.path("tokens")))

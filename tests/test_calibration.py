@@ -11,10 +11,11 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from rlvr_utils.instruments.cka import same_input
-from rlvr_utils.treatments import nulls, registry
+from rlvr_utils.treatments import nulls
 from rlvr_utils.evidence import verdict
-from rlvr_utils.instruments.weights import weights
-from rlvr_utils.activations.store import TokenCache
+from rlvr_utils.core.estimate import estimates_json
+from rlvr_utils.instruments.weights import measures, updates
+from rlvr_utils.activations.tokens import TokenCache
 
 NULLS = [f"null_{k}" for k in range(5)]
 TREATMENTS = ["rlvr", "attn_only", "mlp_only", "identical", *NULLS]
@@ -99,9 +100,10 @@ def metrics(tmp_path_factory):
         out[name] = same_input.compare(sft, model.eval(), cache, n_bootstrap=100)["summary"]
         folders[name] = tmp_path_factory.mktemp(name)
         model.save_pretrained(folders[name])
-    rows = weights.compare(folders, [(name, "sft") for name in states], progress=False)
-    return {"same_input.json": {"variants": out},
-            "weights.json": {"variants": weights.variant_measures(rows, list(states), nulls=NULLS, n_bootstrap=200)}}
+    rows = updates.compare(folders, [(name, "sft") for name in states], progress=False)
+    return {"same_input.json": {"variants": estimates_json(out)},
+            "weights.json": {"variants": estimates_json(measures.variant_measures(rows, list(states), nulls=NULLS,
+                                                                                 n_bootstrap=200))}}
 
 
 def test_random_update_keeps_rlvrs_norm_in_every_tensor():
@@ -147,7 +149,7 @@ def test_no_row_reads_a_null_or_the_identical_model_as_evidence(metrics):
 
 def test_nulls_and_identical_model_get_an_inconclusive_verdict(metrics):
     params = verdict_params()
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, params)
+    table = verdict.evidence(metrics, TREATMENTS, NULLS, params, EXPECTED)
     for name in [*NULLS, "identical"]:
         assert verdict.overall(verdict.tally(table, name), params) == verdict.INCONCLUSIVE
 

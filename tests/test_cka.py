@@ -284,7 +284,7 @@ def test_minibatch_cka():
 def store(tmp_path_factory):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rlvr_utils.activations import store as act
+    from rlvr_utils import activations as act
 
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 64, size=int(rng.integers(8, 14))).tolist() for _ in range(24)]
@@ -373,7 +373,7 @@ def variant_store(tmp_path_factory):
     """SFT, a different RLVR, an identical copy and an attention-only planted update; no base model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rlvr_utils.activations import store as act
+    from rlvr_utils import activations as act
 
     rng = np.random.default_rng(1)
     seqs = [rng.integers(0, 64, size=int(rng.integers(8, 14))).tolist() for _ in range(24)]

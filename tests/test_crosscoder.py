@@ -207,11 +207,11 @@ def test_metrics_schema_and_reading():
 
 def test_treatments_are_those_with_a_checkpoint_and_listed_ones_must_exist(tmp_path):
     cfg = config.from_dict({"runs_dir": str(tmp_path)})
+    listed = config.from_dict({"runs_dir": str(tmp_path), "crosscoder": {"treatments": ["rlvr", NULL]}})
     assert instrument.CrosscoderInstrument().treatments(cfg) == []
     for name in ("rlvr", *registry.names(cfg, "identical")):
         cfg.path("models", name).mkdir(parents=True)
         (cfg.path("models", name) / "config.json").write_text("{}")
     assert instrument.CrosscoderInstrument().treatments(cfg) == ["rlvr"]  # the study; not the identical copy
-    listed = config.from_dict({"runs_dir": str(tmp_path), "crosscoder": {"treatments": ["rlvr", NULL]}})
     with pytest.raises(FileNotFoundError, match=NULL):
         instrument.CrosscoderInstrument().treatments(listed)

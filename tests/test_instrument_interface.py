@@ -44,7 +44,7 @@ def test_a_new_instrument_is_one_class_and_the_driver_does_the_rest(run, caplog)
     result = base.run(run, ConfigSize(), progress=False)
     assert list(result["variants"]) == ["rlvr", "null_0"]  # registry order, only what exists
     assert result["variants"]["null_0"]["config_bytes_change"] == {"value": 3.0, "ci": [3.0, 3.0], "interval": "exact", "n": None}
-    assert result["missing"] == ["attn_only", "mlp_only", "identical", "null_1"]
+    assert result["missing"] == ["attn_only", "mlp_only", "identical", "null_1"] and result["not_measured"] == []
     assert json.loads(run.path("metrics", "config_size.json").read_text()) == result
     # up to date: not recomputed (a failing prepare would show it)
     calls = []

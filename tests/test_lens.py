@@ -5,12 +5,16 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlvr_utils.activations.tokens import TokenCache
+from rlvr_utils.instruments import base
 from rlvr_utils.instruments.probes import figures, lens
+from rlvr_utils.instruments.probes.lens_instrument import Lens
+from tests.test_probes import small_tokenizer, tiny_run
 
 VOCAB = 90
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -173,3 +177,29 @@ def test_bad_batch_size():
         lens.logit_lens(model, {"own": lens.decoder(model)}, cache(), {}, batch_size=0)
     with pytest.raises(ValueError, match="batch_size"):
         lens.stitched_lens(model, model, cache(), {}, batch_size=0)
+
+
+# --- the instrument through the driver -------------------------------------------------------------
+@pytest.mark.parametrize("study_seed", [1, 2])
+def test_the_lens_instrument_writes_lens_json(tmp_path, study_seed):
+    cfg = tiny_run(tmp_path, small_tokenizer(), study_seed=study_seed)
+    result = base.run(cfg, Lens(), progress=False)
+    assert base.path(cfg, Lens()).name == "lens.json"
+    assert set(result["variants"]) == {"rlvr"}  # the study only
+    into, summary = result["variants"]["rlvr"]["stitch_kl_into_reference"], result["summary"]
+    assert into["interval"] == "bootstrap" and into["n"] == 30
+    assert into["value"] == summary["lens_stitch_kl_rlvr_into_sft"]["value"]
+    assert result["variants"]["rlvr"]["stitch_kl_from_reference"]["value"] == \
+        summary["lens_stitch_kl_sft_into_rlvr"]["value"]
+    pairs = {"rlvr_by_sft", "sft_by_rlvr", "sft_by_base", "rlvr_by_base"}
+    assert {f"lens_cross_kl_{p}" for p in pairs} <= set(summary)
+    assert {f"lens_answer_layer_{m}" for m in ("base", "sft", "rlvr")} <= set(summary)
+    table = pd.DataFrame(result["lens"])
+    own = table[(table.model == table.read_out) & (table.metric == "kl") & (table.layer == 1)]
+    assert set(own.model) == {"base", "sft", "rlvr"} and np.allclose(own.value, 0, atol=1e-5)
+    if study_seed == 1:  # RLVR is SFT's weights: each reads the other's stream as its own
+        assert into["value"] == pytest.approx(0, abs=1e-5)
+        assert summary["lens_cross_kl_sft_by_rlvr"]["value"] == pytest.approx(0, abs=1e-5)
+    else:
+        assert into["ci"][0] > 1e-3
+    assert summary["lens_cross_kl_sft_by_base"]["ci"][0] > 1e-3  # base differs from SFT

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from rlvr_utils import activations
-from rlvr_utils.core import config
+from rlvr_utils.core import config, lock
 from rlvr_utils.training import rehearsal, train
 
 pytestmark = pytest.mark.slow  # end-to-end: minutes (make test-fast leaves it out)
@@ -88,6 +88,7 @@ def test_data_parallel_extraction_equals_one_process(tmp_path):
            "organism": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
            "extract": {"num_processes": 2, "shard_size": 3, "batch_size": 2, "positions": ["last_prompt", "completion", "frac:0.5"]}}
     cfg = config.from_dict(raw)
+    lock.claim(cfg.run_dir)  # a run folder this package made: the launch locks it
     tokenizer = build_tokenizer(["Ida had 3 apples. 3 + 4 = 7."] * 4, 300)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(rehearsal.model_config(tokenizer, hidden_size=32, num_layers=2, num_heads=2,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_utils.core import config
 from rlvr_utils.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]

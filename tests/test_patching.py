@@ -394,7 +394,7 @@ def test_corrupted_prompt_changes_one_digit_and_targets_its_copy(problems_and_to
 
 # --- the chapter's step: both instruments through the driver ------------------------------------------------
 def test_run_writes_every_variant_and_summary_key(tmp_path, problems_and_tokenizer, caplog):
-    from rlvr_utils.activations import store as activations
+    from rlvr_utils import activations
     from rlvr_utils.core import artifacts
 
     rows, tokenizer = problems_and_tokenizer

@@ -11,11 +11,14 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlvr_utils.activations.extraction import extract
 from rlvr_utils.activations.tokens import build_token_cache
-from rlvr_utils.core.params import ProbeParams
+from rlvr_utils.core.params import Params, ProbeParams
+from rlvr_utils.instruments import base
 from rlvr_utils.instruments.probes import figures, maths, sweep
 from rlvr_utils.instruments.probes import targets as located
+from rlvr_utils.instruments.probes.instrument import Probes
 from rlvr_utils.models.hooks import capture
 from rlvr_utils.training import organism
+from rlvr_utils.training.data import write_jsonl
 
 
 def planted(n_problems=150, per_problem=2, d=16, k=3, strength=3.0, seed=0):
@@ -175,17 +178,22 @@ def test_validation_picks_weaker_regularisation_for_a_strong_signal():
 
 
 # --- targets in token sequences ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tokenizer():
+def small_tokenizer():
     corpus = ["Question: Ida had 19 apples. Ida found 2 more apples.\nAnswer:",
               " 19 + 2 = 21. 21 - 6 = 15.\n#### 15", "0 1 2 3 4 5 6 7 8 9 - ? $ = #"] * 20
     return organism.build_tokenizer(corpus, 300)
 
 
-def problems(n=8):
+@pytest.fixture(scope="module")
+def tokenizer():
+    return small_tokenizer()
+
+
+def problems(n=8, cycle=None):
+    """Two-step problems; with `cycle`, the first number repeats every `cycle` problems (expressions recur)."""
     out = []
     for i in range(n):
-        a, b, c = 11 + i, 1 + i % 5, 2 + i % 3
+        a, b, c = 11 + (i if cycle is None else i % cycle), 1 + i % 5, 2 + i % 3
         out.append({"id": 100 + i, "question": "", "prompt": f"Question: Ida had {a} apples.\nAnswer:",
                     "answer": f" {a} + {b} = {a + b}. {a + b} - {c} = {a + b - c}.\n#### {a + b - c}",
                     "final": str(a + b - c), "intermediates": [float(a + b), float(a + b - c)]})
@@ -404,20 +412,18 @@ def test_variant_gains_pair_every_treatment_with_the_reference():
 
 
 # --- the instrument through the driver -------------------------------------------------------------
-def tiny_run(root, tokenizer, n_problems=30):
+def tiny_run(root, tokenizer, n_problems=30, study_seed=2):
     """Params of a run under `root` with a token cache, problems, greedy answers for base, SFT and RLVR, and
-    tiny checkpoints with stored activations: base, SFT, RLVR, the identical copy of SFT and one null."""
-    from rlvr_utils.core.params import Params
-    from rlvr_utils.training.data import write_jsonl
-
+    tiny checkpoints with stored activations: base, SFT, RLVR, the identical copy of SFT and one null
+    (`study_seed` 1 makes RLVR a copy of SFT too)."""
     cfg = Params(runs_dir=str(root), probes={"Cs": [1.0], "n_bootstrap": 50, "lens_batch_size": 8})
-    rows = problems(n_problems)
+    rows = problems(n_problems, cycle=3)
     cache = build_token_cache(tokenizer, rows, None, "gold")
     cache.save(cfg.path("tokens"))
     write_jsonl(cfg.path("data", "eval.jsonl"), rows)
     config = AutoConfig.for_model("qwen2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    for name, seed in (("base", 0), ("sft", 1), ("rlvr", 2), ("identical", 1), ("null_0", 3)):
+    for name, seed in (("base", 0), ("sft", 1), ("rlvr", study_seed), ("identical", 1), ("null_0", 3)):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config).eval()
         model.save_pretrained(cfg.model_ref(name))
@@ -430,16 +436,14 @@ def tiny_run(root, tokenizer, n_problems=30):
 
 
 def test_the_instrument_measures_every_treatment_with_stored_activations(tokenizer, tmp_path):
-    from rlvr_utils.instruments import base
-    from rlvr_utils.instruments.probes.instrument import Probes
-
     cfg = tiny_run(tmp_path, tokenizer)
     result = base.run(cfg, Probes(), progress=False)
     assert set(result["variants"]) == {"rlvr", "identical", "null_0"}  # the others have no activations
     assert {"attn_only", "mlp_only", "null_1"} <= set(result["missing"])
     # SFT's weights copied: the same activations, probes and resamples, so exactly no gain
-    assert result["variants"]["identical"]["selectivity_gain"] == {"value": 0.0, "ci": [0.0, 0.0],
-                                                                   "interval": "bootstrap", "n": 18}
+    same = result["variants"]["identical"]["selectivity_gain"]
+    assert (same["value"], same["ci"], same["interval"]) == (0.0, [0.0, 0.0], "bootstrap")
+    assert 0 < same["n"] < 30  # the validation and test problems the bootstrap resamples
     assert result["variants"]["rlvr"]["selectivity_gain"]["interval"] == "bootstrap"
     assert result["summary"]["probe_selectivity_gain_rlvr_vs_sft"]["value"] == \
         result["variants"]["rlvr"]["selectivity_gain"]["value"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from rlvr_utils.activations import store as act
+from rlvr_utils import activations as act
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.cka import figures, maths, same_input
 from rlvr_utils.models import hooks

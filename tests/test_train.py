@@ -104,7 +104,7 @@ def _tiny(runs_dir, **sft) -> config.Params:
         organism={"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "vocab_size": 200,
                   "corpus_documents": 300, "pretrain_steps": 4, "pretrain_batch_size": 8, "warmup_steps": 1},
         data={"n_sft": 64, "n_grpo": 16, "n_eval": 8, "n_validation": 8},
-        sft={"batch_size": 8, "n_validation": 16, "eval_steps": 2, "patience": 2, **sft},
+        sft={"batch_size": 8, "n_validation": 16, "eval_steps": 2, "patience": 2, "stop_metric": "loss", "min_delta": 0.0, **sft},
         evaluation={"n_problems": 8}, extract={"n_problems": 8})
 
 

@@ -9,7 +9,6 @@ per (site, selection) that `ActivationStore.read` memory-maps. The store's ident
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 from pathlib import Path
@@ -144,16 +143,3 @@ def join_shards(folder: Path, shard_dir: Path, n_shards: int, keys: list[str]) -
                     out.write(np.ascontiguousarray(f.get_tensor(key)).tobytes())
         os.replace(tmp, target)
 
-
-# Names other modules still import from here, until they import them from where they live now:
-_MOVED = {**dict.fromkeys(("build_token_cache", "iter_batches", "select_positions"), "rlvr_utils.activations.tokens"),
-          **dict.fromkeys(("extract", "run_extract", "run_token_cache", "launch_extract"),
-                          "rlvr_utils.activations.extraction"),
-          "capture": "rlvr_utils.models.hooks"}
-
-
-def __getattr__(name: str):
-    """The moved names, imported when asked for (extraction imports this module: no import cycle)."""
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -194,13 +194,6 @@ def _limits(p: "Params", machine: bool) -> list[str]:
         value = getattr(p.model, key.split(".")[1])
         if value and looks_local(value) and resolve(value).is_dir() and not (resolve(value) / "config.json").is_file():
             problems.append(f"{key} (got {value!r}): {resolve(value)} has no config.json; not a checkpoint folder")
-    from rlvr_utils.treatments import registry  # the treatments these params ask for
-
-    known = registry.names(p)
-    for key in ("crosscoder.treatments", "crosscoder.causal_treatments"):
-        unknown = [t for t in getattr(p.crosscoder, key.split(".")[1]) or [] if t not in known]
-        if unknown:
-            problems.append(f"{key} (got {unknown}): not treatments of this run; it has {', '.join(known)}")
     if machine and p.weights.device.startswith("cuda"):
         import torch
 

@@ -79,15 +79,22 @@ def defines(name: str, function: str) -> bool:
     return any(isinstance(n, ast.FunctionDef) and n.name == function for n in _parse(name)[0].body)
 
 
+def _parents(name: str) -> set[str]:
+    """The packages Python runs before a module (their __init__ may import more: the registries' families)."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))} if name.startswith(PACKAGE + ".") else set()
+
+
 def closure(names: Iterable[str]) -> list[str]:
-    """The modules named and every rlvr_utils module they import, directly or not, sorted."""
+    """The modules named and every rlvr_utils module they import, directly or not, with the packages that hold
+    them, sorted."""
     seen, todo = set(), [n for n in names if module_file(n)]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        todo.extend(direct_imports(name) - seen)
+        todo.extend((direct_imports(name) | _parents(name)) - seen)
     return sorted(seen)
 
 

@@ -269,7 +269,7 @@ class CKAParams(Section):
 
 
 class ProbeParams(Section):
-    """Linear probes with Hewitt & Liang control tasks, and the logit lens (06_probes)."""
+    """Linear probes with Hewitt & Liang control tasks, and the logit lens (the probes chapter)."""
 
     targets: list[Literal["intermediate", "answer_last_digit", "correct"]] = Field([
         "intermediate", "answer_last_digit", "correct",

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 NOT_MEASURED = "not measured"
 INCONCLUSIVE = "inconclusive"
 METRICS_FILES = ("eval.json", "variants.json", "same_input.json", "cka.json", "probes.json", "crosscoder.json",
-                 "patching.json", "weights.json")
+                 "patching.json", "grafting.json", "weights.json")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ ACCURACY: tuple[tuple[str, str], ...] = (
 CONTEXT: tuple[tuple[str, str], ...] = (
     ("weights.json", "rlvr_relative_update_norm"), ("weights.json", "sft_relative_update_norm"),
     ("cka.json", "cka_permutation_baseline"),
-    ("patching.json", "graft_attn_share"), ("patching.json", "graft_mlp_share"),
+    ("grafting.json", "graft_attn_share"), ("grafting.json", "graft_mlp_share"),
 )
 
 
@@ -429,7 +429,8 @@ def caveats(cfg, metrics: Mapping[str, dict], table: pd.DataFrame, other_seeds: 
 def format_observed(value: float | None, ci) -> str:
     if value is None:
         return "—"
-    return f"{value:.3g}" if ci is None else f"{value:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+    exact = ci is None or None in ci or ci[0] == ci[1]  # an exact value (a count, a total) has no interval to show
+    return f"{value:.3g}" if exact else f"{value:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

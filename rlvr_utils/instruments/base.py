@@ -11,8 +11,9 @@ What an instrument declares, and what follows from it (never listed twice):
   - `PARAMS` at the top of its module: the params sections it reads. Its fingerprint hashes those of its
     module and of every module it imports, plus their source code (rlvr_utils.core.deps), and the runner
     re-runs its chapter when they change;
-  - `reads`: the run's artifacts it reads besides the checkpoints (e.g. "tokens", "activations"): their
-    content is checked, so a changed input recomputes it.
+  - `reads`: the run's artifacts it reads besides the checkpoints (e.g. "tokens", "activations"), and `stages`:
+    checkpoints it reads besides the reference and the treatments (e.g. "base"): their content is checked, so a
+    changed input recomputes it.
 
 A new instrument is one folder under instruments/ with a module defining a subclass and its chapter calling
 `run(cfg, TheInstrument())` and then drawing; `tests/test_instrument_interface.py` shows a minimal one.
@@ -37,6 +38,7 @@ class Instrument:
 
     name: ClassVar[str]  # the metrics file: metrics/<name>.json
     reads: ClassVar[tuple[str, ...]] = ()  # run-relative artifacts read besides the checkpoints
+    stages: ClassVar[tuple[str, ...]] = ()  # checkpoints read besides the reference and the treatments ('base')
 
     def treatments(self, cfg) -> list[str]:
         """Treatments this instrument measures: every registered one whose checkpoint exists (override to
@@ -63,7 +65,7 @@ def fingerprint(cfg, instrument: Instrument, treatments: list[str]) -> str:
 
 def inputs(cfg, instrument: Instrument, treatments: list[str]) -> list:
     """What the result is computed from, content-checked by its stamp."""
-    refs = [cfg.model_ref(n) for n in (registry.REFERENCE, *treatments)]
+    refs = [cfg.model_ref(n) for n in (*instrument.stages, registry.REFERENCE, *treatments)]
     return [*(cfg.path(r) for r in instrument.reads), *refs]
 
 
@@ -75,9 +77,11 @@ def run(cfg, instrument: Instrument, force: bool = False, progress: bool = True)
     """metrics/<name>.json of this run, computed unless up to date; returns its content."""
     target = path(cfg, instrument)
     treatments = instrument.treatments(cfg)
-    missing = [t for t in registry.names(cfg) if t not in treatments]
+    available = registry.available(cfg)
+    missing = [t for t in registry.names(cfg) if t not in available]  # no checkpoint: a chapter has not run
     if missing:
-        log.warning("%s: not measured (no checkpoint or no activations): %s", instrument.name, ", ".join(missing))
+        log.warning("%s: no checkpoint yet for %s: not measured", instrument.name, ", ".join(missing))
+    skipped = [t for t in available if t not in treatments]  # left out by the instrument itself (its docstring says why)
     stamp, ins = fingerprint(cfg, instrument, treatments), inputs(cfg, instrument, treatments)
     if not force and artifacts.is_current(target, stamp, ins):
         log.info("%s is up to date: skipped", target)
@@ -94,7 +98,7 @@ def run(cfg, instrument: Instrument, force: bool = False, progress: bool = True)
     for name in loop:
         variants[name] = instrument.measure(cfg, name, shared)
     result = instrument.report(cfg, shared, variants)
-    result = {**result, "variants": estimates_json(variants), "missing": missing,
+    result = {**result, "variants": estimates_json(variants), "missing": missing, "not_measured": skipped,
               "seconds": result.get("seconds", time.perf_counter() - started)}
     artifacts.write_json(target, artifacts.json_safe(result))
     artifacts.stamp(target, stamp, ins)

@@ -34,8 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rlvr_utils.core import artifacts, lock, deps
+from rlvr_utils.publish import checks
 from rlvr_utils.publish import pages, clean as publish
-from rlvr_utils.core.config import PROJECT_ROOT, Params, load, resolve
+from rlvr_utils.core.config import PROJECT_ROOT, Params, resolve
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 EXECUTED = Path("book") / "executed"  # under the book root; _toc.yml points here
@@ -306,7 +307,7 @@ def execute(params_file: str, only: list[str] | None = None, start: str | None =
             book_root: Path | None = None, notebook_dir: Path | None = None) -> bool:
     """Execute the selected notebooks; True when all succeeded. Raises lock.RunLocked when another
     process runs the same run folder, Interrupted on Ctrl-C. The book root defaults to the run's own."""
-    params = load(params_file)  # fail on bad params before any computation
+    params = checks.checked(params_file)  # fail on bad params before any computation
     with lock.run_lock(params.run_dir):
         return _execute(params, resolve(params_file), notebooks(notebook_dir), only, start, force,
                         Path(book_root) if book_root else run_book_root(params))

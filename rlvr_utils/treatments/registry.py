@@ -3,8 +3,9 @@ is built. Training, variants, every instrument, the verdict, compare and the not
 lists treatment names.
 
 A *treatment family* is one file in this folder that calls `register(Family(...))`: it expands the params into
-treatments (`expand(cfg) -> [Treatment]`) and builds one (`build(cfg, name) -> message`). Adding a control or a
-null family is that one file (and, if it has settings, a params field).
+treatments (`expand(cfg) -> [Treatment]`) and builds one (`build(cfg, name)`, weight arithmetic) or trains one
+(`train(cfg, name)`, RLVR's recipe). Adding a control or a null family is that one file, its import in
+`treatments/__init__.py` (and, if it has settings, a params field).
 
 Kinds and known answers:
   - 'study': RLVR itself; its answer is what the study asks (None);
@@ -58,15 +59,7 @@ def register(family: Family) -> Family:
 
 
 def _families() -> list[Family]:
-    """Every module of this folder that registers a family (a new family is a new file here)."""
-    if not _FAMILIES:
-        import importlib
-        import pkgutil
-
-        from rlvr_utils import treatments
-
-        for module in pkgutil.iter_modules(treatments.__path__):
-            importlib.import_module(f"{treatments.__name__}.{module.name}")
+    """The registered families (rlvr_utils/treatments/__init__.py imports every family file), in order."""
     return sorted(_FAMILIES.values(), key=lambda f: f.order)
 
 
@@ -136,3 +129,4 @@ def available(cfg, wanted: list[str] | None = None) -> list[str]:
     """Treatments (all, or those `wanted`) whose checkpoint exists, in registry order."""
     chosen = names(cfg) if wanted is None else [n for n in names(cfg) if n in wanted]
     return [n for n in chosen if has_checkpoint(cfg.model_ref(n))]
+

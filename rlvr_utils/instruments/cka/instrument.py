@@ -17,7 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from rlvr_utils.activations.store import ActivationStore, extract
+from rlvr_utils.activations.extraction import extract
+from rlvr_utils.activations.store import ActivationStore
 from rlvr_utils.core import deps
 from rlvr_utils.core.artifacts import checkpoint_fingerprint
 from rlvr_utils.core.estimate import Estimate

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from rlvr_utils.activations.store import TokenCache, iter_batches, select_positions
+from rlvr_utils.activations.tokens import TokenCache, iter_batches, select_positions
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.core.stats import interval
 from rlvr_utils.instruments.base import Instrument, Measures

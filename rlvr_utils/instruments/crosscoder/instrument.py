@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from transformers import AutoConfig
 
-from rlvr_utils.activations.store import ActivationStore, TokenCache, run_extract
+from rlvr_utils.activations.extraction import run_extract
+from rlvr_utils.activations.store import ActivationStore
+from rlvr_utils.activations.tokens import TokenCache
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.crosscoder.causal import causal_test
@@ -179,6 +181,7 @@ class Shared:
 class CrosscoderInstrument(base.Instrument):
     name = "crosscoder"
     reads = ("tokens", "data/eval.jsonl")
+    stages = ("base",)  # the base -> SFT yardstick
 
     def treatments(self, cfg) -> list[str]:
         """crosscoder.treatments (each must have a checkpoint), else the study, the controls (which calibrate

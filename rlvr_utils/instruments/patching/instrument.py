@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rlvr_utils.activations import store as activations
+from rlvr_utils.activations import tokens as activations
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.patching.batches import PatchBatch, answer_batches, answer_span, corrupted_batches

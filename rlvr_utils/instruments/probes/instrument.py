@@ -62,6 +62,9 @@ class Probes(Instrument):
         p = cfg.probes
         store = ActivationStore(cfg.path("activations"))
         stages = [s for s in STAGES if s in store.models()]
+        if not stages:
+            raise FileNotFoundError(f"no activations of {', '.join(STAGES)} in {store.folder}: run the extraction "
+                                    "chapter first")
         cache = TokenCache.load(cfg.path("tokens"))
         problems = read_jsonl(cfg.path("data", "eval.jsonl"))
         tokenizer = AutoTokenizer.from_pretrained(cfg.model_ref(registry.REFERENCE),

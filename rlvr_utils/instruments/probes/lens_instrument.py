@@ -57,7 +57,8 @@ class Shared:
 
 class Lens(Instrument):
     name = "lens"
-    reads = ("tokens", f"models/{BASE}")  # base's checkpoint when the run built it (a hub id has no content)
+    reads = ("tokens",)
+    stages = (BASE,)
 
     def treatments(self, cfg) -> list[str]:
         return registry.available(cfg, [registry.STUDY])

@@ -38,7 +38,8 @@ def _bootstrap(cfg) -> dict:
 class Weights(Instrument):
     name = "weights"
     # besides SFT's and the treatments' checkpoints: base (when the run builds it) and GRPO's intermediate ones
-    reads = ("models/base", "models/rlvr_checkpoints")
+    reads = ("models/rlvr_checkpoints",)
+    stages = ("base",)
 
     def prepare(self, cfg, treatments: list[str]) -> Compared:
         w = cfg.weights

@@ -1,6 +1,6 @@
 """GPT-2: fused q/k/v in `c_attn`, Conv1D weights stored transposed (which swaps left and right singular vectors
 only), both output projections named `c_proj` (the parent tells them apart)."""
-from rlvr_utils.models.families import Family, register
+from rlvr_utils.models.families.base import Family, register
 
 FAMILY = register(Family(
     model_types=("gpt2",),

@@ -1,6 +1,6 @@
 """GPT-NeoX (Pythia): attention and MLP in parallel on the same residual stream (so there is no separate MLP
 input to replay), fused q/k/v; transformers 5 renamed `embed_out` to `lm_head`."""
-from rlvr_utils.models.families import Family, register
+from rlvr_utils.models.families.base import Family, register
 
 FAMILY = register(Family(
     model_types=("gpt_neox",),

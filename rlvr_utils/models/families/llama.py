@@ -1,5 +1,5 @@
 """Llama-style decoders (Llama, Qwen2, Qwen3, Mistral): pre-norm blocks, separate q/k/v/o and a gated MLP."""
-from rlvr_utils.models.families import Family, register
+from rlvr_utils.models.families.base import Family, register
 
 FAMILY = register(Family(
     model_types=("llama", "qwen2", "qwen3", "mistral"),

@@ -1,6 +1,6 @@
 """OLMo 2: norms *after* each sublayer (and q/k norms inside attention), so what a sublayer adds to the residual
 stream is the output of its post-norm, and the MLP reads the residual stream itself."""
-from rlvr_utils.models.families import Family, register
+from rlvr_utils.models.families.base import Family, register
 
 FAMILY = register(Family(
     model_types=("olmo2",),
