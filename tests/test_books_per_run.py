@@ -12,6 +12,8 @@ import pytest
 from rlvr_utils.core import artifacts
 from rlvr_utils.publish import runner
 
+pytestmark = pytest.mark.slow  # every test executes notebooks in kernels (make test-fast leaves them out)
+
 PARAMS = 'params_file = "params/default.yaml"\nfrom rlvr_utils.core.notebook import guard_papermill; guard_papermill()'
 SETUP = "from rlvr_utils.core import notebook, artifacts\n\ncfg = notebook.params(globals())\n"
 # 00 writes a.json from organism.hidden_size; 01 reads it and writes b.json with cka.n_bootstrap
@@ -74,7 +76,6 @@ def _outputs(path: Path) -> str:
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-@pytest.mark.slow
 def test_two_runs_one_after_the_other_keep_two_correct_books(project, capsys):
     from rlvr_utils.core.config import load
 

@@ -103,6 +103,7 @@ def test_force_recomputes_what_it_names(project, capsys):
     assert _ran(capsys) == ["01_b"] and b.stat().st_mtime_ns != before
 
 
+@pytest.mark.slow  # kernels started and killed: seconds each
 def test_killed_rerun_never_yields_a_book_with_a_half_executed_chapter(project, capsys):
     assert _execute(project)
     _notebook(project["nbs"] / "01_b.ipynb", NB_SLOW)  # a re-run that will be killed mid-chapter
