@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rlvr_utils.core.artifacts import OLD, TMP
+from rlvr_utils.core.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ class NotARunFolder(RuntimeError):
 def run_folder_problem(run_dir: Path) -> str | None:
     """Why `run_dir` cannot be a run folder (None when it is one, or is new or empty): it is a file, it lies in
     the project's own files, or it exists with content that rlvr_utils did not make."""
-    from rlvr_utils.core.paths import PROJECT_ROOT
-
     run_dir = Path(run_dir).resolve()
     existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
     if not existing.is_dir():

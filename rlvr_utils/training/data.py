@@ -15,6 +15,9 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from rlvr_utils.core import artifacts, deps
+from rlvr_utils.core.config import resolve
+
 PARAMS = ("data", "evaluation", "sft")  # params sections read here (rlvr_utils.core.deps)
 
 
@@ -181,8 +184,6 @@ def load_records(ref: str, split: str, max_rows: int | None = None, hub_config: 
     """Records from a local .jsonl/.json/.parquet file or a hub data set, through `datasets`."""
     import datasets
 
-    from rlvr_utils.core.config import resolve
-
     path = resolve(ref)
     if path.exists():
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
@@ -272,9 +273,7 @@ def grpo_problems(cfg, held_out: list[dict]) -> list[dict]:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    from rlvr_utils.core.artifacts import atomic_file
-
-    with atomic_file(path) as tmp:
+    with artifacts.atomic_file(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return Path(path)
 
@@ -287,10 +286,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def _prepare(cfg, name: str, problems) -> list[dict]:
-    """data/<name>.jsonl from `problems(cfg)`, rewritten only when the params it depends on change."""
-    from rlvr_utils.core import artifacts
-
-    path, fingerprint = cfg.path("data", f"{name}.jsonl"), cfg.fingerprint("seed", "data", "evaluation")
+    """data/<name>.jsonl from `problems(cfg)`, rewritten only when the params or the code it depends on change."""
+    path, fingerprint = cfg.path("data", f"{name}.jsonl"), deps.fingerprint(cfg, __name__)
     if not artifacts.is_current(path, fingerprint):
         write_jsonl(path, problems(cfg))
         artifacts.stamp(path, fingerprint)

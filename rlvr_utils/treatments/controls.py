@@ -8,6 +8,7 @@ Embeddings and norms stay frozen in both (rlvr_utils.models.families defines the
 from __future__ import annotations
 
 
+from rlvr_utils.models.families import component_map
 from rlvr_utils.treatments.registry import REPRESENTATION, ROUTING, Family, Treatment, register
 
 PARAMS = ("variants",)
@@ -21,7 +22,6 @@ def train_control(cfg, name: str) -> list[dict]:
     """GRPO with RLVR's recipe from the SFT model, training only the control's component."""
     from transformers import AutoModelForCausalLM
 
-    from rlvr_utils.models.families import component_map
     from rlvr_utils.training import train
 
     trained = CONTROLS[name][0]

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlvr_utils.core import artifacts
+from rlvr_utils.core import artifacts, deps
 
 Tensors = dict[str, torch.Tensor]
 
@@ -29,7 +29,7 @@ def build_from_checkpoints(cfg, name: str, make: Callable[[Callable[[str], Tenso
     """Write models/<name> = make(load), where load(source) gives a source checkpoint's tensors, unless up to
     date. The folder's other files (config, tokenizer) are SFT's."""
     target = cfg.model_dir(name)
-    stamp = cfg.fingerprint("seed", "model") + name  # the name carries the seed; the sources are inputs
+    stamp = deps.fingerprint(cfg, __name__) + name  # params and code; the name carries the seed; sources are inputs
     inputs = [cfg.model_ref(s) for s in sources]  # content-checked by the stamp
     if artifacts.is_current(target, stamp, inputs):
         return f"{name}: up to date"

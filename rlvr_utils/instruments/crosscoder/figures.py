@@ -118,7 +118,7 @@ def readings_frame(result: dict):
             ctx = " | ".join(f"…{c['context']}[{c['token']}]→{c['next']!r}" for c in r["contexts"][:3])
             rows.append({"kind": kind, "latent": r["latent"], "rel_norm": round(r["rel_norm"], 3),
                          "nu_error": round(r["nu_error"], 3), "frequency": round(r["frequency"], 4),
-                         "top contexts": ctx, f"promotes": " ".join(map(repr, r["promotes"])),
+                         "top contexts": ctx, "promotes": " ".join(map(repr, r["promotes"])),
                          "suppresses": " ".join(map(repr, r["suppresses"]))})
     return pd.DataFrame(rows)
 
