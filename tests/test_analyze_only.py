@@ -60,4 +60,4 @@ def test_analyze_only_runs_every_notebook_on_local_checkpoints(tmp_path):
     assert {"accuracy_base", "accuracy_sft", "accuracy_rlvr"} <= set(summary)
     result = json.loads((run / "metrics" / "verdict.json").read_text())
     assert result["verdict"] == "inconclusive"  # no row is calibrated without the controls
-    assert all("control attn_only not measured" in row["calibration"] for row in result["rows"])
+    assert all("no control with a known Routing answer" in row["calibration"] for row in result["rows"])

@@ -148,3 +148,10 @@ def test_nulls_without_spread_read_no_evidence_and_a_planted_mlp_change_still_fi
     assert all(r["readings"][n] == verdict.NO_EVIDENCE for n in ["rlvr", "attn_only", "identical", *NULLS])
     assert r["calibration"] == "counts"
     assert all(s["effect"] == 0.0 for s in r["signals"])
+
+
+def test_a_row_never_counts_without_controls_of_both_known_answers():
+    only_nulls = {t: a for t, a in EXPECTED.items() if a == verdict.NO_EVIDENCE}
+    table = verdict.evidence(calibrated_metrics(), TREATMENTS, NULLS, PARAMS, only_nulls)
+    assert "no control with a known Routing answer" in row(table, "same_input.json")["calibration"]
+    assert "no control with a known Representation learning answer" in row(table, "same_input.json")["calibration"]

@@ -221,7 +221,8 @@ def calibration(rule: Rule, readings: Mapping[str, str], null_names: list[str], 
     identical model read as evidence), or a control or nulls missing. `expected`: {treatment: known answer}
     (treatments.registry.expected)."""
     sides = {s.supports for s in rule.signals}
-    problems = []
+    problems = [f"no control with a known {answer} answer in this run" for answer in (ROUTING, REPRESENTATION)
+                if answer not in expected.values()]
     for control, answer in expected.items():
         if answer not in (ROUTING, REPRESENTATION):
             continue
