@@ -56,6 +56,11 @@ def test_interrupted_pretraining_logs_the_whole_run(tmp_path, monkeypatch):
     assert resumed["resumed_from_step"] == 4
     final, ref_final = resumed["log_history"][-1], reference["log_history"][-1]
     assert final["train_loss"] == pytest.approx(ref_final["train_loss"], rel=0.02)
+    timing = ("runtime", "per_second", "session_", "train_loss")  # train_loss: the whole-run mean, approximated
+    assert len(resumed["log_history"]) == len(reference["log_history"])
+    for ref, got in zip(reference["log_history"], resumed["log_history"]):  # the first loss after the resume too
+        keys = {k for k in ref.keys() | got.keys() if not any(t in k for t in timing)}
+        assert {k: got.get(k) for k in keys} == pytest.approx({k: ref.get(k) for k in keys}, rel=1e-6), ref.get("step")
     assert abs(final["session_train_loss"] - ref_final["train_loss"]) > abs(final["train_loss"] - ref_final["train_loss"])
     assert resumed["seconds"] > resumed["session_seconds"] > 0 and final["train_runtime"] == resumed["seconds"]
     assert [e["step"] for e in resumed["log_history"] if "loss" in e] == [e["step"] for e in reference["log_history"] if "loss" in e]
@@ -96,3 +101,38 @@ def test_interrupted_sft_logs_every_field_as_the_whole_run(tmp_path, monkeypatch
     for ref, got in zip(reference, resumed):
         keys = {k for k in ref.keys() | got.keys() if not any(t in k for t in timing)}
         assert {k: got.get(k) for k in keys} == pytest.approx({k: ref.get(k) for k in keys}, rel=1e-6), ref.get("step")
+
+
+def test_a_checkpoint_between_two_logging_steps_still_gives_whole_run_logs(tmp_path, monkeypatch):
+    """Pretraining 100 steps logs every 2 and saves every 25: a checkpoint falls between two logging steps. The
+    trainer logs at every checkpoint, so the first loss after resuming from step 25 averages the same steps as in
+    the uninterrupted run."""
+    import transformers
+
+    def long_cfg(name):
+        raw = _cfg(tmp_path, name).model_dump(mode="json")
+        raw["organism"]["pretrain_steps"] = 100
+        return config.from_dict({k: v for k, v in raw.items() if k != "source"})
+
+    whole = long_cfg("whole")
+    train.pretrain_base(whole)
+    reference = json.loads(whole.path("metrics", "train_base.json").read_text())["log_history"]
+    cfg = long_cfg("killed")
+    original = transformers.Trainer.training_step
+
+    def dies_at_step_27(self, *args, **kwargs):
+        if self.state.global_step == 27:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", dies_at_step_27)
+    with pytest.raises(KeyboardInterrupt):
+        train.pretrain_base(cfg)
+    monkeypatch.setattr(transformers.Trainer, "training_step", original)
+    train.pretrain_base(cfg)
+    record = json.loads(cfg.path("metrics", "train_base.json").read_text())
+    assert record["resumed_from_step"] == 25
+    steps = lambda history: [h["step"] for h in history if "loss" in h]  # noqa: E731
+    losses = lambda history: [h["loss"] for h in history if "loss" in h]  # noqa: E731
+    assert 25 in steps(reference) and steps(record["log_history"]) == steps(reference)  # logged at the checkpoint
+    assert losses(record["log_history"]) == pytest.approx(losses(reference), rel=1e-6)

@@ -47,6 +47,20 @@ def is_trained(cfg: Params, stage: str) -> bool:
     return artifacts.is_current(cfg.path("models", stage), fingerprint(cfg, stage), inputs(cfg, stage))
 
 
+def log_at_checkpoints():
+    """A callback that logs at every step that saves a checkpoint: a resumed run then logs the same steps as an
+    uninterrupted one, so its first loss after a resume averages the same steps (a checkpoint between two
+    logging steps would otherwise start a shorter window)."""
+    from transformers import TrainerCallback
+
+    class LogAtCheckpoints(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:
+                control.should_log = True
+            return control
+    return LogAtCheckpoints()
+
+
 def _common_args(cfg: Params, stage: str) -> dict:
     on_gpu = torch.cuda.is_available()
     return dict(output_dir=str(_trainer_dir(cfg, stage)), seed=cfg.seed, data_seed=cfg.seed,
@@ -167,7 +181,7 @@ def pretrain_base(cfg: Params) -> list[dict]:
         learning_rate=org.pretrain_lr, warmup_steps=org.warmup_steps, lr_scheduler_type="cosine",
         weight_decay=0.1, logging_steps=max(1, org.pretrain_steps // 50), save_strategy="steps",
         save_steps=max(1, org.pretrain_steps // 4), save_only_model=False, **_common_args(cfg, "base"))
-    trainer = Trainer(model=model, args=args, train_dataset=dataset)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[log_at_checkpoints()])
     start = time.time()
     trainer.train(resume_from_checkpoint=_last_checkpoint(args.output_dir))
     return _finish(cfg, "base", trainer, tokenizer, time.time() - start)
@@ -219,10 +233,10 @@ def train_sft(cfg: Params) -> list[dict]:
 
     model, tokenizer = load(cfg.model_ref("base"), cfg)
     model.train()
-    s, callbacks, eval_dataset = cfg.sft, [], None
+    s, callbacks, eval_dataset = cfg.sft, [log_at_checkpoints()], None
     if s.stop_metric is not None:
         eval_dataset = pairs(data.sft_validation_problems(cfg, held_out))
-        callbacks = [EarlyStoppingCallback(early_stopping_patience=s.patience, early_stopping_threshold=s.min_delta)]
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=s.patience, early_stopping_threshold=s.min_delta))
     trainer = SFTTrainer(model=model, args=sft_config(cfg), train_dataset=pairs(problems), eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=callbacks)
     start = time.time()
@@ -277,6 +291,7 @@ def grpo(cfg: Params, stage: str, model, reward_funcs=None) -> list[dict]:
     dataset = Dataset.from_list([{"prompt": p["prompt"], "final": p["final"]} for p in problems])
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_ref("sft"), trust_remote_code=cfg.model.trust_remote_code)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs or rewards.REWARD_FUNCS, args=grpo_config(cfg, stage),
+                          callbacks=[log_at_checkpoints()],
                           train_dataset=dataset, processing_class=tokenizer)
     start = time.time()
     trainer.train(resume_from_checkpoint=_last_checkpoint(trainer.args.output_dir))
