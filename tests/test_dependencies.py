@@ -66,3 +66,19 @@ def test_the_verdict_reads_only_the_replicates_this_run_made_and_reruns_when_one
     assert runner._stamp_key(cfg, chapter, runner.notebooks(), {}) == before  # not this run's replicate
     artifacts.write_json(tmp_path / "study-seed1" / "metrics" / "verdict.json", {"verdict": "edited"})
     assert runner._stamp_key(cfg, chapter, runner.notebooks(), {}) != before
+
+
+def test_an_edited_library_module_reruns_the_chapters_that_import_it(tmp_path, monkeypatch):
+    """The verdict's rules change: the verdict chapter's key changes, the base chapter's does not."""
+    cfg = config.from_dict({})
+    name = "rlvr_utils.evidence.verdict"
+    edited = tmp_path / "verdict.py"
+    edited.write_bytes(deps.module_file(name).read_bytes() + b"\n# a changed rule\n")
+    before = _keys(cfg)
+    monkeypatch.setattr(deps, "module_file", lambda n, real=deps.module_file: edited if n == name else real(n))
+    deps._parse.cache_clear()
+    try:
+        after = _keys(cfg)
+    finally:
+        deps._parse.cache_clear()
+    assert before["10_verdict"] != after["10_verdict"] and before["00_base"] == after["00_base"]
