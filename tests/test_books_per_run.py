@@ -132,3 +132,26 @@ def test_a_notebook_reruns_only_when_what_it_reads_changes(project, capsys):
     assert record["00_a.ipynb"]["seconds"] > 0 and record["00_a.ipynb"]["code"]
     log = (project["runs"] / "run-a" / "logs" / "00_a.log")
     assert log.exists()
+
+
+def test_the_published_page_of_an_edited_chapter_is_the_re_run(project, capsys):
+    """A chapter edited after the run (its mtime put back) is re-executed, and the rebuilt HTML shows the
+    re-run, never the edit."""
+    import os
+
+    from rlvr_utils.core.config import load
+
+    params = project["params"]("run-a")
+    assert _execute(project, params)
+    runner.build_book(notebook_dir=project["nbs"], params=load(params))
+    root = project["runs"] / "run-a" / "book"
+    chapter = root / runner.EXECUTED / "00_a.ipynb"
+    stat = chapter.stat()
+    chapter.write_text(chapter.read_text().replace("hidden 32", "hidden FORGED"))
+    os.utime(chapter, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    capsys.readouterr()
+    assert _execute(project, params)
+    assert "00_a" in _ran(capsys)
+    runner.build_book(notebook_dir=project["nbs"], params=load(params))
+    html = (root / "_build" / "html" / "book" / "executed" / "00_a.html").read_text()
+    assert "hidden 32" in html and "FORGED" not in html
