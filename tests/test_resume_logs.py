@@ -6,6 +6,8 @@ import pytest
 from rlvr_utils.core import config
 from rlvr_utils.training import train
 
+pytestmark = pytest.mark.slow  # trains, is killed and resumes: seconds each (make test-fast leaves it out)
+
 
 def test_token_counter_that_restarted_continues_and_loss_averages_every_step():
     history = [{"step": 1, "loss": 4.0, "num_tokens": 100}, {"step": 2, "loss": 2.0, "num_tokens": 200},

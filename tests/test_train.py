@@ -71,6 +71,7 @@ def test_deepspeed_configs_are_valid_json(name):
     assert stage == int(name[4])
 
 
+@pytest.mark.slow  # trains every stage twice
 def test_same_seed_gives_the_same_models_and_metrics(tmp_path):
     """All three stages and the evaluation, twice with one seed: bit-for-bit the same weights and metrics."""
     from rlvr_utils.evaluation import evaluate
