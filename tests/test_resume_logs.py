@@ -33,26 +33,31 @@ def _cfg(tmp_path, name):
     })
 
 
-def test_interrupted_pretraining_logs_the_whole_run(tmp_path, monkeypatch):
+def _kill_then_resume(monkeypatch, run, step: int) -> None:
+    """Run a training stage, kill it (KeyboardInterrupt) when it reaches `step`, then run it again to resume."""
     import transformers
 
+    original = transformers.Trainer.training_step
+
+    def dies(self, *args, **kwargs):
+        if self.state.global_step == step:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(transformers.Trainer, "training_step", original)
+    run()
+
+
+def test_interrupted_pretraining_logs_the_whole_run(tmp_path, monkeypatch):
     whole = _cfg(tmp_path, "whole")
     train.pretrain_base(whole)
     reference = json.loads(whole.path("metrics", "train_base.json").read_text())
 
     cfg = _cfg(tmp_path, "killed")
-    original = transformers.Trainer.training_step
-
-    def dies_at_step_5(self, *args, **kwargs):
-        if self.state.global_step == 5:
-            raise KeyboardInterrupt("killed")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.Trainer, "training_step", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train.pretrain_base(cfg)
-    monkeypatch.setattr(transformers.Trainer, "training_step", original)
-    train.pretrain_base(cfg)  # resumes from checkpoint-4
+    _kill_then_resume(monkeypatch, lambda: train.pretrain_base(cfg), 5)
     resumed = json.loads(cfg.path("metrics", "train_base.json").read_text())
 
     assert resumed["resumed_from_step"] == 4
@@ -71,7 +76,6 @@ def test_interrupted_pretraining_logs_the_whole_run(tmp_path, monkeypatch):
 def test_interrupted_sft_logs_every_field_as_the_whole_run(tmp_path, monkeypatch):
     """Every logged field of a resumed SFT run equals the uninterrupted run's (timing aside): the eval token
     counter as well as the training one."""
-    import transformers
 
     def sft_cfg(name):
         raw = _cfg(tmp_path, name).model_dump(mode="json")
@@ -85,18 +89,7 @@ def test_interrupted_sft_logs_every_field_as_the_whole_run(tmp_path, monkeypatch
     reference = json.loads(whole.path("metrics", "train_sft.json").read_text())["log_history"]
     cfg = sft_cfg("killed")
     train.pretrain_base(cfg)
-    original = transformers.Trainer.training_step
-
-    def dies_at_step_23(self, *args, **kwargs):
-        if self.state.global_step == 23:
-            raise KeyboardInterrupt("killed")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.Trainer, "training_step", dies_at_step_23)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_sft(cfg)
-    monkeypatch.setattr(transformers.Trainer, "training_step", original)
-    train.train_sft(cfg)
+    _kill_then_resume(monkeypatch, lambda: train.train_sft(cfg), 23)
     resumed = json.loads(cfg.path("metrics", "train_sft.json").read_text())["log_history"]
     timing = ("runtime", "per_second", "session_")
     assert len(resumed) == len(reference)
@@ -109,7 +102,6 @@ def test_a_checkpoint_between_two_logging_steps_still_gives_whole_run_logs(tmp_p
     """Pretraining 100 steps logs every 2 and saves every 25: a checkpoint falls between two logging steps. The
     trainer logs at every checkpoint, so the first loss after resuming from step 25 averages the same steps as in
     the uninterrupted run."""
-    import transformers
 
     def long_cfg(name):
         raw = _cfg(tmp_path, name).model_dump(mode="json")
@@ -120,18 +112,7 @@ def test_a_checkpoint_between_two_logging_steps_still_gives_whole_run_logs(tmp_p
     train.pretrain_base(whole)
     reference = json.loads(whole.path("metrics", "train_base.json").read_text())["log_history"]
     cfg = long_cfg("killed")
-    original = transformers.Trainer.training_step
-
-    def dies_at_step_27(self, *args, **kwargs):
-        if self.state.global_step == 27:
-            raise KeyboardInterrupt("killed")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.Trainer, "training_step", dies_at_step_27)
-    with pytest.raises(KeyboardInterrupt):
-        train.pretrain_base(cfg)
-    monkeypatch.setattr(transformers.Trainer, "training_step", original)
-    train.pretrain_base(cfg)
+    _kill_then_resume(monkeypatch, lambda: train.pretrain_base(cfg), 27)
     record = json.loads(cfg.path("metrics", "train_base.json").read_text())
     assert record["resumed_from_step"] == 25
     steps = lambda history: [h["step"] for h in history if "loss" in h]  # noqa: E731
