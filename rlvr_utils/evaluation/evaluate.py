@@ -246,11 +246,16 @@ def variant_summary(correct: dict[str, np.ndarray], boot: dict) -> dict:
     return out
 
 
+def _stamp_of(cfg, name: str) -> tuple:
+    """(greedy file, fingerprint, inputs) of one model's evaluation: params and code, the checkpoint and the
+    held-out problems (content-checked by the stamp)."""
+    return (cfg.path("eval", f"{name}_greedy.jsonl"), deps.fingerprint(cfg, __name__),
+            [cfg.model_ref(name), cfg.path("data", "eval.jsonl")])
+
+
 def run_variant(cfg, name: str, force: bool = False) -> str:
     """Greedy evaluation of one variant (no pass@k: the nulls and controls are compared on accuracy)."""
-    path = cfg.path("eval", f"{name}_greedy.jsonl")
-    fingerprint = deps.fingerprint(cfg, __name__)  # the checkpoint itself is a content-checked input
-    inputs = [cfg.model_ref(name), cfg.path("data", "eval.jsonl")]  # content-checked by the stamp
+    path, fingerprint, inputs = _stamp_of(cfg, name)
     if artifacts.is_current(path, fingerprint, inputs) and not force:
         return f"{name}: evaluation up to date, skipped"
     start = time.time()
@@ -264,9 +269,7 @@ def run_variant(cfg, name: str, force: bool = False) -> str:
 
 def run(cfg, stage: str, force: bool = False) -> str:
     """Evaluate one stage unless its per-problem files are up to date for these params."""
-    path = cfg.path("eval", f"{stage}_greedy.jsonl")
-    fingerprint = deps.fingerprint(cfg, __name__)  # the checkpoint itself is a content-checked input
-    inputs = [cfg.model_ref(stage), cfg.path("data", "eval.jsonl")]  # content-checked by the stamp
+    path, fingerprint, inputs = _stamp_of(cfg, stage)
     if artifacts.is_current(path, fingerprint, inputs) and not force:
         return f"{stage}: evaluation up to date, skipped"
     problems = data.prepare_eval_set(cfg)
