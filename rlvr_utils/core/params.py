@@ -12,9 +12,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlvr_utils.core.paths import looks_local, resolve
+from rlvr_utils.core.params_evidence import Section, VariantParams, VerdictParams
 
 ORGANISM = "organism"  # `model.base` value that builds the embedded model organism
 
@@ -22,11 +23,6 @@ ORGANISM = "organism"  # `model.base` value that builds the embedded model organ
 
 class ParamsError(ValueError):
     """A params file is wrong; the message names the file, the key, the value and what is allowed."""
-
-
-class Section(BaseModel):
-    # allow_inf_nan=False: an infinite or NaN learning rate, temperature or threshold is refused at once
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelParams(Section):
@@ -351,26 +347,6 @@ class WeightParams(Section):
         return value
 
 
-class VariantParams(Section):
-    """Checkpoints beside base, SFT and RLVR that every measurement is run on (the variants chapter): the nulls and
-    controls that show whether an instrument tells a known Routing change from a known Representation
-    change, and reads "no evidence" for a random change of the same size."""
-
-    nulls: int = Field(5, ge=0, description="null 'RLVR' models: SFT plus a random-direction update with RLVR's "
-                       "Frobenius norm in every tensor (seeds seed+1000+k); the verdict needs at least 2")
-    identical: bool = Field(True, description="an 'RLVR' identical to SFT (a copy): must read 'no evidence'")
-    placebos: int = Field(0, ge=0, description="placebo GRPO runs: RLVR's recipe paid by seeded draws that ignore the "
-                          "completion (RLVR's mean rewards), a trained update with no task signal")
-    norm_matched: bool = Field(False, description="also each placebo (and hybrid) rescaled per tensor to RLVR's "
-                               "update norms")
-    hybrids: bool = Field(False, description="full-parameter controls: a control's component update plus a placebo's "
-                          "update of everything else (needs placebos and both controls)")
-    controls: list[Literal["attn_only", "mlp_only"]] = Field(
-        ["attn_only", "mlp_only"], description="positive controls: GRPO with the same recipe from SFT with every "
-        "MLP weight frozen (attn_only, a known Routing change) or every attention weight frozen (mlp_only, a "
-        "known Representation change)")
-
-
 class CrosscoderParams(Section):
     """BatchTopK crosscoders between the reference (SFT) and each treatment, with Latent Scaling and a causal
     test (the crosscoder chapter)."""
@@ -403,29 +379,6 @@ class CrosscoderParams(Section):
     top_latents: int = Field(4, gt=0, description="top specific and top shared latents read out in the chapter")
     n_bootstrap: int = Field(1000, gt=0, description="bootstrap resamples for intervals")
     confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
-
-
-class VerdictParams(Section):
-    """Decision rules of the evidence table (the verdict chapter). Every row reads a treatment's measurement against
-    the same measurement on the random-update nulls; book/methods.md gives the reason for each number."""
-
-    min_relative_effect: float = Field(1.0, gt=0, description="a change measure counts as beyond random when its "
-                                       "interval clears every null's interval and its distance from the nulls' mean "
-                                       "is at least this many times the nulls' own scale (mean |value| + spread): 1 "
-                                       "means at least double what a random update of the same size does")
-    null_ratio_margin: float = Field(0.5, gt=0, description="weight measures taken per matrix relative to the "
-                                     "nulls' (1 = what a random update of the same size does) must also exceed the "
-                                     "nulls' mean by this much: 1.5 times random, where a low-rank update of a "
-                                     "128 x 512 matrix reaches several times")
-    share_margin: float = Field(0.1, gt=0, lt=1, description="shares and ratios in [0, 1] (MLP share, effective-"
-                                "rank ratio) must also differ from the nulls' mean by this much: 0.1 is 20% of "
-                                "the distance between an attention-only (0) and an even (0.5) update")
-    probe_gain_margin: float = Field(0.05, gt=0, description="a selectivity gain must also exceed the nulls' mean "
-                                     "by this much, above the noise floor of selectivity on shuffled features")
-    min_decided_rows: int = Field(2, ge=1, description="fewer counted rows with a reading than this: inconclusive")
-    min_margin: int = Field(2, ge=1, description="counted rows by which one side must lead; less is 'mixed'")
-    replicate_seeds: list[int] = Field([1, 2], description="seeds that `python -m rlvr_utils replicate` trains as "
-                                       "runs <name>-seed<k>; a row counts only when all seeds that ran agree")
 
 
 class Params(Section):
