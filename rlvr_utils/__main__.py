@@ -1,4 +1,4 @@
-"""Command line: `python -m rlvr_utils {run, replicate, check-params, show-params, compare, train, extract}`."""
+"""Command line: `python -m rlvr_utils {run, replicate, check-params, show-params, plan, compare, train, extract}`."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     ext.add_argument("--stage", required=True, help="base, sft, rlvr or a variant")
     ext.add_argument("--params", required=True)
 
+    plan = sub.add_parser("plan", help="estimate each stage's peak GPU and host memory, disk and compute; exit 1 "
+                          "when a stage cannot fit the machine (default: this one)")
+    plan.add_argument("params", help="params YAML file")
+    plan.add_argument("--gpus", type=int, help="GPUs of the machine (0: CPU only; default: what torch sees)")
+    plan.add_argument("--gpu-memory", type=float, metavar="GiB", help="memory of each GPU (implies --gpus 1 "
+                      "on a machine without GPUs)")
+    plan.add_argument("--host-memory", type=float, metavar="GiB", help="host memory (default: this machine's)")
+    plan.add_argument("--disk", type=float, metavar="GiB", help="free disk for the run (default: free where it "
+                      "writes, plus its folder)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "check-params":
@@ -76,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                 for note in unchecked(cfg):
                     print(f"  note: {note}")
             return 2 if failed else 0
+        if args.command == "plan":
+            from rlvr_utils.resources import report
+
+            return report.main(args.params, args.gpus, args.gpu_memory, args.host_memory, args.disk)
         if args.command == "show-params":
             import yaml
 

@@ -136,6 +136,14 @@ class SFTParams(Section):
     num_processes: int = Field(1, gt=0, description=">1 launches through accelerate")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config file (launches through accelerate)")
     bf16: bool = Field(False, description="train in bfloat16 (GPUs)")
+    gradient_checkpointing: bool = Field(False, description="recompute each block's activations in the backward pass "
+                                         "instead of keeping them (transformers' activation_checkpointing): ~1/3 more "
+                                         "compute, activations fall to one d-vector per layer and token. Organism: off "
+                                         "(a few kB per token); real scale: on (Qwen2.5-1.5B keeps ~3 MB per token)")
+    save_total_limit: int | None = Field(None, gt=0, description="trainer checkpoints kept on disk while training "
+                                         "(older ones deleted; the stopping rule's best is kept too). None keeps all: "
+                                         "organism (MBs each); real scale: 2 (one with ZeRO-2 Adam state is ~16 bytes "
+                                         "per parameter, ~23 GiB for 1.5B)")
     logging_steps: int = Field(5, gt=0, description="steps between two logged losses")
 
 
@@ -176,6 +184,12 @@ class GRPOParams(Section):
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config file (launches through accelerate)")
     bf16: bool = Field(False, description="train in bfloat16 (GPUs)")
     save_steps: int = Field(25, gt=0, description="intermediate checkpoints for training dynamics")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (see "
+                                         "sft.gradient_checkpointing). Organism: off; real scale: on (16 completions "
+                                         "of 2000 tokens keep ~100 GB of activations without it)")
+    save_total_limit: int | None = Field(None, gt=0, description="trainer checkpoints kept while training; only "
+                                         "those kept become models/rlvr_checkpoints (training dynamics). None keeps "
+                                         "all: organism; real scale: 2 (~23 GiB each with ZeRO-2 state)")
     logging_steps: int = Field(5, gt=0, description="steps between two logged rewards and losses")
 
     @model_validator(mode="after")
@@ -367,7 +381,8 @@ class CrosscoderParams(Section):
                                       "||d_T||) above which a latent is a candidate T-specific latent")
     presence_threshold: float = Field(0.3, gt=0, lt=1, description="Latent Scaling: a candidate counts as "
                                       "T-specific only when SFT's error explains less than this share of it")
-    treatments: list[str] | None = Field(None, description="treatments diffed against SFT; None = rlvr, the controls and the nulls")
+    treatments: list[str] | None = Field(None, description="treatments diffed against SFT; None = rlvr, the controls, user "
+                                           "treatments and the placebos (the nulls when there are no placebos)")
     causal_treatments: list[str] = Field(["rlvr"], description="treatments whose specific latents are ablated and "
                                          "transplanted in greedy generation (each costs ~4 greedy passes per seed)")
     causal_seeds: int = Field(1, ge=1, description="crosscoder seeds whose latents the causal test edits (each "

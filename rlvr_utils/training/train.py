@@ -63,9 +63,12 @@ def log_at_checkpoints():
 
 def _common_args(cfg: Params, stage: str) -> dict:
     on_gpu = torch.cuda.is_available()
+    # memory settings of the stage's section; pretraining (the organism's) has none; controls run GRPO's recipe
+    section = None if stage == "base" else cfg.sft if stage == "sft" else cfg.grpo
     return dict(output_dir=str(_trainer_dir(cfg, stage)), seed=cfg.seed, data_seed=cfg.seed,
-                use_cpu=not on_gpu, report_to="none", save_total_limit=None, logging_first_step=True,
-                activation_checkpointing=False, dataloader_num_workers=0)
+                use_cpu=not on_gpu, report_to="none", logging_first_step=True, dataloader_num_workers=0,
+                save_total_limit=section.save_total_limit if section else None,
+                activation_checkpointing=section.gradient_checkpointing if section else False)
 
 
 def _trainer_dir(cfg: Params, stage: str) -> Path:
