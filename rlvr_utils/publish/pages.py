@@ -1,5 +1,6 @@
 """Book pages generated from the run: the abstract (from its metrics), the params reference (from the
-params classes) and the reproducibility record (params, code version, machine, times)."""
+params classes), the reproducibility record (params, code version, machine, times) and the Data page (the
+run's metrics files as downloads, rlvr_utils.publish.data_page)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 from rlvr_utils.core import artifacts
 from rlvr_utils.core.config import PROJECT_ROOT, Params
 from rlvr_utils.core.fmt import interval
+from rlvr_utils.publish import data_page
 
 PARAMS = ("evaluation", "grpo", "organism", "variants")  # params sections read here (rlvr_utils.core.deps)
 
@@ -69,6 +71,12 @@ def abstract(cfg: Params, evidence: str | None = "executed/10_verdict.ipynb") ->
     else:
         lines.append("**Answer**: the verdict chapter has not run yet.")
     return "\n".join(lines) + "\n"
+
+
+def data(cfg: Params | None, pages_dir: Path) -> Path:
+    """The Data page (book/data.md) with the run's metrics files copied beside it as downloads; without a
+    run's params, a page that says the book carries no data (the table of contents lists the page either way)."""
+    return data_page.write(pages_dir, cfg.run_dir if cfg is not None else None, cfg.name if cfg is not None else None)
 
 
 def _n_problems(cfg: Params) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 from rlvr_utils.core import artifacts, lock, deps
 from rlvr_utils.publish import checks
 from rlvr_utils.publish import pages, clean as publish
+from rlvr_utils.resources import plan
 from rlvr_utils.core.config import PROJECT_ROOT, Params, resolve
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -136,7 +137,8 @@ def _stage_book(book_root: Path, chapters: list[Path]) -> None:
         (book_root / "book" / "overview.md").write_text("# Overview\n\n```{include} abstract.md\n```\n")
         lines = ["format: jb-book", "root: book/overview", "chapters:"]
         lines += [f"  - file: book/executed/{nb.stem}" for nb in chapters]
-        lines += ["  - file: book/executed/reproducibility", "  - file: book/params"]
+        lines += ["  - file: book/executed/reproducibility", "  - file: book/params", "  - file: book/data",
+                  "  - file: book/bibliography"]
         (book_root / "_toc.yml").write_text("\n".join(lines) + "\n")
 
 
@@ -308,6 +310,7 @@ def execute(params_file: str, only: list[str] | None = None, start: str | None =
     """Execute the selected notebooks; True when all succeeded. Raises lock.RunLocked when another
     process runs the same run folder, Interrupted on Ctrl-C. The book root defaults to the run's own."""
     params = checks.checked(params_file)  # fail on bad params before any computation
+    plan.refuse_if_impossible(params)  # and on a run that cannot fit this machine (memory, disk)
     with lock.run_lock(params.run_dir):
         return _execute(params, resolve(params_file), notebooks(notebook_dir), only, start, force,
                         Path(book_root) if book_root else run_book_root(params))
@@ -459,6 +462,7 @@ def build_book(book_root: Path | None = None, notebook_dir: Path | None = None, 
     verdict = next((f"executed/{nb.stem}.ipynb" for nb in chapters if nb.stem.endswith("_verdict")), None)
     (pages_dir / "abstract.md").write_text(pages.abstract(params, verdict) if params is not None else
                                            "The abstract is written from the run's metrics by `python -m rlvr_utils run`.\n")
+    pages.data(params, pages_dir)  # book/data.md + book/data/: the run's metrics as downloads
     if params is not None and params.path("metrics", "evidence.csv").exists():
         shutil.copy2(params.path("metrics", "evidence.csv"), book_root / EXECUTED / "evidence.csv")
     start = time.time()
