@@ -1,6 +1,8 @@
 """The instrument test of the verdict on tiny models: a planted attention-only change must read Routing, a
-planted MLP-only change Representation learning, and random updates of the same size and the identical model
-"no evidence", on the rows computed from real forward passes and real weights.
+planted MLP-only change Representation learning, the same planted changes with a placebo's update of every other
+weight (full-parameter controls, raw and at RLVR's norm) their own side, and placebo-*trained* updates (Adam on
+targets that ignore the input), random updates of the same size and the identical model "no evidence", on the rows
+computed from real forward passes and real weights.
 
 The planted updates are low-rank and aligned with the component's input activations, as gradient updates are
 (an update is a sum of outer products of errors and inputs); the nulls are `treatments.nulls.random_update` of the
@@ -11,17 +13,25 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from rlvr_utils.instruments.cka import same_input
-from rlvr_utils.treatments import nulls
+from rlvr_utils.models.families import family_of
+from rlvr_utils.treatments import hybrids, nulls, weights
 from rlvr_utils.evidence import verdict
 from rlvr_utils.core.estimate import estimates_json
 from rlvr_utils.instruments.weights import measures, updates
 from rlvr_utils.activations.tokens import TokenCache
 
-NULLS = [f"null_{k}" for k in range(5)]
-TREATMENTS = ["rlvr", "attn_only", "mlp_only", "identical", *NULLS]
-# the known answers that calibrate each row (the registry gives these on a run)
-EXPECTED = {"attn_only": verdict.ROUTING, "mlp_only": verdict.REPRESENTATION, "identical": verdict.NO_EVIDENCE,
-            **{n: verdict.NO_EVIDENCE for n in NULLS}}
+NULLS = [f"null_{k}" for k in range(3)]
+PLACEBOS = [f"placebo_{k}" for k in range(3)]
+HYBRIDS = [f"{h}{s}" for h in hybrids.HYBRIDS for s in ("", "_matched")]
+REFERENCES = [*PLACEBOS, *(f"{p}_matched" for p in PLACEBOS), "identical", *NULLS]
+# the design a run's registry gives: kinds, known answers, full-parameter controls, rescaled copies
+DESIGN = verdict.Design(
+    {"rlvr": "study", "attn_only": "control", "mlp_only": "control", **{h: "control" for h in HYBRIDS},
+     **{p: "placebo" for p in REFERENCES if p.startswith("placebo")}, "identical": "identical",
+     **{n: "null" for n in NULLS}},
+    {"attn_only": verdict.ROUTING, "mlp_only": verdict.REPRESENTATION,
+     **{h: hybrids.HYBRIDS[h.removesuffix("_matched")][2] for h in HYBRIDS}, **{r: verdict.NO_EVIDENCE for r in REFERENCES}},
+    frozenset(HYBRIDS), {r: r.removesuffix("_matched") for r in [*REFERENCES, *HYBRIDS]})
 
 
 def tiny_model(seed: int = 0):
@@ -78,6 +88,25 @@ def planted(sft, cache, group: str, size: float = 0.5) -> dict[str, torch.Tensor
     return state
 
 
+def placebo_trained(sft, cache, seed: int, steps: int = 40, lr: float = 3e-4) -> dict[str, torch.Tensor]:
+    """A *trained* update without task signal: Adam on next-token targets drawn at random (independent of the
+    inputs), every weight trainable. Its updates are sums of outer products of errors and inputs, like a task
+    update's, so a "how structured is the change" measure cannot tell them apart by kind."""
+    model = tiny_model()
+    model.load_state_dict(sft.state_dict())
+    model.train()
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.tensor(cache.sequences)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        targets = torch.randint(0, 64, inputs.shape, generator=g)
+        loss = torch.nn.functional.cross_entropy(model(inputs).logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 @pytest.fixture(scope="module")
 def metrics(tmp_path_factory):
     cache = token_cache()
@@ -89,6 +118,13 @@ def metrics(tmp_path_factory):
         for k, v in group.items():
             rlvr[k] = rlvr[k] + (v - sft_state[k])
     states["rlvr"] = rlvr
+    for k, name in enumerate(PLACEBOS):
+        states[name] = placebo_trained(sft, cache, seed=200 + k)
+        states[f"{name}_matched"] = weights.rescaled(sft_state, states[name], rlvr)
+    component_of = family_of("qwen2").component_of
+    for name, (component, carrier, _) in hybrids.HYBRIDS.items():
+        states[name] = hybrids.hybrid(sft_state, states[carrier], states["placebo_0"], component, component_of)
+        states[f"{name}_matched"] = weights.rescaled(sft_state, states[name], rlvr)
     states["identical"] = {k: v.clone() for k, v in sft_state.items()}
     for k, name in enumerate(NULLS):
         states[name] = nulls.random_update(sft_state, rlvr, seed=100 + k)
@@ -118,43 +154,46 @@ def test_random_update_keeps_rlvrs_norm_in_every_tensor():
     assert not torch.equal(null["model.layers.0.mlp.up_proj.weight"], other["model.layers.0.mlp.up_proj.weight"])
 
 
-def test_same_input_row_classifies_planted_controls_and_reads_nulls_as_no_evidence(metrics):
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params(), EXPECTED)
-    row = table[table["file"] == "same_input.json"].iloc[0]
-    assert row["readings"]["attn_only"] == verdict.ROUTING
-    assert row["readings"]["mlp_only"] == verdict.REPRESENTATION
-    for name in [*NULLS, "identical"]:
-        assert row["readings"][name] == verdict.NO_EVIDENCE, (name, row["readings"][name])
-    assert row["calibration"] == "counts"
-    assert row["rlvr"] == verdict.REPRESENTATION  # the planted RLVR changed its MLPs
+def row_of(table, measurement: str):
+    return table[table["measurement"].str.startswith(measurement)].iloc[0]
 
 
-@pytest.mark.parametrize("measurement", ["Structured (top-k) energy", "MLP share"])
-def test_weight_rows_classify_planted_controls_and_read_nulls_as_no_evidence(metrics, measurement):
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params(), EXPECTED)
-    row = table[table["measurement"].str.startswith(measurement)].iloc[0]
-    assert row["readings"]["attn_only"] == verdict.ROUTING, row["readings"]
-    assert row["readings"]["mlp_only"] == verdict.REPRESENTATION, row["readings"]
-    for name in [*NULLS, "identical"]:
-        assert row["readings"][name] in (verdict.NO_EVIDENCE, verdict.NOT_MEASURED), (name, row["readings"][name])
-    assert row["calibration"] == "counts"
-
-
-def test_no_row_reads_a_null_or_the_identical_model_as_evidence(metrics):
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, verdict_params(), EXPECTED)
+def test_no_row_reads_a_placebo_trained_update_a_null_or_the_identical_model_as_evidence(metrics):
+    table = verdict.evidence(metrics, DESIGN, verdict_params())
     for _, row in table.iterrows():
-        for name in [*NULLS, "identical"]:
+        for name in REFERENCES:
             assert row["readings"][name] in (verdict.NO_EVIDENCE, verdict.NOT_MEASURED), (row["measurement"], name)
 
 
-def test_nulls_and_identical_model_get_an_inconclusive_verdict(metrics):
+def test_structured_energy_credits_the_planted_component_also_when_every_other_weight_moved(metrics):
+    """The full-parameter controls carry a placebo-trained update of every weight outside the planted component
+    (raw, and rescaled to RLVR's norm per tensor): the row must still credit the planted side only."""
+    row = row_of(verdict.evidence(metrics, DESIGN, verdict_params()), "Structured (top-k) energy")
+    for name, answer in DESIGN.expected.items():
+        assert row["readings"][name] == answer, (name, row["readings"][name])
+    assert row["calibration"] == "counts"
+    assert row["rlvr"] == verdict.BOTH  # the planted RLVR changed attention and MLPs, and neither wins by order
+
+
+@pytest.mark.parametrize("measurement", ["MLP share", "Same-input change"])
+def test_a_row_that_reads_the_size_of_an_update_does_not_count_against_norm_matched_controls(metrics, measurement):
+    """The MLP share and 1 - CKA of a component's function grow with the update's size: at RLVR's norms a planted
+    change and a placebo-trained one look alike, so the norm-matched full-parameter controls are misread and the
+    row is kept out of the verdict (with random nulls only, both rows used to count)."""
+    row = row_of(verdict.evidence(metrics, DESIGN, verdict_params()), measurement)
+    assert row["calibration"] != "counts"
+    assert "_matched reads no evidence" in row["calibration"]
+
+
+def test_placebos_nulls_and_the_identical_model_get_the_verdict_neither(metrics):
     params = verdict_params()
-    table = verdict.evidence(metrics, TREATMENTS, NULLS, params, EXPECTED)
-    for name in [*NULLS, "identical"]:
-        assert verdict.overall(verdict.tally(table, name), params) == verdict.INCONCLUSIVE
+    table = verdict.evidence(metrics, DESIGN, params)
+    for name in REFERENCES:
+        assert verdict.overall(verdict.tally(table, name), params) == verdict.NEITHER, name
+    assert verdict.overall(verdict.tally(table, "rlvr"), params) == verdict.BOTH
 
 
 def verdict_params():
     from rlvr_utils.core.params import VerdictParams
 
-    return VerdictParams(min_decided_rows=1, min_margin=1)
+    return VerdictParams(min_decided_rows=1)

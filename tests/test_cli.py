@@ -13,7 +13,7 @@ def test_show_params_fills_in_every_default(capsys):
     assert main(["show-params", "params/ci.yaml"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["organism"]["hidden_size"] == 64  # from the file
-    assert shown["cka"]["debiased"] is True and "min_margin" in shown["verdict"]  # defaults
+    assert shown["cka"]["debiased"] is True and "redundant_share" in shown["verdict"]  # defaults
     assert config.from_dict(shown).fingerprint() == config.load("params/ci.yaml").fingerprint()
 
 

@@ -7,20 +7,29 @@ from rlvr_utils.treatments import registry
 
 def test_the_default_treatments_in_the_order_the_book_shows_them():
     cfg = config.from_dict({})
-    assert registry.names(cfg) == ["rlvr", "attn_only", "mlp_only", "identical", *(f"null_{k}" for k in range(5))]
-    assert registry.names(cfg, "null") == [f"null_{k}" for k in range(5)]
-    assert registry.names(cfg, "control", "identical") == ["attn_only", "mlp_only", "identical"]
+    hybrids = ["routing_hybrid", "routing_hybrid_matched", "representation_hybrid", "representation_hybrid_matched"]
+    placebos = ["placebo_0", "placebo_1", "placebo_2", "placebo_0_matched", "placebo_1_matched", "placebo_2_matched"]
+    assert registry.names(cfg) == ["rlvr", "attn_only", "mlp_only", *hybrids, *placebos, "identical",
+                                   *(f"null_{k}" for k in range(3))]
+    assert registry.names(cfg, "placebo") == placebos
+    assert registry.names(cfg, "control", "identical") == ["attn_only", "mlp_only", *hybrids, "identical"]
+    assert [t.name for t in registry.all(cfg) if t.full] == hybrids  # every weight moved in these controls
+    assert registry.same_update(cfg, "placebo_1", "placebo_1_matched")
+    assert not registry.same_update(cfg, "placebo_1", "placebo_2_matched")
 
 
 def test_known_answers_calibrate_the_verdict():
     expected = registry.expected(config.from_dict({}))
     assert expected["attn_only"] == registry.ROUTING and expected["mlp_only"] == registry.REPRESENTATION
-    assert {expected[n] for n in ("identical", "null_0", "null_4")} == {registry.NO_EVIDENCE}
+    assert {expected[n] for n in ("identical", "null_0", "null_2", "placebo_0", "placebo_2_matched")} == {
+        registry.NO_EVIDENCE}
+    assert expected["routing_hybrid_matched"] == registry.ROUTING
+    assert expected["representation_hybrid"] == registry.REPRESENTATION
     assert "rlvr" not in expected  # the study's answer is what the book asks
 
 
 def test_params_choose_the_treatments():
-    cfg = config.from_dict({"variants": {"nulls": 2, "identical": False, "controls": ["mlp_only"]}})
+    cfg = config.from_dict({"variants": {"nulls": 2, "identical": False, "controls": ["mlp_only"], "placebos": 0}})
     assert registry.names(cfg) == ["rlvr", "mlp_only", "null_0", "null_1"]
     assert registry.get(cfg, "mlp_only").kind == "control" and registry.get(cfg, "mlp_only").trained
     with pytest.raises(KeyError, match="attn_only.*it has: rlvr, mlp_only, null_0, null_1"):
@@ -50,11 +59,13 @@ def test_placebo_rewards_ignore_the_completion_and_pay_rlvrs_means():
 
 
 def test_placebos_are_trained_treatments_with_no_task_signal():
-    cfg = config.from_dict({"variants": {"placebos": 2}})
+    cfg = config.from_dict({"variants": {"placebos": 2, "norm_matched": False}})
     assert registry.names(cfg, "placebo") == ["placebo_0", "placebo_1"]
     assert all(registry.get(cfg, n).trained and registry.expected(cfg)[n] == registry.NO_EVIDENCE
                for n in ("placebo_0", "placebo_1"))
-    assert registry.names(config.from_dict({}), "placebo") == []  # off unless asked for
+    assert registry.trained(cfg) == ["attn_only", "mlp_only", "placebo_0", "placebo_1"]
+    off = config.from_dict({"variants": {"placebos": 0}})
+    assert registry.names(off, "placebo") == [] and not [t for t in registry.all(off) if t.full]  # hybrids need one
 
 
 def _tiny_checkpoints(cfg, names):
@@ -102,3 +113,27 @@ def test_hybrids_carry_one_components_trained_update_and_a_placebos_update_of_th
     k = next(iter(sft))
     d1, d2 = placebo_matched[k].double() - sft[k].double(), placebo[k].double() - sft[k].double()
     assert torch.nn.functional.cosine_similarity(d1.flatten(), d2.flatten(), dim=0) > 0.999
+
+
+def test_a_user_checkpoint_is_a_treatment_read_like_rlvr(tmp_path):
+    from rlvr_utils.evidence import verdict
+
+    folder = tmp_path / "other_rl"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    cfg = config.from_dict({"runs_dir": str(tmp_path), "variants": {"user": {"other_rl": str(folder)}}})
+    assert registry.names(cfg, "user") == ["other_rl"] and registry.names(cfg)[:2] == ["rlvr", "other_rl"]
+    assert cfg.model_ref("other_rl") == str(folder) and registry.available(cfg, ["other_rl"]) == ["other_rl"]
+    assert "other_rl" not in registry.expected(cfg)  # no known answer: it is read, it calibrates nothing
+    design = verdict.Design.from_registry(cfg)
+    assert "other_rl" not in design.references("rlvr")[0] + design.references("rlvr")[1]
+
+
+def test_bad_user_treatments_are_refused_by_name(tmp_path):
+    with pytest.raises(config.ParamsError, match="variants.user.other .*no checkpoint folder"):
+        config.from_dict({"runs_dir": str(tmp_path), "variants": {"user": {"other": "./missing_checkpoint"}}})
+    for bad in ("sft", "../x"):
+        with pytest.raises(config.ParamsError, match="not folder names"):
+            config.from_dict({"variants": {"user": {bad: "org/model"}}})
+    with pytest.raises(ValueError, match="used twice"):
+        registry.names(config.from_dict({"variants": {"user": {"null_0": "org/model"}}}))

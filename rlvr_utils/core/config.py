@@ -81,6 +81,10 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
         if value and value != ORGANISM and looks_local(value) and not resolve(value).is_dir():
             problems.append(f"{key} (got {value!r}): no such checkpoint folder ({resolve(value)}); "
                             + _how_to_make(resolve(value)))
+    for name, value in p.variants.user.items():
+        if looks_local(value) and not (resolve(value) / "config.json").is_file():
+            problems.append(f"variants.user.{name} (got {value!r}): no checkpoint folder with a config.json at "
+                            f"{resolve(value)}")
     d = p.data
     for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path)):
         if src != "synthetic" and path is None:
@@ -128,6 +132,10 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
     elif fields - {"question"}:
         problems.append(f"data.prompt_template (got {p.data.prompt_template!r}): unknown field(s) "
                         f"{sorted(fields - {'question'})}; only {{question}} is filled in (write {{{{ }}}} for a brace)")
+    for name, value in p.variants.user.items():
+        if looks_local(value) and not (resolve(value) / "config.json").is_file():
+            problems.append(f"variants.user.{name} (got {value!r}): no checkpoint folder with a config.json at "
+                            f"{resolve(value)}")
     d = p.data
     for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path),
                            ("data.eval_path", "gsm8k" if d.grpo_source == "gsm8k" else "synthetic", d.eval_path)):

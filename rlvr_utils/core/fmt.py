@@ -29,3 +29,11 @@ def interval(value, ci=None, scale: float = 1.0, unit: str = "") -> str:
     if d is None:
         return f"{v:.3g}{unit}"
     return f"{v:.{d}f} [{ci[0]:.{d}f}, {ci[1]:.{d}f}]{unit}"
+
+
+def observed(value: float | None, ci) -> str:
+    """'0.16 [0.12, 0.2]' with three significant digits, the value alone when exact, '—' when missing."""
+    if value is None:
+        return "—"
+    exact = ci is None or None in ci or ci[0] == ci[1]  # an exact value (a count, a total) has no interval to show
+    return f"{value:.3g}" if exact else f"{value:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"

@@ -436,17 +436,17 @@ class Params(Section):
         return resolve(self.runs_dir) / self.name
 
     def model_dir(self, stage: str) -> Path:
-        """Folder of a checkpoint this run uses: base / sft / rlvr (trained here or named by params) or a
-        treatment built by the variants chapter (null_0, identical, attn_only, ...), always under models/."""
+        """Folder of a checkpoint this run uses: base / sft / rlvr (trained here or named by params), a user
+        treatment (variants.user) or a treatment made by the variants chapter, always under models/."""
         named = {"base": self.model.base if self.model.base != ORGANISM else None,
-                 "sft": self.model.sft, "rlvr": self.model.rlvr}.get(stage)
+                 "sft": self.model.sft, "rlvr": self.model.rlvr, **self.variants.user}.get(stage)
         if named is not None and stage != "base":
             return resolve(named) if looks_local(named) else Path(named)
         return self.run_dir / "models" / stage
 
     def model_ref(self, stage: str) -> str:
         """What `from_pretrained` should load for a stage: a local folder or a hub id."""
-        named = {"base": self.model.base, "sft": self.model.sft, "rlvr": self.model.rlvr}.get(stage)
+        named = {"base": self.model.base, "sft": self.model.sft, "rlvr": self.model.rlvr, **self.variants.user}.get(stage)
         if named is None or named == ORGANISM:
             return str(self.run_dir / "models" / stage)
         return str(resolve(named)) if looks_local(named) else named

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Section(BaseModel):
@@ -18,39 +20,62 @@ class VariantParams(Section):
     controls that show whether an instrument tells a known Routing change from a known Representation
     change, and reads "no evidence" for a random change of the same size."""
 
-    nulls: int = Field(5, ge=0, description="null 'RLVR' models: SFT plus a random-direction update with RLVR's "
-                       "Frobenius norm in every tensor (seeds seed+1000+k); the verdict needs at least 2")
+    nulls: int = Field(3, ge=0, description="null 'RLVR' models: SFT plus a random-direction update with RLVR's "
+                       "Frobenius norm in every tensor (seeds seed+1000+k): a weaker reference than the placebos, "
+                       "and the weights chapter's unit of 'random'")
     identical: bool = Field(True, description="an 'RLVR' identical to SFT (a copy): must read 'no evidence'")
-    placebos: int = Field(0, ge=0, description="placebo GRPO runs: RLVR's recipe paid by seeded draws that ignore the "
-                          "completion (RLVR's mean rewards), a trained update with no task signal")
-    norm_matched: bool = Field(False, description="also each placebo (and hybrid) rescaled per tensor to RLVR's "
-                               "update norms")
-    hybrids: bool = Field(False, description="full-parameter controls: a control's component update plus a placebo's "
-                          "update of everything else (needs placebos and both controls)")
+    placebos: int = Field(3, ge=0, description="placebo GRPO runs: RLVR's recipe paid by seeded draws that ignore the "
+                          "completion (RLVR's mean rewards), a trained update with no task signal; the yardstick of "
+                          "every row, which counts only with at least 2")
+    norm_matched: bool = Field(True, description="also each placebo (and hybrid) rescaled per tensor to RLVR's "
+                               "update norms, so that no row can tell RLVR from a placebo by size alone")
+    hybrids: bool = Field(True, description="full-parameter controls: a control's component update plus a placebo's "
+                          "update of everything else (needs placebos and both controls); a row counts only when "
+                          "it reads them right")
+    user: dict[str, str] = Field({}, description="extra treatments to measure beside RLVR, name: checkpoint folder "
+                                 "or hub id (e.g. another RL run from the same SFT model): measured and read like "
+                                 "RLVR against the same placebos, nulls and controls; no known answer")
     controls: list[Literal["attn_only", "mlp_only"]] = Field(
         ["attn_only", "mlp_only"], description="positive controls: GRPO with the same recipe from SFT with every "
         "MLP weight frozen (attn_only, a known Routing change) or every attention weight frozen (mlp_only, a "
         "known Representation change)")
 
+    @field_validator("user")
+    @classmethod
+    def _user_names(cls, value):
+        # a name is a folder under models/ and a column of every table
+        bad = [n for n in value if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", n) or n in ("base", "sft", "rlvr")]
+        if bad:
+            raise ValueError(f"user treatment names {bad} are not folder names (a letter, then letters, digits, "
+                             "'_', '-' or '.'), or name a stage (base, sft, rlvr)")
+        return value
+
 
 class VerdictParams(Section):
     """Decision rules of the evidence table (the verdict chapter). Every row reads a treatment's measurement against
-    the same measurement on the random-update nulls; book/methods.md gives the reason for each number."""
+    the same measurement on the placebo runs (and the random-update nulls); book/methods.md gives the reason for
+    each number."""
 
-    min_relative_effect: float = Field(1.0, gt=0, description="a change measure counts as beyond random when its "
-                                       "interval clears every null's interval and its distance from the nulls' mean "
-                                       "is at least this many times the nulls' own scale (mean |value| + spread): 1 "
-                                       "means at least double what a random update of the same size does")
+    min_relative_effect: float = Field(1.0, gt=0, description="a change measure counts when its interval clears "
+                                       "every reference's interval and its distance from the placebos' mean is at "
+                                       "least this many times their own scale (mean |value| + spread): 1 means at "
+                                       "least double what a trained update without task signal does")
     null_ratio_margin: float = Field(0.5, gt=0, description="weight measures taken per matrix relative to the "
                                      "nulls' (1 = what a random update of the same size does) must also exceed the "
-                                     "nulls' mean by this much: 1.5 times random, where a low-rank update of a "
+                                     "placebos' mean by this much: 1.5 times random, where a low-rank update of a "
                                      "128 x 512 matrix reaches several times")
     share_margin: float = Field(0.1, gt=0, lt=1, description="shares and ratios in [0, 1] (MLP share, effective-"
                                 "rank ratio) must also differ from the nulls' mean by this much: 0.1 is 20% of "
                                 "the distance between an attention-only (0) and an even (0.5) update")
     probe_gain_margin: float = Field(0.05, gt=0, description="a selectivity gain must also exceed the nulls' mean "
                                      "by this much, above the noise floor of selectivity on shuffled features")
-    min_decided_rows: int = Field(2, ge=1, description="fewer counted rows with a reading than this: inconclusive")
-    min_margin: int = Field(2, ge=1, description="counted rows by which one side must lead; less is 'mixed'")
+    behaviour_margin: float = Field(0.05, gt=0, lt=1, description="a component graft's accuracy gain must also exceed "
+                                    "the placebos' mean by this much (5 points: about 1.5 times the standard error "
+                                    "of a paired difference on the 256 graft problems)")
+    redundant_share: float = Field(0.5, gt=0, le=1, description="when both grafts help beyond the placebos, the row "
+                                   "reads 'redundant' if each alone recovers at least this share of the treatment's "
+                                   "gain (most of it), else 'both'")
+    min_decided_rows: int = Field(2, ge=1, description="fewer counted measurements with a decided reading than this: "
+                                  "inconclusive ('neither' when at least this many counted and none decided)")
     replicate_seeds: list[int] = Field([1, 2], description="seeds that `python -m rlvr_utils replicate` trains as "
                                        "runs <name>-seed<k>; a row counts only when all seeds that ran agree")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlvr_utils.evidence import tables, verdict
+from rlvr_utils.core import fmt
 from rlvr_utils.core.config import resolve
 
 
@@ -32,7 +33,7 @@ def table(runs: list[str]) -> pd.DataFrame:
                     if k.endswith("_minus_sft_accuracy")]  # whatever controls that run had
         for file, key in verdict.context_keys(controls)[:len(verdict.ACCURACY) + len(controls)]:
             value = verdict.summary_value(metrics, file, key)
-            column[key] = verdict.format_observed(*(value or (None, None)))
+            column[key] = fmt.observed(*(value or (None, None)))
         result = _read_verdict(folder)
         for row in (result or {}).get("rows", []):
             counted = "counts" if row["calibration"] == "counts" else "not counted"

@@ -1,47 +1,54 @@
-"""The evidence table: each measurement on RLVR read against the same measurement on random updates of the
-same size, and trusted only when it classifies known controls correctly.
+"""The evidence table: each measurement on RLVR read against the same measurement on updates that carry no task
+signal, and trusted only when it reads known controls correctly.
 
 Every analysis writes, per treatment T compared with SFT, `metrics/<file>["variants"][T][key] = {value, ci}`
-(see `variants.py` for the treatments). A row is a list of *signals*: a key, the direction in which a value
-beyond the nulls counts (`high` or `low`), and the hypothesis it then supports. For one treatment:
+(treatments: rlvr_utils.treatments). A row is a list of *signals*: a key, the direction in which a value beyond
+the references counts (`high` or `low`), and the hypothesis it then supports. For one treatment:
 
-- the **null envelope** is the union of the nulls' intervals (a null itself is read against the other nulls);
-- a signal **fires** when T's whole interval lies beyond that envelope in its direction *and* T's distance
-  from the nulls' mean reaches the row's effect size: `relative` signals need a distance of at least
-  `verdict.min_relative_effect` times the nulls' own scale (mean |value| plus spread), `absolute` ones a
-  distance of at least the VerdictParams field they name;
-- the row reads **Representation learning** when a Representation signal fires (MLP change beyond random),
-  else **Routing** when a Routing signal fires, else **no evidence** ("indistinguishable from a random update
-  of the same size"); without a value and interval for T and at least two nulls it is **not measured**.
+- its **references** are the treatments known to carry no task signal, other than itself and its own rescaled
+  copy: the *placebo* runs (RLVR's recipe paid by draws that ignore the completion: a trained update of RLVR's
+  kind and size, the yardstick) and, as weaker references, the random-direction nulls and the identical copy;
+- the **envelope** is the union of the references' intervals; a signal **fires** when T's whole interval lies
+  beyond it in its direction *and* T's distance from the placebos' mean (the references' when fewer than two
+  placebos) reaches the row's effect size: `relative` signals need a distance of `verdict.min_relative_effect`
+  times the placebos' own scale (mean |value| plus spread), absolute ones the VerdictParams field they name;
+- a row reads **Routing** when only its attention signal fires, **Representation learning** when only its MLP
+  signal fires, **both** when both fire (**redundant** on a behavioural row where each component alone recovers
+  at least `verdict.redundant_share` of T's gain), else **no evidence**; **not measured** without a value and
+  interval for T and two references. No side wins by the order of the rules.
 
-A row **counts** toward the verdict only when it passes its calibration on this run: the attention-only
-control reads Routing and the MLP-only control Representation learning (a row that can only support one side
-must read "no evidence" on the other control), and the identical model and every null read no evidence.
-With replicate seeds, a row counts only when it counts on every seed and RLVR's reading agrees across them.
-The rules are data (RULES), so the notebook prints them.
+A row **counts** only when it reads every treatment with a known answer right on this run: the frozen controls
+(one component trained, the rest frozen) and the full-parameter controls (a trained update of one component plus
+a placebo's update of everything else, raw and at RLVR's norm) their side, and every placebo, null and the identical model "no
+evidence"; it needs two placebos and a frozen and a full-parameter control of each answer. Rows that read one
+measurement form a *group* that votes once. The verdict combines the counted groups' readings the same way,
+without an order (`overall`). With replicate seeds, a row counts only when it counts on every seed and RLVR's
+reading agrees across them. The rules are data (RULES), so the notebook prints them.
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping
 
 import numpy as np
 import pandas as pd
 
-from rlvr_utils.core import artifacts
-from rlvr_utils.evidence import replicate as replication
+from rlvr_utils.core import artifacts, fmt
+from rlvr_utils.evidence import limits, replicate as replication
 from rlvr_utils.treatments import registry
-from rlvr_utils.treatments.registry import NO_EVIDENCE, REPRESENTATION, ROUTING  # one definition of the readings
+from rlvr_utils.treatments.registry import (  # one definition of the readings
+    BOTH, NO_EVIDENCE, NOT_MEASURED, REDUNDANT, REPRESENTATION, ROUTING)
 
 PARAMS = ("verdict", "organism")  # params sections read here (rlvr_utils.core.deps)
 
 log = logging.getLogger(__name__)
 
-NOT_MEASURED = "not measured"
 INCONCLUSIVE = "inconclusive"
+NEITHER = "neither"  # enough calibrated rows, and none tells the treatment from an update without task signal
+DECIDED = (ROUTING, REPRESENTATION, BOTH, REDUNDANT)  # readings that say where a task-relevant change lives
 METRICS_FILES = ("eval.json", "variants.json", "same_input.json", "cka.json", "probes.json", "crosscoder.json",
                  "patching.json", "grafting.json", "weights.json")
 
@@ -61,8 +68,10 @@ class Rule:
     signals: tuple[Signal, ...]
     routing_predicts: str
     representation_predicts: str
+    group: str  # rows that read one measurement vote once
     counted: bool = True  # False: shown, but it re-reads a measurement that a counted row already uses
     note: str = ""
+    redundant: tuple[str, str] | None = None  # the attention and MLP shares of T's gain, when both sides fire
 
 
 def _pair(attn: str, mlp: str, effect: str = "relative") -> tuple[Signal, ...]:
@@ -70,37 +79,44 @@ def _pair(attn: str, mlp: str, effect: str = "relative") -> tuple[Signal, ...]:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule("Accuracy gain over SFT of SFT with T's attention update alone / T's MLP update alone (greedy, paired)",
+         "grafting.json", _pair("attn_graft_gain", "mlp_graft_gain", "behaviour_margin"),
+         "the attention update alone carries the gain", "the MLP update alone carries the gain", "behaviour",
+         redundant=("graft_attn_share", "graft_mlp_share"),
+         note="both: each side helps beyond a placebo; redundant: each alone recovers most of T's gain"),
     Rule("Same-input change of each component's function, 1 − CKA (SFT's inputs through SFT's and T's weights)",
          "same_input.json", _pair("attn_change", "mlp_change"),
-         "attention changed beyond random, MLPs did not", "MLPs changed beyond random"),
+         "attention changed beyond a placebo, MLPs did not", "MLPs changed beyond a placebo", "same-input function"),
     Rule("Same-input relative change of each component's output", "same_input.json",
-         _pair("attn_relative_change", "mlp_relative_change"), "attention changed beyond random, MLPs did not",
-         "MLPs changed beyond random", counted=False, note="the same outputs as the CKA row"),
+         _pair("attn_relative_change", "mlp_relative_change"), "attention changed beyond a placebo, MLPs did not",
+         "MLPs changed beyond a placebo", "same-input function", counted=False, note="the same outputs as the CKA row"),
     Rule("End-to-end change of component outputs, 1 − CKA (each model on its own residual stream)", "cka.json",
-         _pair("attn_change_end_to_end", "mlp_change_end_to_end"), "attention outputs moved beyond random, MLP "
-         "outputs did not", "MLP outputs moved beyond random",
+         _pair("attn_change_end_to_end", "mlp_change_end_to_end"), "attention outputs moved beyond a placebo, MLP "
+         "outputs did not", "MLP outputs moved beyond a placebo", "end-to-end outputs",
          note="mixes in upstream changes: an MLP reading a changed residual stream moves with it"),
     Rule("Direct effect on the answer's log-probability of T's component outputs patched into SFT (later "
          "components frozen)", "patching.json", _pair("attn_direct_effect", "mlp_direct_effect"),
-         "attention carries the effect", "MLPs carry the effect"),
-    Rule("Structured (top-k) energy of the weight update, per matrix relative to the nulls'", "weights.json",
+         "attention carries the effect", "MLPs carry the effect", "direct effect"),
+    Rule("Structured (top-k) energy of the weight update, per matrix relative to a random update's", "weights.json",
          _pair("attn_structured_update_vs_null", "mlp_structured_update_vs_null", "null_ratio_margin"),
-         "structured update in attention only", "structured update reaches the MLPs"),
-    Rule("Rotation of the weights' top singular subspace (k at the spectral gap), per matrix relative to the "
-         "nulls'", "weights.json", _pair("attn_rotation_vs_null", "mlp_rotation_vs_null", "null_ratio_margin"),
-         "attention subspaces rotated beyond random, MLPs' not", "MLP subspaces rotated beyond random"),
+         "structured update in attention only", "structured update reaches the MLPs", "weight update"),
+    Rule("Rotation of the weights' top singular subspace (k at the spectral gap), per matrix relative to a random "
+         "update's", "weights.json", _pair("attn_rotation_vs_null", "mlp_rotation_vs_null", "null_ratio_margin"),
+         "attention subspaces rotated beyond a placebo, MLPs' not", "MLP subspaces rotated beyond a placebo",
+         "weight update"),
     Rule("MLP share of the update's energy per parameter", "weights.json",
          (Signal("mlp_share", "low", ROUTING, "share_margin"), Signal("mlp_share", "high", REPRESENTATION,
                                                                       "share_margin")),
-         "attention-heavy", "MLP-heavy",
-         note="the nulls copy RLVR's per-tensor norms, so RLVR's own share always equals theirs"),
+         "attention-heavy", "MLP-heavy", "weight update",
+         note="the norm-matched placebos have RLVR's per-tensor norms, so RLVR's own share equals theirs"),
     Rule("Effective rank of the update / full rank", "weights.json",
-         (Signal("effective_rank_ratio", "low", ROUTING, "share_margin"),), "lower rank than random", "—"),
+         (Signal("effective_rank_ratio", "low", ROUTING, "share_margin"),), "lower rank than a placebo", "—",
+         "weight update"),
     Rule("Gain in probe selectivity for intermediate results over SFT", "probes.json",
          (Signal("selectivity_gain", "high", REPRESENTATION, "probe_gain_margin"),), "—",
-         "new decodable intermediate results"),
+         "new decodable intermediate results", "probes"),
     Rule("Model-specific crosscoder latents (SFT vs T)", "crosscoder.json",
-         (Signal("specific_latents", "high", REPRESENTATION),), "—", "features that SFT lacks"),
+         (Signal("specific_latents", "high", REPRESENTATION),), "—", "features that SFT lacks", "crosscoder"),
 )
 
 # Shown beside the evidence, not tallied: did RLVR help, and by how much did the controls and nulls?
@@ -110,8 +126,45 @@ ACCURACY: tuple[tuple[str, str], ...] = (
 CONTEXT: tuple[tuple[str, str], ...] = (
     ("weights.json", "rlvr_relative_update_norm"), ("weights.json", "sft_relative_update_norm"),
     ("cka.json", "cka_permutation_baseline"),
-    ("grafting.json", "graft_attn_share"), ("grafting.json", "graft_mlp_share"),
 )
+SHARES = ("graft_attn_share", "graft_mlp_share", "graft_attn_mlp_share")  # where RLVR's gain lives (grafting.json)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Who is read against whom: each treatment's kind, the known answers, which controls are full-parameter, and
+    which treatments carry the same update direction (a rescaled copy). `from_registry(cfg)` on a run."""
+
+    kinds: Mapping[str, str]  # treatment -> its kind (registry.Kind)
+    expected: Mapping[str, str] = field(default_factory=dict)  # treatment -> the reading it must get
+    full: frozenset[str] = frozenset()  # controls whose other components moved too
+    roots: Mapping[str, str] = field(default_factory=dict)  # treatment -> the update it rescales (itself if none)
+    scope: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # control -> the row groups it calibrates
+
+    @classmethod
+    def from_registry(cls, cfg) -> "Design":
+        everything = registry.all(cfg)
+        return cls({t.name: t.kind for t in everything}, registry.expected(cfg),
+                   frozenset(t.name for t in everything if t.full),
+                   {t.name: t.rescales or t.name for t in everything},
+                   {t.name: t.calibrates for t in everything if t.calibrates is not None})
+
+    def expected_in(self, group: str) -> dict[str, str]:
+        """The known answers that hold for a row group (a planted feature calibrates the feature rows only)."""
+        return {t: a for t, a in self.expected.items() if group in self.scope.get(t, (group,))}
+
+    @property
+    def treatments(self) -> list[str]:
+        return list(self.kinds)
+
+    def of_kind(self, *kinds: str) -> list[str]:
+        return [t for t, k in self.kinds.items() if k in kinds]
+
+    def references(self, treatment: str) -> tuple[list[str], list[str]]:
+        """(placebos, weaker references) a treatment is read against: never itself nor its own rescaled copy."""
+        root = self.roots.get(treatment, treatment)
+        others = [t for t in self.of_kind(*registry.REFERENCE_KINDS) if self.roots.get(t, t) != root and t != treatment]
+        return [t for t in others if self.kinds[t] == "placebo"], [t for t in others if self.kinds[t] != "placebo"]
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -164,21 +217,24 @@ class SignalReading:
     fired: bool
     value: float | None
     ci: tuple[float, float] | None
-    null_mean: float | None
-    envelope: tuple[float, float] | None
-    effect: float | None  # signed distance from the nulls' mean, in the row's effect units
+    null_mean: float | None  # the placebos' mean (the references' when fewer than two placebos)
+    envelope: tuple[float, float] | None  # the union of every reference's interval
+    effect: float | None  # signed distance from that mean, in the row's effect units
 
 
-def read_signal(signal: Signal, value, nulls: list, params) -> SignalReading:
-    """Whether one treatment's (value, ci) lies beyond the nulls' envelope by the signal's effect size."""
-    if value is None or value[1] is None or len(nulls) < 2:
+def read_signal(signal: Signal, value, placebos: list, others: list, params) -> SignalReading:
+    """Whether one treatment's (value, ci) lies beyond every reference's interval and far enough from the
+    placebos' mean. `placebos`, `others`: the references' (value, ci) pairs."""
+    references = placebos + others
+    if value is None or value[1] is None or len(references) < 2:
         return SignalReading(False, value and value[0], value and value[1], None, None, None)
     x, (lo, hi) = value
-    null_values = np.array([n[0] for n in nulls])
-    envelope = (min(n[1][0] if n[1] else n[0] for n in nulls), max(n[1][1] if n[1] else n[0] for n in nulls))
-    mean = float(null_values.mean())
+    yardstick = np.array([n[0] for n in (placebos if len(placebos) >= 2 else references)])
+    envelope = (min(n[1][0] if n[1] else n[0] for n in references),
+                max(n[1][1] if n[1] else n[0] for n in references))
+    mean = float(yardstick.mean())
     if signal.effect == "relative":
-        scale = float(np.abs(null_values).mean() + null_values.std(ddof=1))
+        scale = float(np.abs(yardstick).mean() + yardstick.std(ddof=1))
         needed = params.min_relative_effect
         effect = (x - mean) / scale if scale > 0 else (np.sign(x - mean) * np.inf if x != mean else 0.0)
     else:
@@ -191,54 +247,67 @@ def read_signal(signal: Signal, value, nulls: list, params) -> SignalReading:
     return SignalReading(bool(fired), x, (lo, hi), mean, envelope, float(effect))
 
 
-def read_rule(rule: Rule, metrics: Mapping[str, dict], treatment: str, null_names: list[str], params) -> dict:
-    """One row for one treatment: its reading and, per signal, the value, interval, null envelope and effect."""
-    others = [n for n in null_names if n != treatment]
+def _reading(rule: Rule, fired: set[str], measured: bool, shares, params) -> str:
+    """The row's reading from which sides fired; both sides are one reading, never a rule's order."""
+    if fired >= {ROUTING, REPRESENTATION}:
+        if rule.redundant and all(s is not None and s[0] >= params.redundant_share for s in shares):
+            return REDUNDANT
+        return BOTH
+    if fired:
+        return next(iter(fired))
+    return NO_EVIDENCE if measured else NOT_MEASURED
+
+
+def read_rule(rule: Rule, metrics: Mapping[str, dict], treatment: str, design: Design, params) -> dict:
+    """One row for one treatment: its reading and, per signal, the value, interval, reference envelope and
+    effect."""
+    placebo_names, other_names = design.references(treatment)
     signals = []
     for signal in rule.signals:
-        nulls = [v for v in (variant_value(metrics, rule.file, n, signal.key) for n in others) if v is not None]
+        def values(names):
+            return [v for v in (variant_value(metrics, rule.file, n, signal.key) for n in names) if v is not None]
+        placebos, others = values(placebo_names), values(other_names)
         signals.append((signal, read_signal(signal, variant_value(metrics, rule.file, treatment, signal.key),
-                                            nulls, params), len(nulls)))
-    measured = all(r.ci is not None and n >= 2 for _, r, n in signals)
-    fired = {s.supports for s, r, _ in signals if r.fired}
-    if REPRESENTATION in fired:
-        reading = REPRESENTATION
-    elif ROUTING in fired:
-        reading = ROUTING
-    elif not measured:
-        reading = NOT_MEASURED
-    else:
-        reading = NO_EVIDENCE
-    return {"reading": reading, "signals": [
+                                            placebos, others, params), len(placebos), len(others)))
+    measured = all(r.ci is not None and p + o >= 2 for _, r, p, o in signals)
+    fired = {s.supports for s, r, _, _ in signals if r.fired}
+    shares = [variant_value(metrics, rule.file, treatment, k) for k in rule.redundant or ()]
+    return {"reading": _reading(rule, fired, measured, shares, params), "signals": [
         {"key": s.key, "direction": s.direction, "supports": s.supports, "value": r.value,
          "ci": list(r.ci) if r.ci else None, "null_mean": r.null_mean,
          "null_envelope": list(r.envelope) if r.envelope else None, "effect": r.effect, "fired": r.fired,
-         "n_nulls": n} for s, r, n in signals]}
+         "n_placebos": p, "n_nulls": o} for s, r, p, o in signals]}
 
 
-def calibration(rule: Rule, readings: Mapping[str, str], null_names: list[str], expected: Mapping[str, str]) -> str:
-    """'counts', or why the row does not: a treatment with a known answer misread (a control, a null or the
-    identical model read as evidence), or a control or nulls missing. `expected`: {treatment: known answer}
-    (treatments.registry.expected)."""
+def calibration(rule: Rule, readings: Mapping[str, str], design: Design) -> str:
+    """'counts', or why the row does not: a treatment with a known answer misread (a control read as anything
+    but its side, a placebo, a null or the identical model read as evidence), or a control or placebos
+    missing."""
     sides = {s.supports for s in rule.signals}
-    problems = [f"no control with a known {answer} answer in this run" for answer in (ROUTING, REPRESENTATION)
-                if answer not in expected.values()]
+    expected = design.expected_in(rule.group)
+    problems = []
+    for answer in (ROUTING, REPRESENTATION):
+        known = [t for t, a in expected.items() if a == answer and t not in design.scope]
+        if not [t for t in known if t not in design.full]:
+            problems.append(f"no frozen control with a known {answer} answer in this run")
+        if not [t for t in known if t in design.full]:
+            problems.append(f"no full-parameter control with a known {answer} answer in this run "
+                            "(variants.hybrids)")
+    if len(design.of_kind("placebo")) < 2:
+        problems.append("fewer than 2 placebo runs (variants.placebos): a random update is no yardstick for a "
+                        "trained one")
     for control, answer in expected.items():
         if answer not in (ROUTING, REPRESENTATION):
             continue
-        expected_reading = answer
         got = readings.get(control)
+        wanted = answer if answer in sides else NO_EVIDENCE
         if got in (None, NOT_MEASURED):
             problems.append(f"control {control} not measured")
-        elif expected_reading in sides and got != expected_reading:
-            problems.append(f"{control} reads {got}, expected {expected_reading}")
-        elif expected_reading not in sides and got != NO_EVIDENCE:
-            problems.append(f"{control} reads {got}, expected no evidence (this row cannot support "
-                            f"{expected_reading})")
-    if len(null_names) < 2:
-        problems.append("fewer than 2 nulls")
+        elif got != wanted:
+            problems.append(f"{control} reads {got}, expected {wanted}"
+                            + ("" if answer in sides else f" (this row cannot support {answer})"))
     for name in [n for n, answer in expected.items() if answer == NO_EVIDENCE]:
-        if readings.get(name) in (ROUTING, REPRESENTATION):
+        if readings.get(name) in DECIDED:
             problems.append(f"{name} reads {readings[name]}")
     if not rule.counted:
         problems.append(f"not counted: {rule.note}")
@@ -252,50 +321,55 @@ def calibration_short(calibration: str) -> str:
     return "not counted by design" if calibration.startswith("not counted") else "fails calibration"
 
 
-def evidence(metrics: Mapping[str, dict], treatments: list[str], null_names: list[str], params,
-             expected: Mapping[str, str]) -> pd.DataFrame:
-    """One row per rule: each treatment's reading, RLVR's signals, and whether the row counts. `expected`
-    gives the known answers ({treatment: reading}) that calibrate each row."""
+def evidence(metrics: Mapping[str, dict], design: Design, params) -> pd.DataFrame:
+    """One row per rule: each treatment's reading, RLVR's signals, and whether the row counts."""
     rows = []
     for rule in RULES:
-        per = {t: read_rule(rule, metrics, t, null_names, params) for t in treatments}
+        per = {t: read_rule(rule, metrics, t, design, params) for t in design.treatments}
         readings = {t: r["reading"] for t, r in per.items()}
-        rows.append({"measurement": rule.measurement, "file": rule.file,
+        rows.append({"measurement": rule.measurement, "file": rule.file, "group": rule.group,
                      "routing_predicts": rule.routing_predicts, "representation_predicts": rule.representation_predicts,
                      "note": rule.note, "readings": readings, "rlvr": readings.get(registry.STUDY, NOT_MEASURED),
                      "signals": per.get(registry.STUDY, {}).get("signals", []),
-                     "calibration": calibration(rule, readings, null_names, expected)})
+                     "calibration": calibration(rule, readings, design)})
     return pd.DataFrame(rows)
 
 
+def combine(readings: list[str]) -> str:
+    """Several readings of one treatment as one, without an order: the one label they share; 'redundant' only
+    when every decided reading says so; 'both' when the decided readings support both sides; no evidence when
+    none is decided."""
+    decided = {r for r in readings if r in DECIDED}
+    if not decided:
+        return NO_EVIDENCE if NO_EVIDENCE in readings else NOT_MEASURED
+    if len(decided) == 1:
+        return decided.pop()
+    return BOTH
+
+
 def tally(table: pd.DataFrame, treatment: str = registry.STUDY, counted_only: bool = True) -> dict[str, int]:
+    """How many measurement groups read each label for a treatment (a group's counted rows combined: one vote)."""
     rows = table[table["calibration"] == "counts"] if counted_only else table
-    readings = [r.get(treatment, NOT_MEASURED) for r in rows["readings"]]
-    return {label: readings.count(label) for label in (ROUTING, REPRESENTATION, NO_EVIDENCE, NOT_MEASURED)}
+    groups: dict[str, list[str]] = {}
+    for _, row in rows.iterrows():
+        groups.setdefault(row["group"], []).append(row["readings"].get(treatment, NOT_MEASURED))
+    votes = [combine(readings) for readings in groups.values()]
+    return {label: votes.count(label) for label in (*DECIDED, NO_EVIDENCE, NOT_MEASURED)}
 
 
 def overall(counts: Mapping[str, int], params) -> str:
-    """The side that leads by at least `min_margin` counted rows once at least `min_decided_rows` are decided;
-    'mixed' when neither leads enough; else 'inconclusive'."""
-    decided = counts[ROUTING] + counts[REPRESENTATION]
+    """The verdict from the counted groups' votes, in no order: inconclusive with fewer than
+    `min_decided_rows` decided groups (and 'neither' when at least that many groups counted and none decided);
+    otherwise the one label they share, 'redundant' when all say so, else 'both'."""
+    decided = sum(counts.get(label, 0) for label in DECIDED)
     if decided < params.min_decided_rows:
-        return INCONCLUSIVE
-    lead = counts[ROUTING] - counts[REPRESENTATION]
-    if abs(lead) < params.min_margin:
-        return "mixed"
-    return ROUTING if lead > 0 else REPRESENTATION
+        counted = decided + counts.get(NO_EVIDENCE, 0)
+        return NEITHER if decided == 0 and counted >= params.min_decided_rows else INCONCLUSIVE
+    return combine([label for label in DECIDED for _ in range(counts.get(label, 0))])
 
 
 # --- replication over seeds ------------------------------------------------------------------------------
-def replicate_dirs(cfg) -> dict[int, Path]:
-    """Metrics folders of the replicate seeds (`verdict.replicate_seeds`) that `replicate` ran for this run and
-    that have a verdict; the run itself is one of them under its own seed."""
-    out = {cfg.seed: cfg.path("metrics")}
-    made = replication.recorded(cfg)
-    for seed in cfg.verdict.replicate_seeds:
-        if seed != cfg.seed and seed in made and (made[seed] / "metrics" / "verdict.json").exists():
-            out[seed] = made[seed] / "metrics"
-    return dict(sorted(out.items()))
+replicate_dirs, replicate = replication.replicate_dirs, replication.replicate
 
 
 def outside_inputs(cfg) -> dict[str, str | None]:
@@ -305,35 +379,13 @@ def outside_inputs(cfg) -> dict[str, str | None]:
             if seed != cfg.seed for name in ("verdict.json", "variants.json")}
 
 
-def replicate(table: pd.DataFrame, seed: int, others: Mapping[int, dict]) -> pd.DataFrame:
-    """Add per-seed RLVR readings and calibrations (this run's `seed`, and other seeds' verdict.json); a row
-    keeps counting only when it counts on every seed and RLVR reads the same on all of them."""
-    table = table.copy()
-    seeds_reading, final = [], []
-    for i, row in table.iterrows():
-        per_seed = {f"seed {seed}": (row["rlvr"], row["calibration"])}
-        for other, result in others.items():
-            match = next((r for r in result["rows"] if r["measurement"] == row["measurement"]), None)
-            per_seed[f"seed {other}"] = (match["rlvr"], match["calibration"]) if match else (NOT_MEASURED, "missing")
-        seeds_reading.append({k: {"rlvr": v[0], "calibration": v[1]} for k, v in per_seed.items()})
-        agree = len({v[0] for v in per_seed.values()}) == 1 and all(v[1] == "counts" for v in per_seed.values())
-        if row["calibration"] == "counts" and not agree:
-            final.append("seeds disagree: " + ", ".join(f"{k} {v[0]} ({v[1]})" for k, v in per_seed.items()))
-        else:
-            final.append(row["calibration"])
-    table["seeds"] = seeds_reading
-    table["calibration"] = final
-    return table
-
-
 # --- the whole chapter's result -----------------------------------------------------------------------------
 def build(cfg) -> dict:
     """Everything the verdict chapter writes to metrics/verdict.json: rows with every treatment's reading and RLVR's
     signals, the calibration of each row, the verdict per treatment, replication, context and caveats."""
     metrics = load_metrics(cfg.path("metrics"))
-    null_names = registry.names(cfg, "null")
-    treatments = registry.names(cfg)
-    table = evidence(metrics, treatments, null_names, cfg.verdict, registry.expected(cfg))
+    design = Design.from_registry(cfg)
+    table = evidence(metrics, design, cfg.verdict)
     single_seed = table.copy()
     others, per_seed = {}, {}
     for seed, folder in replicate_dirs(cfg).items():
@@ -345,16 +397,24 @@ def build(cfg) -> dict:
         per_seed[seed] = {"verdict": reading, "gains": _gains(folder)}
     if others:
         table = replicate(table, cfg.seed, others)
-    verdicts = {t: overall(tally(table, t), cfg.verdict) for t in treatments}
+    verdicts = {t: overall(tally(table, t), cfg.verdict) for t in design.treatments}
     counts = tally(table)
+    counted = table[table["calibration"] == "counts"]
     return {
         "summary": {
-            "rows_counted": {"value": float((table["calibration"] == "counts").sum()), "ci": None,
-                             "description": "evidence rows that pass their calibration (controls, nulls, seeds)"},
-            "rows_routing": {"value": float(counts[ROUTING]), "ci": None,
-                             "description": "counted rows on which RLVR reads Routing"},
-            "rows_representation_learning": {"value": float(counts[REPRESENTATION]), "ci": None,
-                                             "description": "counted rows on which RLVR reads Representation learning"},
+            "rows_counted": {"value": float(len(counted)), "ci": None,
+                             "description": "evidence rows that pass their calibration (controls, placebos, nulls, "
+                                            "seeds)"},
+            "groups_counted": {"value": float(counted["group"].nunique()), "ci": None,
+                               "description": "measurements with a counted row (each votes once)"},
+            **{f"groups_{_slug(label)}": {"value": float(counts[label]), "ci": None,
+                                          "description": f"counted measurements on which RLVR reads {label}"}
+               for label in (*DECIDED, NO_EVIDENCE)},
+            **{key: {**value, "description": f"share of RLVR's accuracy gain over SFT recovered by "
+                                             f"{key.removeprefix('graft_').removesuffix('_share').replace('_', ' + ')} "
+                                             "alone (grafting, paired bootstrap)"}
+               for key in SHARES if (value := metrics.get("grafting.json", {}).get("variants", {})
+                                     .get(registry.STUDY, {}).get(key))},
         },
         "verdict": verdicts.get(registry.STUDY, INCONCLUSIVE),
         "verdicts": verdicts,
@@ -363,10 +423,16 @@ def build(cfg) -> dict:
         "single_seed": {"rows": _records(single_seed)},
         "seeds": [cfg.seed, *others],
         "per_seed": per_seed,
+        "gains": _gains(cfg.path("metrics")),
         "context": context(metrics, registry.names(cfg, "control")),
         "thresholds": cfg.verdict.model_dump(),
-        "caveats": caveats(cfg, metrics, table, list(others)),
+        "caveats": limits.caveats(cfg, summary_value(metrics, "eval.json", "rlvr_minus_sft_accuracy"), table,
+                                  list(others)),
     }
+
+
+def _slug(label: str) -> str:
+    return label.lower().replace(" ", "_")
 
 
 def _gains(metrics_dir: Path) -> dict[str, dict]:
@@ -381,58 +447,11 @@ def context(metrics: Mapping[str, dict], controls: list[str]) -> list[dict]:
     for file, key in context_keys(controls):
         observed = summary_value(metrics, file, key)
         entry = metrics.get(file, {}).get("summary", {}).get(key, {})
-        rows.append({"measurement": key, "source": file, "observed": format_observed(*(observed or (None, None))),
+        rows.append({"measurement": key, "source": file, "observed": fmt.observed(*(observed or (None, None))),
                      "description": entry.get("description", "") if isinstance(entry, dict) else ""})
     return rows
 
 
-def caveats(cfg, metrics: Mapping[str, dict], table: pd.DataFrame, other_seeds: list[int]) -> list[str]:
-    """What limits the verdict, generated from the params and the evidence."""
-    out = []
-    if cfg.rehearsal:
-        out.append("Rehearsal: this run only proves that the real-scale code path works, on a toy model trained "
-                   "for seconds; its numbers and its verdict mean nothing.")
-    if cfg.model.base == "organism":
-        o = cfg.organism
-        out.append(f"Scale: a model organism of {o.num_layers} layers and hidden size {o.hidden_size}; what holds "
-                   "at this scale may not hold for billion-parameter models.")
-    else:
-        out.append(f"Scale: one base model, {cfg.model.base}.")
-    if cfg.model.analyze_only:
-        out.append("Analyze-only: the checkpoints were given, not trained here; the controls and nulls are "
-                   "only as comparable to them as their training recipes are.")
-    if not registry.names(cfg, "control"):
-        out.append("No positive controls (variants.controls is empty): no row can show that it tells a Routing "
-                   "change from a Representation change, so none counts and the verdict is inconclusive.")
-    if cfg.model.analyze_only:
-        out.append("Seeds: one given RLVR checkpoint; the intervals resample problems, not training runs"
-                   + (", and the controls were trained here with this run's GRPO params from the given SFT model."
-                      if registry.names(cfg, "control") else "."))
-    elif other_seeds:
-        out.append(f"Seeds: this run (seed {cfg.seed}) and replicate seeds {', '.join(map(str, other_seeds))}; a "
-                   "row counts only where every seed agrees.")
-    else:
-        out.append(f"Seeds: one training run (seed {cfg.seed}); the intervals resample problems, not training "
-                   "runs. `make replicate` adds seeds " + ", ".join(map(str, cfg.verdict.replicate_seeds)) + ".")
-    gain = summary_value(metrics, "eval.json", "rlvr_minus_sft_accuracy")
-    if gain is None:
-        out.append("RLVR's accuracy gain over SFT was not measured.")
-    elif gain[1] is not None and gain[1][0] <= 0:
-        out.append(f"RLVR's accuracy gain over SFT ({format_observed(*gain)}) is not clearly above zero: the "
-                   "internal changes may not be the ones that matter for accuracy.")
-    failing = table.loc[table["calibration"] != "counts", "measurement"].tolist()
-    if failing:
-        out.append(f"{len(failing)} of {len(table)} rows do not count (see the calibration column).")
-    return out
-
-
 # --- showing ---------------------------------------------------------------------------------------
-def format_observed(value: float | None, ci) -> str:
-    if value is None:
-        return "—"
-    exact = ci is None or None in ci or ci[0] == ci[1]  # an exact value (a count, a total) has no interval to show
-    return f"{value:.3g}" if exact else f"{value:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
-
-
 def _records(df: pd.DataFrame) -> list[dict]:
     return [{k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()} for rec in df.to_dict("records")]

@@ -44,7 +44,8 @@ def expand(cfg) -> list[Treatment]:
     if not (v.hybrids and v.placebos and set(v.controls) >= {c for _, c, _ in HYBRIDS.values()}):
         return []
     return [Treatment(f"{name}{suffix}", "control", answer, "hybrids",
-                      f"SFT + {carrier}'s {component} update + {PLACEBO}'s update of the rest{suffix and ', at RLVR norm'}")
+                      f"SFT + {carrier}'s {component} update + {PLACEBO}'s update of the rest{suffix and ', at RLVR norm'}",
+                      full=True, rescales=name if suffix else None)
             for name, (component, carrier, answer) in HYBRIDS.items()
             for suffix in ("", *(("_matched",) if v.norm_matched else ()))]
 

@@ -13,5 +13,6 @@ def build(cfg, name: str) -> str:
 
 
 register(Family("matched", lambda cfg: [
-    Treatment(f"placebo_{k}_matched", "placebo", NO_EVIDENCE, "matched", "a placebo's update at RLVR's norm per tensor")
+    Treatment(f"placebo_{k}_matched", "placebo", NO_EVIDENCE, "matched", "a placebo's update at RLVR's norm per tensor",
+              rescales=f"placebo_{k}")
     for k in range(cfg.variants.placebos)] if cfg.variants.norm_matched else [], build=build, order=25))

@@ -28,7 +28,11 @@ STUDY = "rlvr"
 ROUTING = "Routing"
 REPRESENTATION = "Representation learning"
 NO_EVIDENCE = "no evidence"
+BOTH = "both"  # both components changed in a way the task explains, and the gain needs them together
+REDUNDANT = "redundant"  # both did, and each alone carries most of the gain
+NOT_MEASURED = "not measured"
 Kind = Literal["study", "control", "placebo", "null", "identical", "user"]
+REFERENCE_KINDS = ("placebo", "null", "identical")  # known to carry no task signal: what treatments are read against
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class Treatment:
     family: str  # the registered family that made it
     description: str = ""
     trained: bool = False  # built by a training run (its checkpoint's stamp is a training stage's)
+    full: bool = False  # a control whose other components moved too (for no task reason): not "which side moved"
+    rescales: str | None = None  # the treatment whose update this one is, rescaled: the same direction
+    calibrates: tuple[str, ...] | None = None  # the verdict's row groups this control's answer holds for (None: all)
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,13 @@ def _families() -> list[Family]:
 
 def all(cfg) -> list[Treatment]:  # noqa: A001 (registry.all reads naturally)
     """Every treatment the params ask for, in the order the book shows them."""
-    return [t for family in _families() for t in family.expand(cfg)]
+    out = [t for family in _families() for t in family.expand(cfg)]
+    names = [t.name for t in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"treatment names {twice} are used twice: a variants.user name may not repeat a "
+                         f"registered treatment's ({', '.join(n for n in names if n not in twice)})")
+    return out
 
 
 def names(cfg, *kinds: str) -> list[str]:
@@ -114,6 +127,13 @@ def train(cfg, name: str) -> list:
     if family.train is None:
         raise ValueError(f"treatment {name!r} is not trained (it is built from checkpoints: registry.build)")
     return family.train(cfg, name)
+
+
+def same_update(cfg, a: str, b: str) -> bool:
+    """Whether two treatments carry the same update direction (one rescales the other, or both rescale a third):
+    a placebo is not a yardstick for its own rescaled copy."""
+    roots = {t.name: t.rescales or t.name for t in all(cfg)}
+    return roots.get(a, a) == roots.get(b, b)
 
 
 def has_checkpoint(ref: str | Path) -> bool:

@@ -185,9 +185,11 @@ class CrosscoderInstrument(base.Instrument):
 
     def treatments(self, cfg) -> list[str]:
         """crosscoder.treatments (each must have a checkpoint), else the study, the controls (which calibrate
-        the verdict's row) and the nulls whose checkpoints exist."""
+        the verdict's row), the user's treatments and the placebos (the yardstick; the random nulls only when
+        there are no placebos: each pair costs a crosscoder per seed) whose checkpoints exist."""
         listed = cfg.crosscoder.treatments
-        wanted = list(listed) if listed is not None else registry.names(cfg, "study", "control", "null")
+        references = ("placebo",) if registry.names(cfg, "placebo") else ("null",)
+        wanted = list(listed) if listed is not None else registry.names(cfg, "study", "control", "user", *references)
         have = registry.available(cfg, wanted)
         missing = [t for t in wanted if t not in have]
         if missing and listed is not None:

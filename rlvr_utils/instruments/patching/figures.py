@@ -212,3 +212,34 @@ def plot_shares(result: dict):
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig
+
+def plot_graft_gains(result: dict, kinds: dict[str, str]):
+    """Every treatment's attention update alone and MLP update alone grafted into SFT: accuracy gain over SFT in
+    points with paired 95% intervals, one row per treatment (`kinds`: registry.kinds, to label them). The
+    behavioural row of the verdict reads these against the placebos'."""
+    rows = []
+    for name, measures in result.get("variants", {}).items():
+        for key, side in (("attn_graft_gain", "attention alone"), ("mlp_graft_gain", "MLP alone")):
+            if measures.get(key, {}).get("ci"):
+                m = measures[key]
+                rows.append({"treatment": f"{name} ({kinds.get(name, '?')})", "graft": side,
+                             "gain": 100 * m["value"], "lo": 100 * m["ci"][0], "hi": 100 * m["ci"][1]})
+    frame = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(8, 0.42 * max(frame["treatment"].nunique(), 1) + 1.8))
+    if frame.empty:
+        ax.set_title("no graft measured")
+        return fig
+    order = list(dict.fromkeys(frame["treatment"]))
+    for offset, (side, color) in zip((-0.17, 0.17), (("attention alone", "#1f77b4"), ("MLP alone", "#ff7f0e"))):
+        part = frame[frame["graft"] == side]
+        y = np.array([order.index(t) for t in part["treatment"]]) + offset
+        ax.errorbar(part["gain"], y, xerr=[part["gain"] - part["lo"], part["hi"] - part["gain"]], fmt="o",
+                    color=color, capsize=3, label=f"{side} into SFT")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(order)), order, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("greedy accuracy gain over SFT, points (paired 95% CI)")
+    ax.set_title("One component's update alone, grafted into SFT")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig

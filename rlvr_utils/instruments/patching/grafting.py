@@ -27,7 +27,6 @@ from rlvr_utils.instruments.patching.swap import graft
 from rlvr_utils.models import families, loading
 from rlvr_utils.models.families import COMPONENTS
 from rlvr_utils.training import data
-from rlvr_utils.treatments import registry
 from rlvr_utils.treatments.registry import REFERENCE, STUDY
 
 PARAMS = ("patching", "evaluation")  # params sections read here (rlvr_utils.core.deps)
@@ -36,6 +35,8 @@ GAIN_NOTE = "gain not distinguishable from zero"
 # summary key, graft name (`standard_grafts`), what it takes: the shares the verdict shows as context
 SHARES = (("graft_attn_share", "attention", "attention"), ("graft_mlp_share", "MLP", "MLPs"),
           ("graft_attn_mlp_share", "attention + MLP", "attention and MLPs"))
+GAINS = {"graft_attn_share": "attn_graft_gain", "graft_mlp_share": "mlp_graft_gain",  # a graft's gain over SFT
+         "graft_attn_mlp_share": "attn_mlp_graft_gain"}
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,14 @@ def gain_share(receiver_correct, donor_correct, graft_correct, n_bootstrap: int 
 
 def graft_table(receiver: nn.Module, donor: nn.Module, grafts: Sequence[Graft],
                 evaluate: Callable[[nn.Module], Sequence[bool]], n_bootstrap: int = 2000,
-                confidence: float = 0.95, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+                confidence: float = 0.95, seed: int = 0, log: Callable[[str], None] = print,
+                receiver_correct: Sequence[bool] | None = None) -> dict:
     """Evaluate receiver, donor and each hybrid with `evaluate(model) -> correct per problem` (the same
-    problems in the same order every call) and return accuracies and shares of the gain with intervals.
+    problems in the same order every call) and return accuracies, gains over the receiver and shares of the
+    donor's gain, with paired intervals. `receiver_correct`: the receiver's, when already evaluated.
 
     {"receiver": {...}, "donor": {...}, "gain": {...}, "rows": [{"graft", "components", "layers",
-    "accuracy", "share", "correct"}]}: "accuracy"/"share"/"gain" are {"value", "ci"} dicts.
+    "accuracy", "gain", "share", "correct"}]}: "accuracy"/"gain"/"share" are {"value", "ci"} dicts.
     """
     def timed(label, model):
         start = time.perf_counter()
@@ -108,7 +111,8 @@ def graft_table(receiver: nn.Module, donor: nn.Module, grafts: Sequence[Graft],
         return correct
 
     boot = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
-    receiver_correct = timed("receiver", receiver)
+    receiver_correct = (timed("receiver", receiver) if receiver_correct is None
+                        else np.asarray(receiver_correct, dtype=bool))
     donor_correct = timed("donor", donor)
     if len(receiver_correct) != len(donor_correct):
         raise ValueError("evaluate returned different numbers of problems for receiver and donor")
@@ -120,6 +124,7 @@ def graft_table(receiver: nn.Module, donor: nn.Module, grafts: Sequence[Graft],
         rows.append({"graft": g.name, "components": list(g.components), "n_problems": len(correct),
                      "layers": None if g.layers is None else list(g.layers),
                      "accuracy": stats.bootstrap(correct.astype(float), np.mean, **boot),
+                     "gain": stats.paired_difference(correct, receiver_correct, **boot),
                      "share": gain_share(receiver_correct, donor_correct, correct, **boot),
                      "correct": correct.tolist()})
     return {"receiver": {**stats.bootstrap(receiver_correct.astype(float), np.mean, **boot),
@@ -131,20 +136,25 @@ def graft_table(receiver: nn.Module, donor: nn.Module, grafts: Sequence[Graft],
 
 
 def shares(table: dict) -> dict[str, Estimate]:
-    """The standard grafts' shares of the gain as estimates (undefined where the gain is not distinguishable
-    from zero)."""
+    """What the verdict reads from one treatment's grafts: its own gain over the reference, each standard
+    graft's gain (`attn_graft_gain`, `mlp_graft_gain`) and share of the treatment's gain (undefined where that
+    gain is not distinguishable from zero), all with paired bootstrap intervals over problems."""
     rows = {row["graft"]: row for row in table["rows"]}
-    out = {}
+    n = len(table["donor"]["correct"])
+    out = {"gain": Estimate(table["gain"]["value"], table["gain"]["ci"], "bootstrap", n)}
     for key, name, _ in SHARES:
         if name in rows:
-            share, n = rows[name]["share"], rows[name]["n_problems"]
+            share, gain = rows[name]["share"], rows[name]["gain"]
             out[key] = Estimate(share["value"], share["ci"], "bootstrap", n) if share["ci"] else Estimate.undefined(n)
+            out[GAINS[key]] = Estimate(gain["value"], gain["ci"], "bootstrap", n)
     return out
 
 
 class Grafting(base.Instrument):
-    """The study model's attention / MLPs over `patching.graft_ranges` grafted into the reference, each
-    evaluated greedily on the first `patching.graft_problems` held-out problems. `evaluate` (model -> correct
+    """Every treatment's attention and MLP updates grafted into the reference, one at a time, each evaluated
+    greedily on the first `patching.graft_problems` held-out problems: the behavioural row of the verdict (does
+    a component's update alone help beyond what a placebo's does?). The study model also gets the layer-range
+    grafts of `patching.graft_ranges` and attention + MLP together, for its chapter. `evaluate` (model -> correct
     per problem) replaces the greedy evaluation, for tests."""
 
     name = "grafting"
@@ -152,10 +162,6 @@ class Grafting(base.Instrument):
 
     def __init__(self, evaluate: Callable[[nn.Module], Sequence[bool]] | None = None):
         self.evaluate = evaluate
-
-    def treatments(self, cfg) -> list[str]:
-        """Only the study: each graft is a greedy evaluation of its own."""
-        return registry.available(cfg, [STUDY])
 
     def prepare(self, cfg, treatments: list[str]) -> dict:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -167,13 +173,17 @@ class Grafting(base.Instrument):
 
             def evaluate(model):
                 return [r["correct"] for r in greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size)]
-        return {"device": device, "receiver": receiver, "problems": problems, "evaluate": evaluate, "tables": {}}
+        # the reference is evaluated once: every treatment's gains are paired with the same answers
+        return {"device": device, "receiver": receiver, "problems": problems, "evaluate": evaluate, "tables": {},
+                "receiver_correct": list(evaluate(receiver))}
 
     def measure(self, cfg, treatment: str, shared: dict) -> dict[str, Estimate]:
         donor, _ = loading.load(cfg.model_ref(treatment), cfg, shared["device"])
-        grafts = standard_grafts(len(families.blocks(shared["receiver"])), cfg.patching.graft_ranges)
+        n_layers = len(families.blocks(shared["receiver"]))
+        grafts = (standard_grafts(n_layers, cfg.patching.graft_ranges) if treatment == STUDY
+                  else standard_grafts(n_layers)[:2])  # attention alone, MLPs alone: what the verdict reads
         table = graft_table(shared["receiver"], donor, grafts, shared["evaluate"], cfg.patching.n_bootstrap,
-                            cfg.evaluation.confidence, cfg.seed)
+                            cfg.evaluation.confidence, cfg.seed, receiver_correct=shared["receiver_correct"])
         shared["tables"][treatment] = {"n_problems": len(shared["problems"]), **table}
         return shares(table)
 
