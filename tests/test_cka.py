@@ -314,7 +314,7 @@ def test_compare_stages(store):
     Y, rows = store.read("rlvr", "blocks.1.hook_mlp_out", "completion")
     assert cell["value"] == pytest.approx(maths.linear_cka(X, Y, debiased=True), abs=1e-12)
     assert cell["ci"] == pytest.approx(list(np.quantile(maths.bootstrap_cka(X, Y, rows, 30), [0.025, 0.975])), abs=1e-12)
-    mean_diff = np.mean([summary[f"cka_base_rlvr_mlp_out"]["value"] - summary[f"cka_base_rlvr_attn_out"]["value"]])
+    mean_diff = np.mean([summary["cka_base_rlvr_mlp_out"]["value"] - summary["cka_base_rlvr_attn_out"]["value"]])
     assert summary["cka_base_rlvr_mlp_minus_attn"]["value"] == pytest.approx(mean_diff)
     matrix = np.array(next(c["matrix"] for c in result["cross_layer"] if c["pair"] == "base_sft"))
     np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-9)
