@@ -64,19 +64,33 @@ def test_ci_models_learn(built_book):
     assert_models_learn(Path(yaml.safe_load(params.read_text())["runs_dir"]) / "ci")
 
 
-def test_every_evidence_row_is_measured(built_book):
+def test_every_evidence_row_is_measured_and_the_instruments_see_which_side_moved(built_book):
     params, _, _ = built_book
     run = Path(yaml.safe_load(params.read_text())["runs_dir"]) / "ci"
-    verdict = json.loads((run / "metrics" / "verdict.json").read_text())
-    from rlvr_utils.evidence.verdict import NOT_MEASURED
+    verdict_json = json.loads((run / "metrics" / "verdict.json").read_text())
+    from rlvr_utils.core import config
+    from rlvr_utils.evidence import verdict
+    from rlvr_utils.treatments import registry
 
     # ci's problems have one step, so there is no intermediate result for the probe row to decode; the
-    # identical model has no update, so its update shares are undefined. Everything else must be measured.
-    unmeasured = [(r["measurement"], name) for r in verdict["rows"] if not r["measurement"].startswith("Gain in probe")
-                  for name, reading in r["readings"].items() if reading == NOT_MEASURED and name != "identical"]
+    # identical model has no update, so its update shares are undefined; the crosscoder diffs the placebos, not
+    # the random nulls. Everything else must be measured.
+    cfg = config.load(params)
+    skipped = {"identical", *registry.names(cfg, "null")}
+    unmeasured = [(r["measurement"], name) for r in verdict_json["rows"] if not r["measurement"].startswith("Gain in probe")
+                  for name, reading in r["readings"].items() if reading == verdict.NOT_MEASURED
+                  and not (name == "identical" or (name in skipped and r["file"] == "crosscoder.json"))]
     assert not unmeasured, unmeasured
-    counted = [r["measurement"] for r in verdict["rows"] if r["calibration"] == "counts"]
-    assert counted, "no row classifies the ci controls: the instrument test itself is broken"
+    # At ci's scale a placebo moves the model as much as a control, so no row needs to count; but read against
+    # random updates only, the frozen controls must be told apart by some row, or the pipeline is broken.
+    everything = verdict.Design.from_registry(cfg)
+    easy = verdict.Design({t: k for t, k in everything.kinds.items() if k != "placebo" and t not in everything.full},
+                          {t: a for t, a in everything.expected.items()
+                           if everything.kinds[t] != "placebo" and t not in everything.full})
+    table = verdict.evidence(verdict.load_metrics(run / "metrics"), easy, cfg.verdict)
+    told_apart = [r["measurement"] for _, r in table.iterrows()
+                  if "reads" not in r["calibration"] and "not measured" not in r["calibration"]]
+    assert told_apart, "no row tells the ci controls apart even against random updates: the pipeline is broken"
 
 
 def test_second_run_skips_everything(built_book):

@@ -62,10 +62,14 @@ def test_the_abstract_reads_the_runs_metrics(tmp_path):
     (metrics / "eval.json").write_text(json.dumps({"n_problems": 500, "summary": {
         "accuracy_base": entry(0.838, 0.804, 0.87), "accuracy_sft": entry(0.668, 0.626, 0.708),
         "accuracy_rlvr": entry(0.828, 0.794, 0.86), "rlvr_minus_sft_accuracy": entry(0.16, 0.12, 0.2)}}))
-    (metrics / "verdict.json").write_text(json.dumps({"verdict": "Routing", "rows": [{}] * 7, "tally": {
-        "Routing": 3, "Representation learning": 0, "no evidence": 1}, "summary": {"rows_counted": {"value": 4}}}))
+    rows = [{"measurement": f"Row {k}", "calibration": "counts" if k < 4 else "fails"} for k in range(7)]
+    (metrics / "verdict.json").write_text(json.dumps({"verdict": "Routing", "rows": rows, "tally": {
+        "Routing": 3, "Representation learning": 0, "no evidence": 1}, "summary": {
+        "graft_attn_share": {"value": 0.8, "ci": [0.6, 0.9], "description": "share recovered by attention alone"}}}))
     text = pages.abstract(cfg)
     assert "SFT 67 [63, 71] %" in text and "RLVR − SFT 16 [12, 20] points" in text and "500 held-out" in text
-    assert "Answer on this run: Routing" in text and "4 of 7" in text and "10_verdict" in text
+    assert text.index("**Calibration.** 4 of 7") < text.index("Answer on this run: Routing")  # calibration first
+    assert "row 0; row 1; row 2; row 3." in text and "Routing on 3, no evidence on 1" in text
+    assert "share recovered by attention alone is 0.80 [0.60, 0.90]" in text and "10_verdict" in text
     empty = pages.abstract(config.Params(name="y", runs_dir=str(tmp_path)))
     assert "not measured" in empty and "has not run yet" in empty

@@ -48,8 +48,10 @@ def abstract(cfg: Params, evidence: str | None = "executed/10_verdict.ipynb") ->
              "the model already knows (Routing), or does it build new features in the MLPs (Representation "
              "learning)?", "",
              f"**Setup.** Run `{cfg.name}`, seed {cfg.seed}: {model}; {trained}. Every measurement is read on "
-             f"RLVR and on models built to calibrate it: GRPO restricted to attention and to the MLPs (positive "
-             f"controls), a copy of SFT and {cfg.variants.nulls} random updates of RLVR's size (nulls).", ""]
+             "RLVR and on models built to calibrate it: GRPO restricted to attention and to the MLPs (frozen "
+             "controls); the same component updates beside a placebo's update of every other weight (full-"
+             f"parameter controls); {cfg.variants.placebos} placebo runs of RLVR's recipe paid by coin flips (the "
+             f"yardstick); {cfg.variants.nulls} random updates of RLVR's size and a copy of SFT.", ""]
     acc = {s: _entry(summary, f"accuracy_{s}") for s in ("base", "sft", "rlvr")}
     gain = _entry(summary, "rlvr_minus_sft_accuracy")
     if all(acc.values()):
@@ -61,11 +63,19 @@ def abstract(cfg: Params, evidence: str | None = "executed/10_verdict.ipynb") ->
         lines.append("**Accuracy**: not measured in this run (metrics/eval.json has no summary).")
     lines.append("")
     if result:
-        counted = int(result.get("summary", {}).get("rows_counted", {}).get("value") or 0)
-        tally = result.get("tally", {})
-        lines.append(f"**Answer on this run: {result.get('verdict', 'not reached')}.** {counted} of "
-                     f"{len(result.get('rows', []))} evidence rows pass their calibration; on those, RLVR reads "
-                     + ", ".join(f"{k} on {v}" for k, v in tally.items()) + "."
+        rows = result.get("rows", [])
+        counted = [r["measurement"] for r in rows if r.get("calibration") == "counts"]
+        lines.append(f"**Calibration.** {len(counted)} of {len(rows)} evidence rows read every control right (frozen "
+                     "and full-parameter, raw and at RLVR's norm) and every placebo, null and the copy as 'no "
+                     "evidence'" + (": " + "; ".join(m[0].lower() + m[1:] for m in counted) + "." if counted else
+                                    ". No instrument passes, so none may decide."))
+        lines.append("")
+        votes = {k: v for k, v in result.get("tally", {}).items() if v}
+        shares = [v for k, v in result.get("summary", {}).items() if k.startswith("graft_") and v.get("ci")]
+        lines.append(f"**Answer on this run: {result.get('verdict', 'not reached')}.**"
+                     + (" On the counted measurements (each voting once) RLVR reads "
+                        + ", ".join(f"{k} on {v}" for k, v in votes.items()) + "." if counted else "")
+                     + "".join(f" The {v['description']} is {interval(v['value'], v['ci'])}." for v in shares[:2])
                      + (f" The [evidence table]({evidence}) gives every row with its interval, and the caveats "
                         "that limit it." if evidence else ""))
     else:
