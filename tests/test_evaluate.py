@@ -63,3 +63,23 @@ def test_summary_compares_rlvr_with_bases_better_format(tmp_path):
     assert s["accuracy_base"]["value"] == 0.25 and s["accuracy_base_fewshot"]["value"] == 0.5
     assert s["rlvr_minus_base_accuracy"]["value"] == 0.5  # against few-shot, the better format
     assert s["rlvr_minus_sft_accuracy"]["value"] == 0.25
+
+
+def test_stored_answers_are_reused_only_while_their_evaluation_is_up_to_date(tmp_path):
+    """Grafting pairs its grafts with each model's own greedy answers from the variants chapter: only while that
+    evaluation's stamp still matches the checkpoint and the problems."""
+    from rlvr_utils.core import artifacts, config
+    from rlvr_utils.evaluation import evaluate as ev
+    from rlvr_utils.training import data as td
+
+    cfg = config.from_dict({"name": "r", "runs_dir": str(tmp_path)})
+    cfg.model_dir("sft").mkdir(parents=True)
+    (cfg.model_dir("sft") / "config.json").write_text("{}")
+    td.write_jsonl(cfg.path("data", "eval.jsonl"), [{"question": f"q{i}", "answer": str(i)} for i in range(4)])
+    path, fingerprint, inputs = ev._stamp_of(cfg, "sft")
+    td.write_jsonl(path, [{"correct": c} for c in (True, False, True, True)])
+    artifacts.stamp(path, fingerprint, inputs)
+    assert ev.stored_correct(cfg, "sft", 3) == [True, False, True]
+    assert ev.stored_correct(cfg, "sft", 5) is None  # fewer answers than problems asked for
+    (cfg.model_dir("sft") / "config.json").write_text('{"changed": 1}')  # another checkpoint: stale
+    assert ev.stored_correct(cfg, "sft", 3) is None

@@ -233,6 +233,17 @@ def _greedy_correct(cfg, name: str) -> np.ndarray | None:
     return np.array([r["correct"] for r in data.read_jsonl(path)], dtype=float) if path.exists() else None
 
 
+def stored_correct(cfg, name: str, n: int) -> list[bool] | None:
+    """The first `n` per-problem results of `name`'s greedy evaluation on data/eval.jsonl, when that evaluation
+    exists and is up to date (its stamp checks params, code, checkpoint and problems); else None. Grafting reads
+    them instead of decoding the same model on the same problems again."""
+    path, fingerprint, inputs = _stamp_of(cfg, name)
+    if not artifacts.is_current(path, fingerprint, inputs):
+        return None
+    rows = data.read_jsonl(path)
+    return [bool(r["correct"]) for r in rows[:n]] if len(rows) >= n else None
+
+
 def variant_summary(correct: dict[str, np.ndarray], boot: dict) -> dict:
     """Per treatment in `correct` (besides 'sft'): greedy accuracy, its gain over SFT and its difference from
     RLVR (paired intervals)."""

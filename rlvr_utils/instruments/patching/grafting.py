@@ -21,7 +21,7 @@ from torch import nn
 
 from rlvr_utils.core import stats
 from rlvr_utils.core.estimate import Estimate
-from rlvr_utils.evaluation.evaluate import greedy_eval
+from rlvr_utils.evaluation.evaluate import greedy_eval, stored_correct
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.patching.swap import graft
 from rlvr_utils.models import families, loading
@@ -96,10 +96,11 @@ def gain_share(receiver_correct, donor_correct, graft_correct, n_bootstrap: int 
 def graft_table(receiver: nn.Module, donor: nn.Module, grafts: Sequence[Graft],
                 evaluate: Callable[[nn.Module], Sequence[bool]], n_bootstrap: int = 2000,
                 confidence: float = 0.95, seed: int = 0, log: Callable[[str], None] = print,
-                receiver_correct: Sequence[bool] | None = None) -> dict:
+                receiver_correct: Sequence[bool] | None = None, donor_correct: Sequence[bool] | None = None) -> dict:
     """Evaluate receiver, donor and each hybrid with `evaluate(model) -> correct per problem` (the same
     problems in the same order every call) and return accuracies, gains over the receiver and shares of the
-    donor's gain, with paired intervals. `receiver_correct`: the receiver's, when already evaluated.
+    donor's gain, with paired intervals. `receiver_correct`, `donor_correct`: their answers, when already
+    evaluated.
 
     {"receiver": {...}, "donor": {...}, "gain": {...}, "rows": [{"graft", "components", "layers",
     "accuracy", "gain", "share", "correct"}]}: "accuracy"/"gain"/"share" are {"value", "ci"} dicts.
@@ -113,7 +114,7 @@ def graft_table(receiver: nn.Module, donor: nn.Module, grafts: Sequence[Graft],
     boot = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     receiver_correct = (timed("receiver", receiver) if receiver_correct is None
                         else np.asarray(receiver_correct, dtype=bool))
-    donor_correct = timed("donor", donor)
+    donor_correct = timed("donor", donor) if donor_correct is None else np.asarray(donor_correct, dtype=bool)
     if len(receiver_correct) != len(donor_correct):
         raise ValueError("evaluate returned different numbers of problems for receiver and donor")
     rows = []
@@ -158,10 +159,15 @@ class Grafting(base.Instrument):
     per problem) replaces the greedy evaluation, for tests."""
 
     name = "grafting"
-    reads = ("data/eval.jsonl",)
+    reads = ("data/eval.jsonl", "eval")  # the problems, and the models' own greedy answers (`_stored`)
 
     def __init__(self, evaluate: Callable[[nn.Module], Sequence[bool]] | None = None):
         self.evaluate = evaluate
+
+    def _stored(self, cfg, name: str) -> list[bool] | None:
+        """A model's own answers from its up-to-date greedy evaluation (same problems, same decoding; checked
+        identical on the default run), unless a test's `evaluate` replaces the decoding."""
+        return stored_correct(cfg, name, cfg.patching.graft_problems) if self.evaluate is None else None
 
     def prepare(self, cfg, treatments: list[str]) -> dict:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -174,8 +180,9 @@ class Grafting(base.Instrument):
             def evaluate(model):
                 return [r["correct"] for r in greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size)]
         # the reference is evaluated once: every treatment's gains are paired with the same answers
+        receiver_correct = self._stored(cfg, REFERENCE)
         return {"device": device, "receiver": receiver, "problems": problems, "evaluate": evaluate, "tables": {},
-                "receiver_correct": list(evaluate(receiver))}
+                "receiver_correct": receiver_correct if receiver_correct is not None else list(evaluate(receiver))}
 
     def measure(self, cfg, treatment: str, shared: dict) -> dict[str, Estimate]:
         donor, _ = loading.load(cfg.model_ref(treatment), cfg, shared["device"])
@@ -183,7 +190,8 @@ class Grafting(base.Instrument):
         grafts = (standard_grafts(n_layers, cfg.patching.graft_ranges) if treatment == STUDY
                   else standard_grafts(n_layers)[:2])  # attention alone, MLPs alone: what the verdict reads
         table = graft_table(shared["receiver"], donor, grafts, shared["evaluate"], cfg.patching.n_bootstrap,
-                            cfg.evaluation.confidence, cfg.seed, receiver_correct=shared["receiver_correct"])
+                            cfg.evaluation.confidence, cfg.seed, receiver_correct=shared["receiver_correct"],
+                            donor_correct=self._stored(cfg, treatment))
         shared["tables"][treatment] = {"n_problems": len(shared["problems"]), **table}
         return shares(table)
 
