@@ -129,13 +129,6 @@ def train(cfg, name: str) -> list:
     return family.train(cfg, name)
 
 
-def same_update(cfg, a: str, b: str) -> bool:
-    """Whether two treatments carry the same update direction (one rescales the other, or both rescale a third):
-    a placebo is not a yardstick for its own rescaled copy."""
-    roots = {t.name: t.rescales or t.name for t in all(cfg)}
-    return roots.get(a, a) == roots.get(b, b)
-
-
 def has_checkpoint(ref: str | Path) -> bool:
     """One rule for "this checkpoint exists": a local folder with a config.json, or a hub id (checked when
     loaded)."""
