@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 
-.PHONY: install book replicate test test-fast check-params bench clean
+.PHONY: install book replicate elicit test test-fast check-params bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ book: install
 # The study again under verdict.replicate_seeds (runs <name>-seed<k>), then the verdict chapter and the book.
 replicate: install
 	$(PY) -m rlvr_utils replicate --params $(PARAMS)
+
+# RLVR's gain vs how much of the new wording pretraining saw (runs <name>-elicit-f<share>-s<seed>), then the book.
+elicit: install
+	$(PY) -m rlvr_utils elicit --params $(PARAMS)
+	$(PY) -m rlvr_utils run --params $(PARAMS)
 
 # Everything, the whole book on params/ci.yaml included (about 15 minutes on 2 cores).
 test: install

@@ -1,4 +1,4 @@
-"""Command line: `python -m rlvr_utils {run, replicate, check-params, show-params, plan, compare, train, extract}`."""
+"""Command line: `python -m rlvr_utils {run, replicate, elicit, plan, check-params, show-params, compare, train, extract}`."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--seeds", nargs="+", type=int, help="instead of verdict.replicate_seeds")
     rep.add_argument("--no-book", action="store_true", help="replicate only; do not re-run the verdict or build")
     rep.add_argument("--book-root", type=Path, default=None, help="the main run's book root, as given to `run`")
+
+    eli = sub.add_parser("elicit", help="RLVR's gain vs how much of the new wording pretraining saw: base, SFT and "
+                         "RLVR trained again per share of data.corpus_new_verbs and seed (runs "
+                         "<name>-elicit-f<share>-s<seed>), then runs/<name>/metrics/elicitation.json")
+    eli.add_argument("--params", required=True)
+    eli.add_argument("--fractions", nargs="+", type=float, metavar="SHARE",
+                     help="shares of data.corpus_new_verbs, instead of elicitation.fractions (e.g. 0 0.05 0.2 0.5)")
+    eli.add_argument("--seeds", nargs="+", type=int, help="instead of elicitation.seeds")
 
     show = sub.add_parser("show-params", help="print a params file's effective config, defaults filled in")
     show.add_argument("file")
@@ -134,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("RANK", "0") == "0":
                 acquire_run_lock(cfg.run_dir)
             activations.run_extract(cfg, args.stage, activations.TokenCache.load(cfg.path("tokens")))
+            return 0
+        if args.command == "elicit":
+            from rlvr_utils.experiments import elicitation, elicitation_runs
+
+            print(elicitation.reading(elicitation_runs.run(args.params, args.fractions, args.seeds)))
             return 0
         from rlvr_utils.publish import runner
 

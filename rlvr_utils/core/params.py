@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rlvr_utils.core.paths import looks_local, resolve
-from rlvr_utils.core.params_evidence import Section, VariantParams, VerdictParams
+from rlvr_utils.core.params_evidence import ElicitationParams, Section, VariantParams, VerdictParams
 
 ORGANISM = "organism"  # `model.base` value that builds the embedded model organism
 
@@ -417,6 +417,7 @@ class Params(Section):
     variants: VariantParams = VariantParams()
     crosscoder: CrosscoderParams = CrosscoderParams()
     verdict: VerdictParams = VerdictParams()
+    elicitation: ElicitationParams = ElicitationParams()
 
     source: str = Field("<defaults>", exclude=True, description="where these params came from (for messages)")
 

@@ -79,3 +79,37 @@ class VerdictParams(Section):
                                   "inconclusive ('neither' when at least this many counted and none decided)")
     replicate_seeds: list[int] = Field([1, 2], description="seeds that `python -m rlvr_utils replicate` trains as "
                                        "runs <name>-seed<k>; a row counts only when all seeds that ran agree")
+
+class ElicitationParams(Section):
+    """The elicitation experiment (`python -m rlvr_utils elicit`): base, SFT and RLVR trained again for each share of
+    the pretraining corpus's worked stories told in the evaluation's wording, to see whether RLVR's gain over SFT
+    needs what pretraining put there (elicitation, 're-routing') or appears without it (learning)."""
+
+    fractions: list[float] = Field([0.0, 0.05, 0.2, 0.5], min_length=2, description="values of data.corpus_new_verbs "
+                                   "trained, one sub-run <name>-elicit-f<share>-s<seed> each (at least two: the "
+                                   "result is a curve); 0 is a base that never met the new wording")
+    seeds: list[int] = Field([0, 1], min_length=1, description="seeds of each share (another base model, other data and "
+                             "held-out problems each); at least 2 for an interval over seeds")
+    n_bootstrap: int = Field(2000, gt=0, description="bootstrap resamples (of problems, and of seeds within a share) "
+                             "for the gains' and the slope's intervals")
+    confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
+
+    @field_validator("fractions")
+    @classmethod
+    def _shares(cls, value):
+        bad = [f for f in value if not 0.0 <= f <= 1.0]
+        if bad:
+            raise ValueError(f"shares {bad} are outside 0..1 (data.corpus_new_verbs is a share of stories)")
+        if len(set(value)) < len(value):
+            raise ValueError(f"fractions {value} name one share twice")
+        return sorted(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value):
+        bad = [s for s in value if not 0 <= s <= 2**32 - 1]
+        if bad:
+            raise ValueError(f"seeds {bad} are outside 0..2**32-1 (numpy's seed range)")
+        if len(set(value)) < len(value):
+            raise ValueError(f"seeds {value} name one seed twice")
+        return value
