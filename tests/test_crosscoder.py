@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 from rlvr_utils.core import config
 from rlvr_utils.core.estimate import Estimate, estimates_json
 from rlvr_utils.instruments.crosscoder import causal, figures, instrument
-from rlvr_utils.instruments.crosscoder.model import Crosscoder, fit_pair, latent_scaling
+from rlvr_utils.instruments.crosscoder.model import (REFERENCE_DELTA_NORM, Crosscoder, delta_norm, fit_pair,
+                                                     latent_scaling, threshold_for_delta_norm)
 from rlvr_utils.training import organism
 from rlvr_utils.treatments import registry
 
@@ -44,6 +45,7 @@ def planted_fit():
 def test_planted_features_are_recovered_as_specific(planted_fit):
     fit, _, _, extra_dirs = planted_fit
     assert EXTRA - 1 <= len(fit.specific) <= EXTRA + 1, (fit.specific, fit.rel_norm[fit.specific])
+    assert len(fit.reference_only) == 0  # B lost nothing
     dec = _unit(fit.crosscoder.W_dec[fit.specific, 1].detach().numpy())
     cos = np.abs(dec @ extra_dirs.T)  # [specific, planted]
     assert (cos.max(0) > 0.95).all(), cos  # every planted direction has a specific latent aligned with it
@@ -53,10 +55,42 @@ def test_planted_features_are_recovered_as_specific(planted_fit):
     assert max(fit.info["fvu"]) < 0.1
 
 
+def test_the_threshold_is_the_references_delta_norm():
+    """Minder et al.: Δnorm = 1/2 ((|d_T| - |d_ref|) / max(|d_T|, |d_ref|) + 1) > 0.9 is 'target-only', < 0.1
+    'reference-only'. A decoder 5x longer in the target is Δnorm 0.9 exactly: r = 5 / (5 + 1) = 5/6."""
+    assert threshold_for_delta_norm(0.9) == pytest.approx(5 / 6)
+    for a, b in ((5.0, 1.0), (1.0, 5.0), (2.0, 1.0), (1.0, 1.0), (3.0, 0.0)):
+        paper = 0.5 * ((a - b) / max(a, b) + 1)
+        assert delta_norm(a / (a + b)) == pytest.approx(paper)
+    assert delta_norm(1 / 6) == pytest.approx(0.1)  # the mirror: reference-only below 1 - 5/6
+    assert config.from_dict({}).crosscoder.specific_threshold == pytest.approx(threshold_for_delta_norm(
+        REFERENCE_DELTA_NORM))
+    with pytest.raises(ValueError, match="Δnorm"):
+        threshold_for_delta_norm(0.3)
+
+
+def test_specific_latents_are_ranked_by_latent_scaling(planted_fit):
+    fit = planted_fit[0]
+    nu = fit.scaling["nu_error"][fit.specific]
+    assert len(nu) >= 2 and (np.diff(nu) >= 0).all()  # lowest nu_error (least present in SFT) first
+
+
+def test_a_removed_feature_is_counted_reference_only():
+    """The mirror of the planted test: B lacks features A has (B = the treatment lost them)."""
+    a, b, extra_dirs = planted()
+    fit = fit_pair(b, a, seed=0, **TRAIN)  # reference = the model with the extra features
+    assert len(fit.specific) == 0, fit.rel_norm[fit.specific]
+    assert EXTRA - 1 <= len(fit.reference_only) <= EXTRA + 1, fit.rel_norm[fit.reference_only]
+    dec = _unit(fit.crosscoder.W_dec[fit.reference_only, 0].detach().numpy())
+    assert (np.abs(dec @ extra_dirs.T).max(0) > 0.95).all()  # each lost feature has its latent
+    assert (fit.rel_norm[fit.reference_only] < 1 / 6).all()
+    assert (fit.reference_scaling["nu_error"][fit.reference_only] < 0.1).all()  # absent from the treatment
+
+
 def test_identical_models_give_no_specific_latent():
     a, _, _ = planted(n=3000)
     fit = fit_pair(a, a.copy(), seed=1, **{**TRAIN, "steps": 300})
-    assert len(fit.specific) == 0
+    assert len(fit.specific) == 0 and len(fit.reference_only) == 0
     np.testing.assert_allclose(fit.rel_norm, 0.5, atol=1e-6)
 
 
@@ -68,6 +102,7 @@ def test_random_change_of_the_same_size_gives_no_specific_latent():
     b_null = a + a @ change * (np.linalg.norm(b - a) / np.linalg.norm(a @ change))
     fit = fit_pair(a, b_null.astype(np.float32), seed=0, **TRAIN)
     assert len(fit.specific) == 0, (fit.rel_norm[fit.specific], fit.scaling["nu_error"][fit.specific])
+    assert len(fit.reference_only) == 0, fit.rel_norm[fit.reference_only]  # nor a "lost" one
 
 
 def test_latent_scaling_matches_least_squares(planted_fit):
@@ -170,10 +205,12 @@ def test_seed_interval_and_accuracy_change():
 NULL = registry.names(config.from_dict({}), "null")[0]
 
 
-def _fake_result(rlvr_counts, null_counts, drop_ci):
-    """The report the instrument writes, with the driver's `variants` block (as JSON)."""
+def _fake_result(rlvr_counts, null_counts, drop_ci, lost=0):
+    """The report the instrument writes, with the driver's `variants` block (as JSON); `lost` reference-only
+    latents per seed besides the target-only counts."""
     def pair(ref, tgt, counts, kind):
-        seeds = [{"n_specific": n, "fvu": [0.01, 0.01], "max_rel_norm": 0.6} for n in counts]
+        seeds = [{"n_specific": n + lost, "n_target_only": n, "n_reference_only": lost, "fvu": [0.01, 0.01],
+                  "max_rel_norm": 0.6, "min_rel_norm": 0.4} for n in counts]
         return {"reference": ref, "target": tgt, "kind": kind, "seeds": seeds}
     est = lambda v, lo, hi: {"value": v, "ci": [lo, hi], "interval": "bootstrap", "n": 100}  # noqa: E731
     causal = {"n_problems": 100, "leaning": {"latents_per_seed": [8]}, "specific": {"latents_per_seed": [3]}}
@@ -195,6 +232,11 @@ def test_metrics_schema_and_reading():
     v = result["variants"]
     assert set(v) == {"rlvr", NULL}  # base->sft is the yardstick, not a treatment
     assert v["rlvr"]["specific_latents"] == {"value": 5.0, "ci": [4.0, 6.0], "interval": "seeds", "n": 3}
+    assert v["rlvr"]["treatment_only_latents"]["value"] == 5.0 and v["rlvr"]["reference_only_latents"]["value"] == 0
+    # the verdict's key counts both sides: a treatment that lost features has model-specific latents too
+    both = _fake_result([1, 2, 3], [0, 0, 0], (3.0, 9.0), lost=2)["variants"]["rlvr"]
+    assert both["specific_latents"]["value"] == 4.0 and both["specific_latents"]["ci"] == [3.0, 5.0]
+    assert both["reference_only_latents"]["value"] == 2.0 and both["treatment_only_latents"]["value"] == 2.0
     assert v["rlvr"]["causal_effect"] == {"value": 6.0, "ci": [3.0, 9.0], "interval": "bootstrap", "n": 100}
     assert v[NULL]["causal_effect"] == {"value": None, "ci": [None, None], "interval": "none", "n": None}  # not run: null, not 0
     for key, entry in result["summary"].items():

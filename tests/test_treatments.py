@@ -9,10 +9,12 @@ def test_the_default_treatments_in_the_order_the_book_shows_them():
     cfg = config.from_dict({})
     hybrids = ["routing_hybrid", "routing_hybrid_matched", "representation_hybrid", "representation_hybrid_matched"]
     placebos = ["placebo_0", "placebo_1", "placebo_2", "placebo_0_matched", "placebo_1_matched", "placebo_2_matched"]
-    assert registry.names(cfg) == ["rlvr", "attn_only", "mlp_only", *hybrids, *placebos, "identical",
+    planted = ["planted_feature", "removed_feature"]
+    assert registry.names(cfg) == ["rlvr", "attn_only", "mlp_only", *hybrids, *planted, *placebos, "identical",
                                    *(f"null_{k}" for k in range(3))]
+    assert all(registry.get(cfg, p).calibrates == ("crosscoder", "probes") for p in planted)  # feature rows only
     assert registry.names(cfg, "placebo") == placebos
-    assert registry.names(cfg, "control", "identical") == ["attn_only", "mlp_only", *hybrids, "identical"]
+    assert registry.names(cfg, "control", "identical") == ["attn_only", "mlp_only", *hybrids, *planted, "identical"]
     assert [t.name for t in registry.all(cfg) if t.full] == hybrids  # every weight moved in these controls
     assert registry.get(cfg, "placebo_1_matched").rescales == "placebo_1"  # the same update direction
 
@@ -28,7 +30,8 @@ def test_known_answers_calibrate_the_verdict():
 
 
 def test_params_choose_the_treatments():
-    cfg = config.from_dict({"variants": {"nulls": 2, "identical": False, "controls": ["mlp_only"], "placebos": 0}})
+    cfg = config.from_dict({"variants": {"nulls": 2, "identical": False, "controls": ["mlp_only"], "placebos": 0,
+                                         "planted": False}})
     assert registry.names(cfg) == ["rlvr", "mlp_only", "null_0", "null_1"]
     assert registry.get(cfg, "mlp_only").kind == "control" and registry.get(cfg, "mlp_only").trained
     with pytest.raises(KeyError, match="attn_only.*it has: rlvr, mlp_only, null_0, null_1"):
@@ -91,7 +94,8 @@ def test_hybrids_carry_one_components_trained_update_and_a_placebos_update_of_th
 
     from rlvr_utils.models.families import family_of
 
-    cfg = config.from_dict({"runs_dir": str(tmp_path), "variants": {"placebos": 1, "hybrids": True, "norm_matched": True}})
+    cfg = config.from_dict({"runs_dir": str(tmp_path), "variants": {"placebos": 1, "hybrids": True, "norm_matched": True,
+                                                                     "planted": False}})
     assert registry.names(cfg, "control") == ["attn_only", "mlp_only", "routing_hybrid", "routing_hybrid_matched",
                                               "representation_hybrid", "representation_hybrid_matched"]
     assert registry.expected(cfg)["routing_hybrid_matched"] == registry.ROUTING

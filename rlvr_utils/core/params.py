@@ -377,8 +377,9 @@ class CrosscoderParams(Section):
     batch_size: int = Field(256, gt=0, description="tokens per step (BatchTopK keeps k x batch_size activations)")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of the crosscoder")
     seeds: int = Field(2, ge=1, description="crosscoders per pair (seeds seed, seed+1, ...): intervals over seeds")
-    specific_threshold: float = Field(0.9, gt=0.5, lt=1, description="relative decoder norm ||d_T|| / (||d_SFT|| + "
-                                      "||d_T||) above which a latent is a candidate T-specific latent")
+    specific_threshold: float = Field(5 / 6, gt=0.5, lt=1, description="relative decoder norm r = ||d_T|| / (||d_SFT|| "
+                                      "+ ||d_T||) above which a latent is a candidate T-only latent (below 1 - it: "
+                                      "SFT-only); 5/6 is Minder et al.'s Δnorm > 0.9 (Δnorm = 1 - (1 - r) / (2r))")
     presence_threshold: float = Field(0.3, gt=0, lt=1, description="Latent Scaling: a candidate counts as "
                                       "T-specific only when SFT's error explains less than this share of it")
     treatments: list[str] | None = Field(None, description="treatments diffed against SFT; None = rlvr, the controls, user "

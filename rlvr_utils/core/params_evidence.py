@@ -32,6 +32,10 @@ class VariantParams(Section):
     hybrids: bool = Field(True, description="full-parameter controls: a control's component update plus a placebo's "
                           "update of everything else (needs placebos and both controls); a row counts only when "
                           "it reads them right")
+    planted: bool = Field(True, description="feature-level controls built from SFT's weights: 'planted_feature' (a "
+                          "new direction written by one re-purposed MLP neuron at the crosscoder's block) and "
+                          "'removed_feature' (the direction SFT's strongest MLP neuron there writes, projected "
+                          "out): known Representation changes the crosscoder and probe rows must find")
     user: dict[str, str] = Field({}, description="extra treatments to measure beside RLVR, name: checkpoint folder "
                                  "or hub id (e.g. another RL run from the same SFT model): measured and read like "
                                  "RLVR against the same placebos, nulls and controls; no known answer")
@@ -75,10 +79,13 @@ class VerdictParams(Section):
     redundant_share: float = Field(0.5, gt=0, le=1, description="when both grafts help beyond the placebos, the row "
                                    "reads 'redundant' if each alone recovers at least this share of the treatment's "
                                    "gain (most of it), else 'both'")
-    min_decided_rows: int = Field(2, ge=1, description="fewer counted measurements with a decided reading than this: "
-                                  "inconclusive ('neither' when at least this many counted and none decided)")
+    min_decided_rows: int = Field(1, ge=1, description="fewer counted measurements with a decided reading than this: "
+                                  "inconclusive ('neither' when at least this many counted and none decided). 1: a "
+                                  "measurement that reads every frozen, full-parameter and norm-matched control "
+                                  "right and no placebo as evidence may answer alone (the caveats say so)")
     replicate_seeds: list[int] = Field([1, 2], description="seeds that `python -m rlvr_utils replicate` trains as "
                                        "runs <name>-seed<k>; a row counts only when all seeds that ran agree")
+
 
 class ElicitationParams(Section):
     """The elicitation experiment (`python -m rlvr_utils elicit`): base, SFT and RLVR trained again for each share of

@@ -47,6 +47,10 @@ def caveats(cfg, gain, table: pd.DataFrame, other_seeds: list[int]) -> list[str]
     elif gain[1] is not None and gain[1][0] <= 0:
         out.append(f"RLVR's accuracy gain over SFT ({observed(*gain)}) is not clearly above zero: the "
                    "internal changes may not be the ones that matter for accuracy.")
+    counted = table.loc[table["calibration"] == "counts", "group"].unique().tolist() if "group" in table else []
+    if len(counted) == 1:
+        out.append(f"The answer rests on one calibrated measurement ({counted[0]}): every other row fails its "
+                   "calibration, most because a placebo run changes the model as much as a control does.")
     failing = table.loc[table["calibration"] != "counts", "measurement"].tolist()
     if failing:
         out.append(f"{len(failing)} of {len(table)} rows do not count (see the calibration column).")

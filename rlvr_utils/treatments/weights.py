@@ -29,7 +29,9 @@ def build_from_checkpoints(cfg, name: str, make: Callable[[Callable[[str], Tenso
     """Write models/<name> = make(load), where load(source) gives a source checkpoint's tensors, unless up to
     date. The folder's other files (config, tokenizer) are SFT's."""
     target = cfg.model_dir(name)
-    stamp = deps.fingerprint(cfg, __name__) + name  # params and code; the name carries the seed; sources are inputs
+    # params and code of this module and of the family that defines `make`; the name carries the seed; the
+    # sources are content-checked inputs
+    stamp = deps.fingerprint(cfg, __name__, make.__module__) + name
     inputs = [cfg.model_ref(s) for s in sources]  # content-checked by the stamp
     if artifacts.is_current(target, stamp, inputs):
         return f"{name}: up to date"

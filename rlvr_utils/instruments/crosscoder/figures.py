@@ -26,7 +26,9 @@ def plot_relative_norms(result: dict, seed: int = 0):
         ax.axvline(threshold, color="tab:red", ls="--", lw=1)
         ax.axvline(1 - threshold, color="tab:red", ls=":", lw=1)
         ax.set_yscale("log")
-        ax.set_title(f"{pair_label(key)}\n{rec['n_specific']} specific", fontsize=9)
+        sides = (f"{rec['n_target_only']} target-only, {rec['n_reference_only']} ref-only" if "n_target_only" in rec
+                 else f"{rec['n_specific']} specific")
+        ax.set_title(f"{pair_label(key)}\n{sides}", fontsize=9)
         ax.set_xlabel("‖d_target‖ / (‖d_ref‖ + ‖d_target‖)", fontsize=8)
     axes[0][0].set_ylabel("live latents")
     fig.suptitle(f"Relative decoder norms at {result['site']} (seed {seed})", fontsize=10)
@@ -35,7 +37,8 @@ def plot_relative_norms(result: dict, seed: int = 0):
 
 
 def plot_counts(result: dict):
-    """Specific latents per pair: mean and range over crosscoder seeds, each seed as a dot."""
+    """Model-specific latents (target-only + reference-only) per pair: mean and range over crosscoder seeds, each
+    seed as a dot."""
     import matplotlib.pyplot as plt
 
     keys = list(result["pairs"])
@@ -46,8 +49,8 @@ def plot_counts(result: dict):
                     capsize=4)
         ax.scatter([i] * len(n), n, color=color, alpha=0.4, s=12)
     ax.set_xticks(range(len(keys)), [pair_label(k) for k in keys], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("specific latents")
-    ax.set_title("Target-specific latents (mean, range over seeds)", fontsize=10)
+    ax.set_ylabel("model-specific latents")
+    ax.set_title("Target-only + reference-only latents (mean, range over seeds)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -136,11 +139,13 @@ def reading(result: dict) -> str:
     if STUDY not in v:
         return "No SFT → RLVR crosscoder in this run."
     rl = v[STUDY]["specific_latents"]
-    null_names = {p["target"] for p in result["pairs"].values() if p["reference"] == REFERENCE and p["kind"] == "null"}
+    null_names = {p["target"] for p in result["pairs"].values()
+                  if p["reference"] == REFERENCE and p["kind"] in ("null", "placebo")}
     nulls = {t: x["specific_latents"] for t, x in v.items() if t in null_names}
     null_hi = max((x["ci"][1] for x in nulls.values()), default=None)
-    lines = [f"- RLVR-specific latents: **{rl['value']:.1f}** (range over seeds {rl['ci'][0]:.0f}–{rl['ci'][1]:.0f})"
-             + (f"; nulls: highest count {null_hi:.0f} over {len(nulls)} random updates of RLVR's size."
+    lines = [f"- Model-specific latents of SFT → RLVR (RLVR-only + SFT-only): **{rl['value']:.1f}** (range over seeds "
+             f"{rl['ci'][0]:.0f}–{rl['ci'][1]:.0f})"
+             + (f"; references: highest count {null_hi:.0f} over {len(nulls)} updates without task signal."
                 if nulls else "; no null was diffed (build them in the variants chapter).")]
     if "crosscoder_sft_specific_latents" in result["summary"]:
         ys = result["summary"]["crosscoder_sft_specific_latents"]

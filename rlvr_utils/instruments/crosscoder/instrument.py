@@ -2,8 +2,10 @@
 treatment, over `crosscoder.seeds` seeds, with base -> SFT as the yardstick; the specific-latent counts, the
 causal test (ablation and transplant during greedy decoding) and the readings of the study's latents.
 
-metrics/crosscoder.json holds, per treatment T, `specific_latents` and `max_relative_norm` (mean with the
-range over crosscoder seeds: interval 'seeds') and `causal_effect` (accuracy drop in points when T's specific
+metrics/crosscoder.json holds, per treatment T, `specific_latents` = `treatment_only_latents` (features T has and
+SFT lacks) + `reference_only_latents` (features SFT has and T lost), each by Minder et al.'s criterion (model.py:
+Δnorm beyond 0.9 either way, confirmed by Latent Scaling), and `max_relative_norm` (mean with the range over
+crosscoder seeds: interval 'seeds'), and `causal_effect` (accuracy drop in points when T's treatment-only
 latents are ablated in T, paired bootstrap over held-out problems; undefined where the test was not run);
 beside them every fit's per-latent diagnostics (`pairs`), the causal test (`causal`), the readings and the
 `summary` of headline numbers.
@@ -72,11 +74,15 @@ def fit_record(fit: PairFit) -> dict:
     """What the figures and the verdict need from one fit (per-latent arrays as lists; NaN -> None)."""
     clean = lambda a: [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=float)]  # noqa: E731
     alive_rel = fit.rel_norm[fit.alive]
-    return {"n_specific": int(len(fit.specific)), "specific": fit.specific.tolist(), "alive": int(len(fit.alive)),
+    return {"n_specific": int(len(fit.specific) + len(fit.reference_only)), "n_target_only": int(len(fit.specific)),
+            "n_reference_only": int(len(fit.reference_only)), "specific": fit.specific.tolist(),
+            "reference_only": fit.reference_only.tolist(), "alive": int(len(fit.alive)),
+            "min_rel_norm": float(alive_rel.min()) if len(alive_rel) else None,
             "max_rel_norm": float(alive_rel.max()) if len(alive_rel) else None,
             "fvu": fit.info["fvu"], "seconds": fit.info["seconds"], "threshold": float(fit.crosscoder.threshold),
             "rel_norm": clean(fit.rel_norm), "nu_error": clean(fit.scaling["nu_error"]),
-            "nu_recon": clean(fit.scaling["nu_recon"]), "count": fit.scaling["count"].tolist()}
+            "nu_recon": clean(fit.scaling["nu_recon"]), "count": fit.scaling["count"].tolist(),
+            "nu_error_reference": clean(fit.reference_scaling.get("nu_error", np.full(len(fit.rel_norm), np.nan)))}
 
 
 def pair_record(reference: str, target: str, kind: str, n_tokens: int, fits: list[PairFit]) -> dict:
@@ -91,15 +97,21 @@ def seed_interval(values) -> Estimate:
     return Estimate(float(v.mean()), (float(v.min()), float(v.max())), "seeds", len(v))
 
 
-def counts(pair: dict) -> list[int]:
-    return [s["n_specific"] for s in pair["seeds"]]
+def counts(pair: dict, side: str = "n_specific") -> list[int]:
+    """Per crosscoder seed: model-specific latents ('n_specific', both sides), or one side ('n_target_only',
+    'n_reference_only')."""
+    return [s[side] for s in pair["seeds"]]
 
 
 def measures(pair: dict, causal: dict | None) -> base.Measures:
-    """One SFT -> T pair's estimates for the verdict; the causal effect (accuracy drop in points when T's
-    specific latents are ablated in T) is undefined where the test was not run, never 0."""
+    """One SFT -> T pair's estimates for the verdict: latents only T has, latents only SFT has (a feature T lost)
+    and their sum, which the verdict reads (both are features that changed); the causal effect (accuracy drop
+    in points when T's treatment-only latents are ablated in T) is undefined where the test was not run, never 0."""
     return {"specific_latents": seed_interval(counts(pair)),
+            "treatment_only_latents": seed_interval(counts(pair, "n_target_only")),
+            "reference_only_latents": seed_interval(counts(pair, "n_reference_only")),
             "max_relative_norm": seed_interval([s["max_rel_norm"] for s in pair["seeds"]]),
+            "min_relative_norm": seed_interval([s["min_rel_norm"] for s in pair["seeds"]]),
             "causal_effect": Estimate.from_json(causal["specific"]["ablate_drop"]) if causal
             else Estimate.undefined()}
 
@@ -120,11 +132,16 @@ def summary(result: dict) -> dict:
     study = [k for k, p in pairs.items() if p["reference"] == REFERENCE and p["target"] == STUDY]
     nulls = [k for k, p in pairs.items() if p["reference"] == REFERENCE and p["kind"] == "null"]
     for key in yardstick:
-        out["crosscoder_sft_specific_latents"] = entry(seed_interval(counts(pairs[key])), "yardstick: SFT-specific "
-            "latents in the base->SFT crosscoder (mean, range over crosscoder seeds)")
+        out["crosscoder_sft_specific_latents"] = entry(seed_interval(counts(pairs[key])), "yardstick: model-specific "
+            "latents (SFT-only + base-only) in the base->SFT crosscoder (mean, range over crosscoder seeds)")
     for key in study:
-        out["crosscoder_rlvr_specific_latents"] = entry(seed_interval(counts(pairs[key])), "RLVR-specific latents "
-            "in the SFT->RLVR crosscoder (relative decoder norm and Latent Scaling; mean, range over crosscoder seeds)")
+        out["crosscoder_rlvr_specific_latents"] = entry(seed_interval(counts(pairs[key])), "model-specific latents "
+            "(RLVR-only + SFT-only) in the SFT->RLVR crosscoder (Minder et al.'s Δnorm beyond 0.9 either way and "
+            "Latent Scaling; mean, range over crosscoder seeds)")
+        for side, text in (("n_target_only", "RLVR-only latents (features RLVR has and SFT lacks)"),
+                           ("n_reference_only", "SFT-only latents (features SFT has and RLVR lost)")):
+            out[f"crosscoder_rlvr_{side.removeprefix('n_')}_latents"] = entry(
+                seed_interval(counts(pairs[key], side)), f"{text} in the SFT->RLVR crosscoder (mean, range over seeds)")
         out["crosscoder_fvu_rlvr"] = entry(seed_interval([np.mean(s["fvu"]) for s in pairs[key]["seeds"]]),
                                            "fraction of variance the SFT->RLVR crosscoder leaves unexplained (mean "
                                            "of the two models; range over seeds)")
@@ -140,7 +157,7 @@ def summary(result: dict) -> dict:
             "largest relative decoder norm of a live latent, SFT -> nulls (mean, range over nulls and seeds)")
         out["crosscoder_null_specific_latents"] = entry(
             seed_interval([n for k in nulls for n in counts(pairs[k])]),
-            f"specific latents in SFT->null crosscoders ({len(nulls)} random updates of RLVR's size; mean, range "
+            f"model-specific latents in SFT->null crosscoders ({len(nulls)} random updates of RLVR's size; mean, range "
             "over nulls and seeds): the floor RLVR's count is set against")
     cz = result["causal"].get(STUDY)
     texts = (("ablate_drop", "greedy accuracy drop (points) when {what} are ablated in RLVR"),

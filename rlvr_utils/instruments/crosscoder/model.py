@@ -13,8 +13,13 @@ crosscoders"):
     reconstruction error with j's own contribution put back (nu_error = beta_ref / beta_target) and once
     on the reconstruction by the other latents (nu_recon). nu near 0: the concept is really absent from the
     reference; near 1: the reference has it and the decoder norm misled (Complete Shrinkage, Latent
-    Decoupling). A latent counts as specific when its relative decoder norm ||d_T|| / (||d_ref|| + ||d_T||)
-    is above `specific_threshold` AND nu_error is below `presence_threshold`.
+    Decoupling).
+A latent is *target-only* when its relative decoder norm r = ||d_T|| / (||d_ref|| + ||d_T||) is above
+`specific_threshold` AND nu_error is below `presence_threshold`; *reference-only* (a feature the target lost)
+in the mirror: r below 1 - `specific_threshold` and, with the reference's decoder vector as the direction, the
+target's own error holds less than `presence_threshold` of it. Both are ranked by Latent Scaling (nu_error,
+lowest first), as the reference ranks its chat-only latents. The paper's candidates are Δnorm > 0.9 (chat-only)
+and Δnorm < 0.1 (base-only), which is r > 5/6 and r < 1/6 here (`delta_norm`, `threshold_for_delta_norm`).
 
 Activations are normalised per model by one scalar so that E||x||^2 = d_model, as both papers do.
 
@@ -207,13 +212,45 @@ def latent_scaling(cc: Crosscoder, x: torch.Tensor, target: int = 1, reference: 
     return out
 
 
+# --- the reference's criterion ----------------------------------------------------------------------------
+# Minder, Dumas et al. (2025, arXiv 2504.02922, eq. 2) classify latents by the relative norm difference
+#     Δnorm = 1/2 * ((||d_T|| - ||d_ref||) / max(||d_T||, ||d_ref||) + 1)   (0 reference-only, 1 target-only)
+# and take Δnorm > 0.9 as target-only ("chat-only") and Δnorm < 0.1 as reference-only ("base-only").
+# With a = ||d_T||, b = ||d_ref||: for a >= b, Δnorm = 1 - b / (2a), so Δnorm > 0.9 <=> b / a < 0.2 <=> a > 5b,
+# and our r = a / (a + b) = 1 / (1 + b/a) > 1 / 1.2 = 5/6 = 0.8333. In general r = 1 / (3 - 2 Δnorm) for
+# Δnorm >= 1/2, and the map is symmetric (Δnorm(1 - r) = 1 - Δnorm(r)): Δnorm < 0.1 <=> r < 1/6.
+REFERENCE_DELTA_NORM = 0.9  # the paper's target-only cut
+
+
+def delta_norm(rel_norm) -> np.ndarray:
+    """Minder et al.'s Δnorm of latents whose relative decoder norm is r = ||d_T|| / (||d_ref|| + ||d_T||)."""
+    r = np.asarray(rel_norm, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # b/a = (1 - r)/r when the target's decoder is the longer one; a/b = r/(1 - r) otherwise
+        return np.where(r >= 0.5, 1 - (1 - r) / (2 * r), r / (2 * (1 - r)))
+
+
+def threshold_for_delta_norm(delta: float = REFERENCE_DELTA_NORM) -> float:
+    """The relative decoder norm r at which Δnorm = delta (delta >= 0.5): r = 1 / (3 - 2 delta); 0.9 -> 5/6."""
+    if not 0.5 <= delta < 1:
+        raise ValueError(f"Δnorm threshold {delta} must be in [0.5, 1)")
+    return 1 / (3 - 2 * delta)
+
+
+def ranked_by_scaling(idx: np.ndarray, nu_error: np.ndarray, nu_recon: np.ndarray) -> np.ndarray:
+    """Candidate latents in the reference's order: lowest nu_error first (the least present in the other model),
+    ties by nu_recon."""
+    idx = np.asarray(idx, dtype=np.int64)
+    return idx[np.lexsort((np.nan_to_num(nu_recon[idx], nan=np.inf), np.nan_to_num(nu_error[idx], nan=np.inf)))]
+
+
 def specific_latents(rel_norm: np.ndarray, nu_error: np.ndarray, count: np.ndarray, specific_threshold: float,
-                     presence_threshold: float) -> np.ndarray:
-    """Indices of latents specific to the target: alive, relative norm above the threshold, and Latent Scaling
-    says the reference's own error holds less than `presence_threshold` of it; sorted by relative norm."""
+                     presence_threshold: float, nu_recon: np.ndarray | None = None) -> np.ndarray:
+    """Indices of latents specific to one model: alive, relative norm toward it above the threshold (pass
+    1 - rel_norm for the reference's side), and Latent Scaling says the other model's own error holds less than
+    `presence_threshold` of it (nu_error measured with this model's decoder direction); ranked by nu_error."""
     ok = (count > 0) & (rel_norm > specific_threshold) & (np.nan_to_num(nu_error, nan=1.0) < presence_threshold)
-    idx = np.flatnonzero(ok)
-    return idx[np.argsort(-rel_norm[idx], kind="stable")]
+    return ranked_by_scaling(np.flatnonzero(ok), nu_error, nu_recon if nu_recon is not None else nu_error)
 
 
 @dataclass
@@ -223,9 +260,11 @@ class PairFit:
     crosscoder: Crosscoder
     scales: torch.Tensor  # [2]: multiply raw activations by these before encoding
     rel_norm: np.ndarray
-    scaling: dict[str, np.ndarray]
-    specific: np.ndarray
+    scaling: dict[str, np.ndarray]  # Latent Scaling along the target's decoder vectors
+    specific: np.ndarray  # target-only latents (what the target has and the reference lacks), ranked
     info: dict = field(default_factory=dict)
+    reference_scaling: dict[str, np.ndarray] = field(default_factory=dict)  # along the reference's decoder vectors
+    reference_only: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # what the target lost
 
     @property
     def alive(self) -> np.ndarray:
@@ -233,7 +272,7 @@ class PairFit:
 
 
 def fit_pair(reference: np.ndarray, target: np.ndarray, n_latents: int, k: int, steps: int, batch_size: int,
-             lr: float, seed: int, specific_threshold: float = 0.9, presence_threshold: float = 0.3,
+             lr: float, seed: int, specific_threshold: float = 5 / 6, presence_threshold: float = 0.3,
              progress: bool = True, desc: str = "crosscoder") -> PairFit:
     """Normalise, train, and read the per-latent diagnostics of one pair of paired activations [N, d]."""
     reference, target = np.asarray(reference, dtype=np.float32), np.asarray(target, dtype=np.float32)
@@ -246,8 +285,13 @@ def fit_pair(reference: np.ndarray, target: np.ndarray, n_latents: int, k: int, 
     cc, info = train(x, n_latents, k, steps, batch_size, lr, seed, progress, desc)
     rel = relative_norms(cc)
     scaling = latent_scaling(cc, x)
-    spec = specific_latents(rel, scaling["nu_error"], scaling["count"], specific_threshold, presence_threshold)
-    return PairFit(cc, scales, rel, scaling, spec, info)
+    spec = specific_latents(rel, scaling["nu_error"], scaling["count"], specific_threshold, presence_threshold,
+                            scaling["nu_recon"])
+    # the mirror: latents the reference has and the target lost, measured along the reference's decoder vectors
+    mirror = latent_scaling(cc, x, target=0, reference=1)
+    lost = specific_latents(1 - rel, mirror["nu_error"], mirror["count"], specific_threshold, presence_threshold,
+                            mirror["nu_recon"])
+    return PairFit(cc, scales, rel, scaling, spec, info, mirror, lost)
 
 
 def leaning_latents(fit: PairFit, n: int) -> np.ndarray:
