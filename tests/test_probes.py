@@ -32,10 +32,10 @@ def planted(n_problems=150, per_problem=2, d=16, k=3, strength=3.0, seed=0):
 
 
 def score(X, y, groups, types, seed=0):
+    """Cross-fitted test scores: ({metric: value}, {metric: per-resample values})."""
     target = located.ProbeTarget("t", np.arange(len(y)), np.zeros(len(y)), y, groups, types)
-    prep = maths.prepare(target, 0.3, 0.2, 200, seed)
-    outcome = maths.probe(X, target, prep.split, maths.control_labels(types, y, seed), Cs=(0.1, 1.0))
-    return outcome.point(), outcome.samples(prep.validation_weights, prep.test_weights)
+    scored = maths.cross_fit(X, maths.plan(target, 0.3, 0.2, 200, seed), Cs=(0.1, 1.0))
+    return {k: float(v[0]) for k, v in scored.test.items()}, {k: v[1:] for k, v in scored.test.items()}
 
 
 # --- the properties the issue asks for ---------------------------------------------------------
@@ -111,7 +111,10 @@ def test_selectivity_counts_only_test_types_seen_in_training():
     target = located.ProbeTarget("t", np.arange(len(groups)), np.zeros(len(groups)), rng.integers(0, 3, len(groups)),
                                 groups, types)
     table = maths.describe({"m": [target]}, 0.3, 0.2, 0)
-    assert table["test examples of unseen types"].item() == (~split.seen[split.test]).sum()
+    # cross-fitted: every example is a test example once, unseen when its type is not in its fold's train + validation
+    unseen = sum(int((~f.seen_fit[f.test]).sum()) for f in maths.folds(groups, 0.3, 0.2, 0, types))
+    assert table["test examples of unseen types"].item() == unseen
+    assert table["scored test examples (seen types)"].item() == len(groups) - unseen > 0
 
 
 # --- pieces --------------------------------------------------------------------------------------
@@ -443,7 +446,7 @@ def test_the_instrument_measures_every_treatment_with_stored_activations(tokeniz
     # SFT's weights copied: the same activations, probes and resamples, so exactly no gain
     same = result["variants"]["identical"]["selectivity_gain"]
     assert (same["value"], same["ci"], same["interval"]) == (0.0, [0.0, 0.0], "bootstrap")
-    assert 0 < same["n"] < 30  # the validation and test problems the bootstrap resamples
+    assert 0 < same["n"] < 30  # the problems with a scored test example (a seen type)
     assert result["variants"]["rlvr"]["selectivity_gain"]["interval"] == "bootstrap"
     assert result["summary"]["probe_selectivity_gain_rlvr_vs_sft"]["value"] == \
         result["variants"]["rlvr"]["selectivity_gain"]["value"]
@@ -454,3 +457,4 @@ def test_the_instrument_measures_every_treatment_with_stored_activations(tokeniz
     assert not any(k.startswith("lens_") for k in result["summary"])  # the lens writes lens.json
     again = base.run(cfg, Probes(), progress=False)  # up to date: read, not recomputed
     assert again["seconds"] == result["seconds"]
+

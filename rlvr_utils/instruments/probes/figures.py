@@ -47,7 +47,8 @@ def figure(table: pd.DataFrame, metric: str = "accuracy", models=None) -> plt.Fi
         ax.set_xticks(sorted(here.layer.unique()))
         if (i, j) != (0, 0) and ax.get_legend():
             ax.get_legend().remove()
-    fig.suptitle(f"Probe {PROBE_LABELS.get(metric, metric)} per layer (95% bootstrap interval over test problems)")
+    fig.suptitle(f"Probe {PROBE_LABELS.get(metric, metric)} per layer (cross-fitted: every problem a test problem "
+                 "once; 95% bootstrap interval over problems)")
     fig.tight_layout()
     return fig
 
@@ -86,8 +87,8 @@ def reading(summary: dict, n_layers: int, stages=("base", REFERENCE, STUDY)) -> 
         verdict = ("RLVR made them more decodable, as Representation learning predicts" if lo > 0 else
                    "RLVR made them less decodable" if hi < 0 else
                    "the interval contains 0: no change detected, as Routing predicts")
-        lines += ["", "RLVR − SFT selectivity for intermediate results: "
-                      f"{show(f'probe_selectivity_gain_{STUDY}_vs_{REFERENCE}')}; {verdict}."]
+        lines += ["", "RLVR − SFT selectivity for intermediate results, at the layer where RLVR gains most on "
+                      f"validation: {show(f'probe_selectivity_gain_{STUDY}_vs_{REFERENCE}')}; {verdict}."]
     floor = summary.get("selectivity_noise_floor")
     if floor and floor.get("ci"):
         lines += ["", "Noise floor of selectivity (the same pipeline on shuffled features): "

@@ -44,7 +44,7 @@ class Shared:
     settings: dict
     described: pd.DataFrame
     summary: dict
-    n_resampled: int | None  # problems the intermediate-result bootstrap resamples
+    n_resampled: int | None  # problems with a scored intermediate-result test example (the gain's n)
     tables: list[pd.DataFrame] = field(default_factory=list)
     samples: dict = field(default_factory=dict)
 
@@ -93,28 +93,31 @@ class Probes(Instrument):
                 "value": floor["value"], "ci": floor["ci"],
                 "description": f"intermediate-result selectivity of {registry.REFERENCE}'s activations ({site}) with "
                                "their rows shuffled over examples (no information about the labels), through the same "
-                               "split, probes, control task and validation choice of layer; pooled over shuffles and "
+                               "folds, probes, control task and validation choice of layer; pooled over shuffles and "
                                "resamples"}
-            n_resampled = maths.prepare(inter[0], p.test_fraction, p.validation_fraction, p.n_bootstrap,
-                                        cfg.seed).n_resampled
+            n_resampled = maths.plan(inter[0], p.test_fraction, p.validation_fraction, 1, cfg.seed).n_scored_problems
         described = maths.describe(stage_targets, p.test_fraction, p.validation_fraction, cfg.seed)
         return Shared(reader, with_treatments(stage_targets, treatments, treatments), meta["layers"], site, settings,
                       described, summary, n_resampled, [table], samples)
 
     def measure(self, cfg, treatment: str, shared: Shared) -> Measures:
-        """The treatment's selectivity gain over the reference; a treatment the stages did not include is
-        probed here, for intermediate results at the summary site."""
+        """The treatment's selectivity gain over the reference at the layer where it gains most, and its change
+        at the layer where it loses most ('selectivity_drop': a removed feature); a treatment the stages did not
+        include is probed here, for intermediate results at the summary site."""
         if treatment not in shared.targets:  # the reference has no intermediate result to compare
-            return {"selectivity_gain": Estimate.undefined()}
+            return {"selectivity_gain": Estimate.undefined(), "selectivity_drop": Estimate.undefined()}
         if treatment not in STAGES:
             table, samples = sweep.run(shared.reader, {treatment: shared.targets[treatment]}, shared.layers,
                                        [shared.site], **shared.settings)
             shared.tables.append(table)
             shared.samples.update(samples)
-        gain = sweep.selectivity_gain(pd.concat(shared.tables, ignore_index=True), shared.samples, treatment,
-                                      registry.REFERENCE, "intermediate", cfg.evaluation.confidence, shared.site,
-                                      shared.n_resampled)
-        return {"selectivity_gain": Estimate.undefined() if gain is None else gain}
+        table = pd.concat(shared.tables, ignore_index=True)
+        out = {}
+        for key, lower in (("selectivity_gain", False), ("selectivity_drop", True)):
+            change = sweep.selectivity_gain(table, shared.samples, treatment, registry.REFERENCE, "intermediate",
+                                            cfg.evaluation.confidence, shared.site, shared.n_resampled, lower)
+            out[key] = Estimate.undefined() if change is None else change
+        return out
 
     def report(self, cfg, shared: Shared, variants: dict[str, Measures]) -> dict:
         """The headline numbers, the targets and every probe (what the chapter draws)."""

@@ -26,7 +26,7 @@ ANSWER_START = re.compile(r"(?:^|\n)#### *(?=\S)|\\boxed\{")
 # The arithmetic just before '=': numbers, operators, brackets, '$' and spaces (not a sentence's '.').
 # A digit run is matched whole ((?!\d)), so a failed search cannot backtrack through its splits.
 LEFT_SIDE = r"((?:\d+(?:\.\d+)?(?!\d)|[ \t+\-*/×÷()$])*)"
-MIN_PROBLEMS = 10  # a train / validation / test split needs a few problems on every side
+MIN_PROBLEMS = 10  # cross-fitting needs a few problems on every side of every fold (at least 2 per fold)
 
 
 @dataclass
@@ -174,25 +174,26 @@ def correct_target(cache, greedy: list[dict]) -> ProbeTarget:
 def targets_for(pcfg, cache, problems: list[dict], tokenizer, greedy: dict[str, list[dict]]
                 ) -> dict[str, list[ProbeTarget]]:
     """{model: its targets} for the targets named in the `probes` params section; `greedy` maps each
-    model to its eval/<model>_greedy.jsonl rows. Targets with too few problems to split are left out."""
+    model to its eval/<model>_greedy.jsonl rows. Targets with too few problems to cross-fit are left out."""
+    needed = max(MIN_PROBLEMS, 2 * max(2, round(1 / pcfg.test_fraction)))  # 2 problems per fold (maths.folds)
     shared = []
     if "intermediate" in pcfg.targets:
         shared.append(intermediate_target(cache, problems, tokenizer, pcfg.intermediate_label))
     if "answer_last_digit" in pcfg.targets:
         shared.append(answer_target(cache, problems, tokenizer))
-    shared = [t for t in shared if splittable(t)]
+    shared = [t for t in shared if splittable(t, needed)]
     out = {}
     for model, rows in greedy.items():
         own = [correct_target(cache, rows)] if "correct" in pcfg.targets else []
-        out[model] = shared + [t for t in own if splittable(t)]
+        out[model] = shared + [t for t in own if splittable(t, needed)]
     return out
 
 
-def splittable(target: ProbeTarget) -> bool:
+def splittable(target: ProbeTarget, min_problems: int = MIN_PROBLEMS) -> bool:
     n_problems = len(np.unique(target.groups))
-    if n_problems < MIN_PROBLEMS:
-        log.warning("target %r has examples in %d problems, fewer than the %d a train/validation/test split needs: "
-                    "left out", target.name, n_problems, MIN_PROBLEMS)
+    if n_problems < min_problems:
+        log.warning("target %r has examples in %d problems, fewer than the %d its cross-fitting folds need: "
+                    "left out", target.name, n_problems, min_problems)
         return False
     return True
 
