@@ -35,7 +35,7 @@ def _problems(n=60, seed=0):
 def run(tmp_path_factory):
     """A run folder with a tiny SFT checkpoint (3 layers, crosscoder.layer 1) and validation problems."""
     root = tmp_path_factory.mktemp("runs")
-    cfg = config.from_dict({"runs_dir": str(root), "crosscoder": {"layer": LAYER}})
+    cfg = config.from_dict({"runs_dir": str(root), "crosscoder": {"layer": LAYER}, "variants": {"planted_layer": LAYER}})
     problems = _problems()
     tokenizer = organism.build_tokenizer([p["prompt"] + p["answer"] for p in problems], 300)
     tokenizer.pad_token = tokenizer.eos_token
@@ -152,3 +152,9 @@ def test_a_model_without_a_gated_mlp_is_refused_clearly():
     model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="gated MLP"):
         planted.mlp_parts(model, 0)
+
+
+def test_the_planted_block_must_be_where_the_crosscoder_looks():
+    with pytest.raises(config.ParamsError, match="variants.planted_layer .*crosscoder.layer=1"):
+        config.from_dict({"crosscoder": {"layer": 1}})  # the organism's 4 blocks: planted at block 2 by default
+    assert config.from_dict({"crosscoder": {"layer": 2}}).variants.planted_layer is None  # block 2 either way

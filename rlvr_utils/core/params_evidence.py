@@ -36,6 +36,9 @@ class VariantParams(Section):
                           "new direction written by one re-purposed MLP neuron at the crosscoder's block) and "
                           "'removed_feature' (the direction SFT's strongest MLP neuron there writes, projected "
                           "out): known Representation changes the crosscoder and probe rows must find")
+    planted_layer: int | None = Field(None, ge=0, description="block of the planted controls; None = the middle "
+                                      "block (num_layers // 2), the crosscoder's default; must equal crosscoder.layer "
+                                      "when that is set")
     user: dict[str, str] = Field({}, description="extra treatments to measure beside RLVR, name: checkpoint folder "
                                  "or hub id (e.g. another RL run from the same SFT model): measured and read like "
                                  "RLVR against the same placebos, nulls and controls; no known answer")

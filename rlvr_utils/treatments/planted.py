@@ -34,7 +34,7 @@ import torch
 from rlvr_utils.treatments.registry import REPRESENTATION, Family, Treatment, register
 from rlvr_utils.treatments.weights import build_from_checkpoints
 
-PARAMS = ("variants", "crosscoder", "model")
+PARAMS = ("variants", "model")  # not "crosscoder": every chapter imports the registry (config checks the layer)
 PLANTED, REMOVED = "planted_feature", "removed_feature"
 N_PROBLEMS = 256  # validation problems whose gold solutions choose the neurons and directions
 FIRING_RATE = 0.15  # share of completion tokens on which the planted neuron fires
@@ -51,9 +51,11 @@ def problem_property(problem: dict) -> bool:
 
 # --- SFT's activations on the validation problems ---------------------------------------------------------------
 def layer_of(cfg, n_layers: int) -> int:
-    layer = cfg.crosscoder.layer if cfg.crosscoder.layer is not None else n_layers // 2
+    """The block the features are planted in: `variants.planted_layer`, by default the crosscoder's default block
+    (num_layers // 2); rlvr_utils.core.config checks that it equals `crosscoder.layer` when that is set."""
+    layer = cfg.variants.planted_layer if cfg.variants.planted_layer is not None else n_layers // 2
     if not 0 <= layer < n_layers:
-        raise ValueError(f"crosscoder.layer={layer} is out of range for the planted controls: 0..{n_layers - 1}")
+        raise ValueError(f"variants.planted_layer={layer}: the model has blocks 0..{n_layers - 1}")
     return layer
 
 
