@@ -32,7 +32,7 @@ class ConfigSize(base.Instrument):
 
 @pytest.fixture
 def run(tmp_path):
-    cfg = config.from_dict({"name": "tiny", "runs_dir": str(tmp_path / "runs"), "variants": {"nulls": 2}})
+    cfg = config.from_dict({"name": "tiny", "runs_dir": str(tmp_path / "runs"), "variants": {"nulls": 2, "placebos": 0, "planted": False}})
     for name in ("sft", "rlvr", "null_0"):  # attn_only, mlp_only, identical, null_1: not built in this run
         folder = cfg.model_dir(name)
         folder.mkdir(parents=True)
