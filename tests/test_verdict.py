@@ -269,4 +269,7 @@ def test_a_planted_feature_calibrates_the_feature_rows_only():
     assert "planted_feature reads no evidence, expected Representation learning" in row(table, "crosscoder.json")[
         "calibration"]
     metrics["crosscoder.json"]["variants"]["planted_feature"]["specific_latents"] = entry(6.0, 1.0)
-    assert row(verdict.evidence(metrics, design, PARAMS), "crosscoder.json")["calibration"] == "counts"
+    table = verdict.evidence(metrics, design, PARAMS)
+    assert row(table, "crosscoder.json")["calibration"] == "counts"
+    # its own verdict reads its scope only (the same-input row, where it moved like a placebo, has no say)
+    assert verdict.overall(verdict.tally(table, "planted_feature", groups=("crosscoder",)), PARAMS) == REPRESENTATION

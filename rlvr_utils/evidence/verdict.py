@@ -347,9 +347,12 @@ def combine(readings: list[str]) -> str:
     return BOTH
 
 
-def tally(table: pd.DataFrame, treatment: str = registry.STUDY, counted_only: bool = True) -> dict[str, int]:
-    """How many measurement groups read each label for a treatment (a group's counted rows combined: one vote)."""
+def tally(table: pd.DataFrame, treatment: str = registry.STUDY, counted_only: bool = True,
+          groups: tuple[str, ...] | None = None) -> dict[str, int]:
+    """How many measurement groups (all, or those in `groups`) read each label for a treatment (a group's counted
+    rows combined: one vote)."""
     rows = table[table["calibration"] == "counts"] if counted_only else table
+    rows = rows if groups is None else rows[rows["group"].isin(groups)]
     groups: dict[str, list[str]] = {}
     for _, row in rows.iterrows():
         groups.setdefault(row["group"], []).append(row["readings"].get(treatment, NOT_MEASURED))
@@ -397,7 +400,7 @@ def build(cfg) -> dict:
         per_seed[seed] = {"verdict": reading, "gains": _gains(folder)}
     if others:
         table = replicate(table, cfg.seed, others)
-    verdicts = {t: overall(tally(table, t), cfg.verdict) for t in design.treatments}
+    verdicts = {t: overall(tally(table, t, groups=design.scope.get(t)), cfg.verdict) for t in design.treatments}
     counts = tally(table)
     counted = table[table["calibration"] == "counts"]
     return {
