@@ -140,3 +140,15 @@ def test_bad_user_treatments_are_refused_by_name(tmp_path):
             config.from_dict({"variants": {"user": {bad: "org/model"}}})
     with pytest.raises(ValueError, match="used twice"):
         registry.names(config.from_dict({"variants": {"user": {"null_0": "org/model"}}}))
+
+
+def test_given_checkpoints_have_no_placebos_nor_hybrids(tmp_path):
+    """A placebo copies RLVR's logged rewards, which given checkpoints do not ship: analyze-only runs build none
+    (and no hybrid, which carries a placebo's update), so the verdict can say why no row counts."""
+    for stage in ("sft", "rlvr"):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "config.json").write_text('{"num_hidden_layers": 4}')
+    cfg = config.from_dict({"runs_dir": str(tmp_path), "model": {"sft": str(tmp_path / "sft"),
+                                                                 "rlvr": str(tmp_path / "rlvr")}})
+    assert cfg.model.analyze_only and cfg.variants.placebos == 3
+    assert registry.names(cfg, "placebo") == [] and not [t for t in registry.all(cfg) if t.full]

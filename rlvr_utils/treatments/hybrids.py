@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from rlvr_utils.models.families import family_of
+from rlvr_utils.treatments.placebos import runs as placebo_runs
 from rlvr_utils.treatments.registry import REPRESENTATION, ROUTING, Family, Treatment, register
 from rlvr_utils.treatments.weights import build_from_checkpoints, rescaled
 
@@ -41,7 +42,7 @@ def build(cfg, name: str) -> str:
 
 def expand(cfg) -> list[Treatment]:
     v = cfg.variants
-    if not (v.hybrids and v.placebos and set(v.controls) >= {c for _, c, _ in HYBRIDS.values()}):
+    if not (v.hybrids and placebo_runs(cfg) and set(v.controls) >= {c for _, c, _ in HYBRIDS.values()}):
         return []
     return [Treatment(f"{name}{suffix}", "control", answer, "hybrids",
                       f"SFT + {carrier}'s {component} update + {PLACEBO}'s update of the rest{suffix and ', at RLVR norm'}",

@@ -11,7 +11,7 @@ import numpy as np
 from rlvr_utils.core import artifacts
 from rlvr_utils.treatments.registry import NO_EVIDENCE, Family, Treatment, register
 
-PARAMS = ("variants",)
+PARAMS = ("variants", "model")
 SEED_OFFSET = 2000
 PAID = ("rewards/accuracy_reward/mean", "rewards/format_reward/mean")  # what RLVR's log says it was paid
 
@@ -46,6 +46,15 @@ def train_placebo(cfg, name: str) -> list[dict]:
     return train.grpo(cfg, name, cfg.model_ref("sft"), reward_funcs=placebo_rewards(rlvr_reward_means(cfg), seed))
 
 
-register(Family("placebos", lambda cfg: [
-    Treatment(f"placebo_{k}", "placebo", NO_EVIDENCE, "placebos", "GRPO paid by draws that ignore the completion",
-              trained=True) for k in range(cfg.variants.placebos)], order=20, train=train_placebo))
+def runs(cfg) -> int:
+    """How many placebo runs this run has: `variants.placebos`, but none for given checkpoints (analyze-only), whose
+    RLVR training log, the rewards a placebo copies, is not there (the verdict's caveats then say no row counts)."""
+    return 0 if cfg.model.analyze_only else cfg.variants.placebos
+
+
+def expand(cfg) -> list[Treatment]:
+    return [Treatment(f"placebo_{k}", "placebo", NO_EVIDENCE, "placebos", "GRPO paid by draws that ignore the completion",
+                      trained=True) for k in range(runs(cfg))]
+
+
+register(Family("placebos", expand, order=20, train=train_placebo))
