@@ -48,7 +48,7 @@ def test_analyze_only_runs_every_notebook_on_local_checkpoints(tmp_path):
     raw = yaml.safe_load((config.PROJECT_ROOT / "params" / "ci.yaml").read_text())
     # controls would train GRPO from the given SFT model: off here, so nothing is trained at all
     raw.update(name="analyze-only", runs_dir=str(tmp_path / "runs"), model={k: str(v) for k, v in folders.items()},
-               variants={"controls": [], "nulls": 2})
+               variants={"controls": [], "nulls": 2, "planted": False})
     params = tmp_path / "analyze.yaml"
     params.write_text(yaml.safe_dump(raw))
     result = run_book(params, tmp_path / "site", "--no-book")
@@ -60,4 +60,5 @@ def test_analyze_only_runs_every_notebook_on_local_checkpoints(tmp_path):
     assert {"accuracy_base", "accuracy_sft", "accuracy_rlvr"} <= set(summary)
     result = json.loads((run / "metrics" / "verdict.json").read_text())
     assert result["verdict"] == "inconclusive"  # no row is calibrated without the controls
-    assert all("no control with a known Routing answer" in row["calibration"] for row in result["rows"])
+    assert all("no frozen control with a known Routing answer" in row["calibration"] for row in result["rows"])
+    assert all("fewer than 2 placebo runs" in row["calibration"] for row in result["rows"])  # none for given checkpoints
