@@ -158,3 +158,10 @@ def test_the_planted_block_must_be_where_the_crosscoder_looks():
     with pytest.raises(config.ParamsError, match="variants.planted_layer .*crosscoder.layer=1"):
         config.from_dict({"crosscoder": {"layer": 1}})  # the organism's 4 blocks: planted at block 2 by default
     assert config.from_dict({"crosscoder": {"layer": 2}}).variants.planted_layer is None  # block 2 either way
+
+
+def test_planted_controls_are_the_organisms_only():
+    assert config.from_dict({}).variants.planted and registry.names(config.from_dict({}), "control")[-2:] == [
+        "planted_feature", "removed_feature"]
+    rehearsal = config.from_dict({"model": {"base": "Qwen/Qwen2.5-0.5B"}}, machine=False)
+    assert not [n for n in registry.names(rehearsal) if n.endswith("_feature")]  # the gate reads organism problems

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlvr_utils.core.params import ORGANISM
 from rlvr_utils.treatments.registry import REPRESENTATION, Family, Treatment, register
 from rlvr_utils.treatments.weights import build_from_checkpoints
 
@@ -204,7 +205,9 @@ def build(cfg, name: str) -> str:
 
 
 def expand(cfg) -> list[Treatment]:
-    if not cfg.variants.planted:
+    """The two controls, on the model organism only: the gate reads a property of its synthetic problems' gold
+    solutions (real data sets write their solutions otherwise, and the rehearsal's fail the gate)."""
+    if not cfg.variants.planted or cfg.model.base != ORGANISM or cfg.model.analyze_only:
         return []
     return [Treatment(PLANTED, "control", REPRESENTATION, "planted",
                       f"SFT + a new feature: one MLP neuron re-purposed to write a direction SFT does not use, "
