@@ -137,8 +137,8 @@ def _stage_book(book_root: Path, chapters: list[Path]) -> None:
         (book_root / "book" / "overview.md").write_text("# Overview\n\n```{include} abstract.md\n```\n")
         lines = ["format: jb-book", "root: book/overview", "chapters:"]
         lines += [f"  - file: book/executed/{nb.stem}" for nb in chapters]
-        lines += ["  - file: book/executed/reproducibility", "  - file: book/params", "  - file: book/data",
-                  "  - file: book/bibliography"]
+        # not the bibliography: it links the project's chapters, which a book of other notebooks lacks
+        lines += ["  - file: book/executed/reproducibility", "  - file: book/params", "  - file: book/data"]
         (book_root / "_toc.yml").write_text("\n".join(lines) + "\n")
 
 
