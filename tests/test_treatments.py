@@ -152,3 +152,9 @@ def test_given_checkpoints_have_no_placebos_nor_hybrids(tmp_path):
                                                                  "rlvr": str(tmp_path / "rlvr")}})
     assert cfg.model.analyze_only and cfg.variants.placebos == 3
     assert registry.names(cfg, "placebo") == [] and not [t for t in registry.all(cfg) if t.full]
+
+
+def test_a_bad_user_checkpoint_is_named_once(tmp_path):
+    with pytest.raises(config.ParamsError) as err:
+        config.from_dict({"runs_dir": str(tmp_path), "variants": {"user": {"other": "./missing_checkpoint"}}})
+    assert str(err.value).count("variants.user.other") == 1

@@ -138,16 +138,6 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
     elif fields - {"question"}:
         problems.append(f"data.prompt_template (got {p.data.prompt_template!r}): unknown field(s) "
                         f"{sorted(fields - {'question'})}; only {{question}} is filled in (write {{{{ }}}} for a brace)")
-    n_layers, _ = _model_layers(p)
-    planted_at = p.variants.planted_layer if p.variants.planted_layer is not None else n_layers and n_layers // 2
-    if p.variants.planted and None not in (p.crosscoder.layer, planted_at) and planted_at != p.crosscoder.layer:
-        problems.append(f"variants.planted_layer (got {p.variants.planted_layer}): the planted features go to block "
-                        f"{planted_at}, but crosscoder.layer={p.crosscoder.layer} looks for them elsewhere; set "
-                        "variants.planted_layer to the crosscoder's block")
-    for name, value in p.variants.user.items():
-        if looks_local(value) and not (resolve(value) / "config.json").is_file():
-            problems.append(f"variants.user.{name} (got {value!r}): no checkpoint folder with a config.json at "
-                            f"{resolve(value)}")
     d = p.data
     for key, src, path in (("data.sft_path", d.sft_source, d.sft_path), ("data.grpo_path", d.grpo_source, d.grpo_path),
                            ("data.eval_path", "gsm8k" if d.grpo_source == "gsm8k" else "synthetic", d.eval_path)):
