@@ -115,17 +115,21 @@ def _train_validation(groups: np.ndarray, rest: np.ndarray, validation_fraction:
         _seen(types, len(groups), np.concatenate([train, validation]))
 
 
+def _check_fractions(test_fraction: float, validation_fraction: float) -> None:
+    for name, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
+        _check_fraction(name, value)
+    if test_fraction + validation_fraction >= 1:
+        raise ValueError(f"test_fraction + validation_fraction = {test_fraction + validation_fraction} leaves no "
+                         "problem to train on")
+
+
 def problem_split(groups, test_fraction: float, validation_fraction: float = 0.2, seed: int = 0,
                   types: list | None = None) -> Split:
     """One train / validation / test split of example indices with every problem (group) on exactly one side
     (`folds` makes every problem a test problem once). `seen` marks the examples whose type (`types`) occurs in
     training (all True without `types`)."""
     groups = np.asarray(groups)
-    for name, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
-        _check_fraction(name, value)
-    if test_fraction + validation_fraction >= 1:
-        raise ValueError(f"test_fraction + validation_fraction = {test_fraction + validation_fraction} leaves no "
-                         "problem to train on")
+    _check_fractions(test_fraction, validation_fraction)
     if len(np.unique(groups)) < 3:
         raise ValueError(f"a train/validation/test split by problem needs at least 3 problems, got "
                          f"{len(np.unique(groups))}")
@@ -143,11 +147,7 @@ def folds(groups, test_fraction: float = 0.2, validation_fraction: float = 0.2, 
     `validation_fraction` of all problems). Every example is a test example exactly once, never with its
     problem on another side."""
     groups = np.asarray(groups)
-    for name, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
-        _check_fraction(name, value)
-    if test_fraction + validation_fraction >= 1:
-        raise ValueError(f"test_fraction + validation_fraction = {test_fraction + validation_fraction} leaves no "
-                         "problem to train on")
+    _check_fractions(test_fraction, validation_fraction)
     n_folds, problems = max(2, round(1 / test_fraction)), np.unique(groups)
     if len(problems) < 2 * n_folds:
         raise ValueError(f"test_fraction={test_fraction}: {n_folds} cross-fitting folds need at least 2 problems per "
