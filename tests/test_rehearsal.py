@@ -61,6 +61,54 @@ def test_rehearsal_params_run_every_real_scale_path(tmp_path):
     assert cfg.variants.nulls >= 2
 
 
+def _rehearsal_cfg(tmp_path, **sft):
+    raw = yaml.safe_load((ROOT / "params" / "rehearsal.yaml").read_text())
+    raw["model"]["base"], raw["runs_dir"] = str(tmp_path / "base"), str(tmp_path / "runs")
+    raw["sft"].update(sft)
+    (tmp_path / "base").mkdir(exist_ok=True)
+    (tmp_path / "base" / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    return config.from_dict(raw)
+
+
+def test_sft_stopping_rule_rows_never_enter_training_on_the_real_schema_file(tmp_path):
+    cfg = _rehearsal_cfg(tmp_path)
+    test = data.eval_problems(cfg)
+    train_rows, validation = data.sft_problems(cfg, test), data.sft_validation_problems(cfg, test)
+    file_rows = data.load_numina(cfg.data.sft_path, max_rows=cfg.data.max_rows, template=cfg.data.prompt_template)
+    assert len(validation) == cfg.sft.n_validation == 16 and len(train_rows) == len(file_rows) - 16 == 284
+    assert not {r["question"] for r in validation} & {r["question"] for r in train_rows}
+    assert not {r["id"] for r in validation} & {r["id"] for r in train_rows}
+    assert {r["id"] for r in validation + train_rows} == {r["id"] for r in file_rows}  # a split of the file's rows
+    assert [r["id"] for r in validation] != list(range(284, 300))  # drawn from the whole file, not its tail
+    assert validation == data.sft_validation_problems(cfg, test)  # deterministic
+    other_seed = _rehearsal_cfg(tmp_path, n_validation=16).model_copy(update={"seed": 1})
+    assert data.sft_validation_problems(other_seed, test) != validation  # and seeded
+    # no stopping rule: nothing is held out of training
+    assert len(data.sft_problems(_rehearsal_cfg(tmp_path, stop_metric=None), test)) == 300
+    with pytest.raises(ValueError, match=r"sft.n_validation \(got 300\).*gives 300 rows"):
+        data.sft_problems(_rehearsal_cfg(tmp_path, n_validation=300), test)
+
+
+def test_sft_file_rows_that_repeat_a_held_out_question_are_not_trained_on(tmp_path):
+    rows = data.read_jsonl(ROOT / "tests/data/numina/gsm8k_numina_cot.jsonl")[:40]
+    test_question = data.load_gsm8k("tests/data/gsm8k/test.jsonl")[0]["question"]
+    rows[3] = {**rows[3], "problem": test_question}  # a test problem inside the SFT file
+    data.write_jsonl(tmp_path / "sft.jsonl", rows)
+    cfg = _rehearsal_cfg(tmp_path, n_validation=8)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sft_path": str(tmp_path / "sft.jsonl")})})
+    test = data.eval_problems(cfg)
+    picked = [r["id"] for r in data.sft_validation_problems(cfg, test)]
+    assert test_question not in [r["question"] for r in data.sft_problems(cfg, test)]
+    # NuminaMath repeats problems: a row outside the stopping rule's that copies one of its rows is not trained on
+    copied = next(i for i in picked if i != 3)
+    other = next(i for i in range(40) if i not in picked and i != 3)
+    rows[other] = dict(rows[copied])
+    data.write_jsonl(tmp_path / "sft.jsonl", rows)
+    assert [r["id"] for r in data.sft_validation_problems(cfg, test)] == picked  # the same draw (same row count)
+    trained = [r["question"] for r in data.sft_problems(cfg, test)]
+    assert rows[copied]["problem"] not in trained and len(trained) == 40 - 8 - (3 not in picked) - 1
+
+
 # --- evaluation backends ---------------------------------------------------------------------------
 @pytest.fixture
 def fake_vllm(monkeypatch):

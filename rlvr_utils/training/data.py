@@ -210,6 +210,7 @@ def load_numina(ref: str, split: str = "train", max_rows: int | None = None,
 # --- the problem sets of one run -----------------------------------------------------------------
 EVAL_SEED_OFFSET = 10_007  # held-out test problems come from their own seed
 VALIDATION_SEED_OFFSET = 20_011  # and the validation problems from another
+SFT_VALIDATION_SEED_OFFSET = 30_011  # and the rows of an SFT file that SFT's stopping rule reads
 
 
 def eval_problems(cfg) -> list[dict]:
@@ -242,25 +243,49 @@ def held_out_questions(cfg) -> list[str]:
 
 
 def sft_problems(cfg, held_out: list[dict]) -> list[dict]:
-    """SFT's data. The organism's comes from its own distribution (old verbs, sft_min/max_steps)."""
+    """SFT's training data. The organism's comes from its own distribution (old verbs, sft_min/max_steps); a
+    file's (NuminaMath-CoT or GSM8K schema) is its rows less those of SFT's stopping rule (`_sft_file_split`)."""
     d = cfg.data
-    if d.sft_source == "numina_cot":
-        return load_numina(d.sft_path, "train", d.max_rows, d.prompt_template)
-    if d.sft_source == "gsm8k":
-        return load_gsm8k(d.sft_path, "train", d.max_rows, d.prompt_template)
+    if d.sft_source != "synthetic":
+        return _sft_file_split(cfg, held_out)[0]
     exclude = [p["question"] for p in held_out + validation_problems(cfg)]
     return synthetic_problems(d, d.n_sft, cfg.seed + 1, exclude=exclude,
                               verbs=d.sft_verbs, steps=(d.sft_min_steps, d.sft_max_steps))
 
 
 def sft_validation_problems(cfg, held_out: list[dict]) -> list[dict]:
-    """Held-out problems of SFT's own distribution: its stopping rule watches their loss."""
-    d, train = cfg.data, sft_problems(cfg, held_out)
+    """Held-out problems of SFT's own distribution: its stopping rule watches their loss. Never training rows."""
+    d = cfg.data
     if d.sft_source != "synthetic":
-        return train[-cfg.sft.n_validation:]
-    exclude = [p["question"] for p in held_out + train]
+        return _sft_file_split(cfg, held_out)[1]
+    exclude = [p["question"] for p in held_out + sft_problems(cfg, held_out)]
     return synthetic_problems(d, cfg.sft.n_validation, cfg.seed + 3, exclude=exclude,
                               verbs=d.sft_verbs, steps=(d.sft_min_steps, d.sft_max_steps))
+
+
+def _sft_file_split(cfg, held_out: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(training rows, stopping-rule rows) of an SFT file. With a stopping rule, `sft.n_validation` of the file's
+    rows (of its first `data.max_rows`), drawn with seed `seed + 30_011` from all of them rather than its tail so
+    that they follow its mix of sources, are the stopping rule's. Training keeps the others in file order, less
+    every row that repeats the question of a stopping-rule row (NuminaMath-CoT repeats problems) or of a held-out
+    evaluation or validation problem: the rule measures loss on problems SFT never trained on."""
+    d, s = cfg.data, cfg.sft
+    load_rows = load_numina if d.sft_source == "numina_cot" else load_gsm8k
+    rows = load_rows(d.sft_path, "train", d.max_rows, d.prompt_template)
+    picked = set()
+    if s.stop_metric is not None:
+        if s.n_validation >= len(rows):
+            raise ValueError(f"sft.n_validation (got {s.n_validation}): the stopping rule's rows come out of "
+                             f"data.sft_path ({d.sft_path}), which gives {len(rows)} rows (data.max_rows="
+                             f"{d.max_rows}); use fewer validation rows or more data")
+        picked = set(random.Random(cfg.seed + SFT_VALIDATION_SEED_OFFSET).sample(range(len(rows)), s.n_validation))
+    validation = [r for i, r in enumerate(rows) if i in picked]
+    never = {p["question"] for p in held_out + validation_problems(cfg) + validation}
+    train = [r for r in rows if r["question"] not in never]
+    if not train:
+        raise ValueError(f"data.sft_path ({d.sft_path}): no training rows left once the stopping rule's "
+                         f"{len(validation)} rows and the held-out evaluation problems are taken out")
+    return train, validation
 
 
 def grpo_problems(cfg, held_out: list[dict]) -> list[dict]:
