@@ -1,4 +1,5 @@
-"""Command line: `python -m rlvr_utils {run, replicate, elicit, plan, check-params, show-params, compare, train, extract}`."""
+"""Command line: `python -m rlvr_utils {run, replicate, elicit, plan, check-params, show-params, compare, train, launch,
+extract}`."""
 from __future__ import annotations
 
 import argparse
@@ -63,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--stage", required=True, help="base, sft, rlvr, or a trained treatment of the params' "
                        "registry (a control, a placebo)")
     train.add_argument("--params", required=True)
+
+    node = sub.add_parser("launch", help="every training stage of the run (SFT, GRPO, controls, placebos) on this "
+                          "machine, each through accelerate launch; on several machines each starts this with its rank")
+    node.add_argument("--params", required=True)
+    node.add_argument("--machine-rank", type=int, default=None, metavar="R",
+                      help="this machine's rank, 0 to launch.num_machines - 1 (default: launch.machine_rank)")
 
     ext = sub.add_parser("extract", help="extract one model's activations over the run's token cache (what "
                          "`accelerate launch` runs when extract.num_processes > 1)")
@@ -134,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
                 training.TRAINERS[args.stage](cfg)
             else:
                 registry.train(cfg, args.stage)
+            return 0
+        if args.command == "launch":
+            from rlvr_utils.treatments import launch
+
+            cfg = checked(args.params)
+            try:
+                rank = launch.machine_rank(cfg, args.machine_rank, "--machine-rank")
+            except ValueError as err:
+                print(f"{args.params}: {err}", file=sys.stderr)
+                return 2
+            print("\n".join(launch.train_on_this_machine(cfg, args.params, rank)))
             return 0
         if args.command == "extract":
             from rlvr_utils import activations

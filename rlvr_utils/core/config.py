@@ -194,6 +194,11 @@ def _limits(p: "Params", machine: bool) -> list[str]:
         problems.append(f"evaluation.pass_k (got {p.evaluation.pass_k}): each k once")
     if not p.patching.sites:
         problems.append("patching.sites (got []): at least one site to patch")
+    machines = p.launch.num_machines
+    for key, section, trained in (("sft", p.sft, p.model.sft is None), ("grpo", p.grpo, not p.model.analyze_only)):
+        if trained and section.num_processes % machines:  # accelerate starts num_processes / num_machines per machine
+            problems.append(f"{key}.num_processes (got {section.num_processes}): must be a multiple of "
+                            f"launch.num_machines={machines} (the processes of all machines together)")
     for key, path in (("sft.deepspeed", p.sft.deepspeed), ("grpo.deepspeed", p.grpo.deepspeed)):
         if path and resolve(path).is_file():
             try:

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rlvr_utils.core.paths import looks_local, resolve
 from rlvr_utils.core.params_evidence import ElicitationParams, Section, VariantParams, VerdictParams
+from rlvr_utils.core.params_launch import LaunchParams
 
 ORGANISM = "organism"  # `model.base` value that builds the embedded model organism
 
@@ -415,6 +416,7 @@ class Params(Section):
     data: DataParams = DataParams()
     sft: SFTParams = SFTParams()
     grpo: GRPOParams = GRPOParams()
+    launch: LaunchParams = LaunchParams()
     evaluation: EvalParams = EvalParams()
     extract: ExtractParams = ExtractParams()
     cka: CKAParams = CKAParams()

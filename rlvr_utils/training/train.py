@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,9 +20,9 @@ import torch
 from rlvr_utils.core import artifacts
 from rlvr_utils.training import data, organism, rewards
 from rlvr_utils.core.config import Params, resolve
-from rlvr_utils.training.launch import launch_command, needs_launcher
+from rlvr_utils.training.launch import launch_command, launched_here, needs_launcher
 
-PARAMS = ("organism", "data", "sft", "grpo")
+PARAMS = ("organism", "data", "sft", "grpo", "launch")
 STAGE_SECTIONS = {  # the params a checkpoint depends on: change one and the stage re-runs
     "base": ("seed", "model", "organism", "data"),
     "sft": ("seed", "model", "organism", "data", "sft"),
@@ -134,7 +135,34 @@ def whole_run_history(history: list[dict], resume_step: int) -> list[dict]:
     return history
 
 
+def recipe(trainer) -> dict:
+    """How a stage was run, as its metrics record it: a control or placebo must show RLVR's (same launcher,
+    processes, machines, DeepSpeed config, precision and batches, GRPO's generation batch included)."""
+    args, n = trainer.args, trainer.accelerator.num_processes
+    out = {"launcher": "accelerate launch" if launched_here() else "one process", "num_processes": n,
+           "num_machines": n // int(os.environ.get("LOCAL_WORLD_SIZE", n)),
+           "distributed_type": trainer.accelerator.distributed_type.value,
+           "deepspeed": Path(args.deepspeed).name if args.deepspeed else None, "bf16": bool(args.bf16),
+           "per_device_train_batch_size": args.per_device_train_batch_size,
+           "gradient_accumulation_steps": args.gradient_accumulation_steps,
+           "train_batch_size": args.per_device_train_batch_size * n * args.gradient_accumulation_steps}
+    if getattr(args, "generation_batch_size", None) is not None:  # GRPO: completions generated per step, all ranks
+        out["generation_batch_size"] = args.generation_batch_size
+    return out
+
+
+def _processes(trainer) -> list[dict]:
+    """Every process of the stage (a collective: each one reports itself), so the metrics show that each rank of
+    each machine took part. torchrun's GROUP_RANK is the machine's rank."""
+    from accelerate.utils import gather_object
+
+    me = {"rank": trainer.accelerator.process_index, "machine_rank": int(os.environ.get("GROUP_RANK", 0)),
+          "host": socket.gethostname()}
+    return sorted(gather_object([me]), key=lambda p: p["rank"]) if trainer.accelerator.num_processes > 1 else [me]
+
+
 def _finish(cfg: Params, stage: str, trainer, tokenizer, seconds: float) -> list[dict]:
+    processes = _processes(trainer)
     if not trainer.is_world_process_zero():  # other processes of a launch: only join DeepSpeed's gather
         trainer.save_model(str(_trainer_dir(cfg, stage)))  # writes nothing off the main process
         return trainer.state.log_history
@@ -152,7 +180,8 @@ def _finish(cfg: Params, stage: str, trainer, tokenizer, seconds: float) -> list
     metrics = cfg.path("metrics", f"train_{stage}.json")
     artifacts.write_json(metrics, {"seconds": seconds, "session_seconds": session_seconds,
                                    "resumed_from_step": before["step"],
-                                   "num_processes": trainer.accelerator.num_processes, "log_history": history})
+                                   "num_processes": trainer.accelerator.num_processes, "recipe": recipe(trainer),
+                                   "processes": processes, "log_history": history})
     artifacts.stamp(cfg.path("models", stage), fingerprint(cfg, stage), inputs(cfg, stage), seconds=seconds)
     if stage == "rlvr":
         _keep_intermediate_checkpoints(cfg, tokenizer)
@@ -234,13 +263,17 @@ def train_sft(cfg: Params) -> list[dict]:
     def pairs(rows):
         return Dataset.from_list([{"prompt": p["prompt"], "completion": p["answer"]} for p in rows])
 
+    # The config first: with a ZeRO-3 DeepSpeed file it registers DeepSpeed's config (transformers' HfDeepSpeedConfig,
+    # alive as long as `args`), so from_pretrained loads each weight partitioned across the ranks (zero.Init)
+    # instead of the whole model on every rank. GRPO's trainer and the controls keep the same order.
+    args = sft_config(cfg)
     model, tokenizer = load(cfg.model_ref("base"), cfg)
     model.train()
     s, callbacks, eval_dataset = cfg.sft, [log_at_checkpoints()], None
     if s.stop_metric is not None:
         eval_dataset = pairs(data.sft_validation_problems(cfg, held_out))
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=s.patience, early_stopping_threshold=s.min_delta))
-    trainer = SFTTrainer(model=model, args=sft_config(cfg), train_dataset=pairs(problems), eval_dataset=eval_dataset,
+    trainer = SFTTrainer(model=model, args=args, train_dataset=pairs(problems), eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=callbacks)
     start = time.time()
     trainer.train(resume_from_checkpoint=_last_checkpoint(trainer.args.output_dir))
@@ -268,7 +301,7 @@ def grpo_args(cfg: Params, stage: str = "rlvr") -> dict:
         num_generations=g.num_generations, gradient_accumulation_steps=g.gradient_accumulation_steps,
         max_completion_length=g.max_completion_length, temperature=g.temperature, beta=g.beta,
         loss_type=g.loss_type, scale_rewards=g.scale_rewards, reward_weights=rewards.reward_weights(cfg),
-        use_vllm=g.use_vllm, vllm_mode=g.vllm_mode, bf16=g.bf16,
+        use_vllm=g.use_vllm, vllm_mode=g.vllm_mode, bf16=g.bf16, trust_remote_code=cfg.model.trust_remote_code,
         deepspeed=str(resolve(g.deepspeed)) if g.deepspeed else None, logging_steps=g.logging_steps,
         save_strategy="steps", save_steps=g.save_steps, **_common_args(cfg, stage))
 
@@ -283,9 +316,10 @@ def train_grpo(cfg: Params) -> list[dict]:
     return grpo(cfg, "rlvr", cfg.model_ref("sft"))
 
 
-def grpo(cfg: Params, stage: str, model, reward_funcs=None) -> list[dict]:
+def grpo(cfg: Params, stage: str, model, reward_funcs=None, args=None) -> list[dict]:
     """GRPO from the SFT model (`model`: its reference, or the model itself with some weights frozen), paid by
-    the study's verifiable rewards unless `reward_funcs` replaces them (a placebo's)."""
+    the study's verifiable rewards unless `reward_funcs` replaces them (a placebo's). `args`: the stage's
+    GRPOConfig when the caller made it before loading `model` (ZeRO-3, see train_sft)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
@@ -293,7 +327,8 @@ def grpo(cfg: Params, stage: str, model, reward_funcs=None) -> list[dict]:
     problems = data.grpo_problems(cfg, held_out=data.eval_problems(cfg))
     dataset = Dataset.from_list([{"prompt": p["prompt"], "final": p["final"]} for p in problems])
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_ref("sft"), trust_remote_code=cfg.model.trust_remote_code)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs or rewards.REWARD_FUNCS, args=grpo_config(cfg, stage),
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs or rewards.REWARD_FUNCS,
+                          args=args if args is not None else grpo_config(cfg, stage),
                           callbacks=[log_at_checkpoints()],
                           train_dataset=dataset, processing_class=tokenizer)
     start = time.time()
@@ -317,24 +352,44 @@ def _keep_intermediate_checkpoints(cfg: Params, tokenizer) -> None:
 TRAINERS = {"base": pretrain_base, "sft": train_sft, "rlvr": train_grpo}  # trained treatments: rlvr_utils.treatments
 
 
+def is_given(cfg: Params, stage: str) -> bool:
+    """Whether params name the stage's checkpoint (a hub id or folder), so that it is not trained."""
+    return {"base": cfg.model.base != "organism", "sft": cfg.model.sft is not None,
+            "rlvr": cfg.model.rlvr is not None}.get(stage, False)
+
+
 def run_stage(cfg: Params, stage: str, force: bool = False) -> str:
     """Train one stage unless its checkpoint is up to date; returns what was done, for the notebook."""
-    given = {"base": cfg.model.base != "organism", "sft": cfg.model.sft is not None,
-             "rlvr": cfg.model.rlvr is not None}[stage]
-    if given:
+    if is_given(cfg, stage):
         record_given(cfg, stage)
         return f"{stage} checkpoint given by params ({cfg.model_ref(stage)}): nothing to train"
     if is_trained(cfg, stage) and not force:
         return f"{stage} checkpoint is up to date ({cfg.path('models', stage)}): skipped"
+    if cfg.launch.machine_rank != 0:
+        raise ValueError(f"launch.machine_rank (got {cfg.launch.machine_rank}): the book and its stages run on machine 0; "
+                         f"on this machine run `python -m rlvr_utils launch --params {cfg.source} --machine-rank "
+                         f"{cfg.launch.machine_rank}`")
     start = time.time()
     if needs_launcher(cfg, stage):
-        cmd = launch_command(cfg, stage, cfg.source)
-        print("launching:", " ".join(cmd), flush=True)
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-            for line in proc.stdout:  # stream the launcher's log into the notebook
-                print(line, end="", flush=True)
-        if proc.returncode:
-            raise RuntimeError(f"{stage} training failed under accelerate launch (exit {proc.returncode})")
+        run_launched(cfg, stage, cfg.source)
     else:
         TRAINERS[stage](cfg)
     return f"trained {stage} in {time.time() - start:.0f} s -> {cfg.path('models', stage)}"
+
+
+def run_launched(cfg: Params, stage: str, params_file: str, machine_rank: int | None = None, env=None) -> None:
+    """One stage under `accelerate launch` on this machine, its log streamed here (into the notebook). The main
+    machine's (rank 0) launch waits until every other machine has started the same stage."""
+    machines, rank = cfg.launch, cfg.launch.machine_rank if machine_rank is None else machine_rank
+    cmd = launch_command(cfg, stage, params_file, rank)
+    print("launching:", " ".join(cmd), flush=True)
+    if machines.num_machines > 1:
+        print(f"machine {rank} of {machines.num_machines}: the stage starts when every machine has joined at "
+              f"{machines.main_process_ip}:{machines.main_process_port}; on each other machine run "
+              f"`python -m rlvr_utils launch --params {params_file} --machine-rank R` (run folder on a shared "
+              "filesystem)", flush=True)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        for line in proc.stdout:  # stream the launcher's log
+            print(line, end="", flush=True)
+    if proc.returncode:
+        raise RuntimeError(f"{stage} training failed under accelerate launch (exit {proc.returncode})")

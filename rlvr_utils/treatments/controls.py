@@ -7,7 +7,6 @@ Embeddings and norms stay frozen in both (rlvr_utils.models.families defines the
 """
 from __future__ import annotations
 
-
 from rlvr_utils.models.families import component_map
 from rlvr_utils.treatments.registry import REPRESENTATION, ROUTING, Family, Treatment, register
 
@@ -19,23 +18,27 @@ CONTROLS = {  # name: (component trained, the reading it must get, description)
 
 
 def train_control(cfg, name: str) -> list[dict]:
-    """GRPO with RLVR's recipe from the SFT model, training only the control's component."""
-    from transformers import AutoModelForCausalLM
+    """GRPO with RLVR's recipe from the SFT model, training only the control's component. The model is loaded as
+    TRL loads RLVR's from its reference (`create_model_from_path`, GRPOConfig's model_init_kwargs: float32 unless
+    they say otherwise), after the GRPOConfig, so that a ZeRO-3 config partitions it as it loads (train.train_sft)."""
+    from trl.trainer.utils import create_model_from_path
 
     from rlvr_utils.training import train
 
     trained = CONTROLS[name][0]
     sft_ref = cfg.model_ref("sft")
-    model = AutoModelForCausalLM.from_pretrained(sft_ref, use_safetensors=True,
-                                                 trust_remote_code=cfg.model.trust_remote_code)
+    args = train.grpo_config(cfg, name)
+    model = create_model_from_path(sft_ref, **{"trust_remote_code": args.trust_remote_code,
+                                               **(args.model_init_kwargs or {}), "use_safetensors": True})
     components = component_map(model)
     n_trained = 0
     for pname, param in model.named_parameters():
         param.requires_grad_(components[pname][0] == trained)
-        n_trained += param.numel() if param.requires_grad else 0
+        # under ZeRO-3 each rank holds a slice: ds_numel is the whole tensor's size
+        n_trained += getattr(param, "ds_numel", param.numel()) if param.requires_grad else 0
     if n_trained == 0:
         raise ValueError(f"control {name!r}: no {trained} weights found in {sft_ref} to train")
-    return train.grpo(cfg, name, model)
+    return train.grpo(cfg, name, model, args=args)
 
 
 register(Family("controls", lambda cfg: [Treatment(n, "control", CONTROLS[n][1], "controls", CONTROLS[n][2],
