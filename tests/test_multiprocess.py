@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -121,3 +122,72 @@ def test_data_parallel_extraction_equals_one_process(tmp_path):
             assert np.array_equal(rows_a, rows_b)
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert not (cfg.path("activations", "sft", "shards")).exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_machines_on_localhost_train_sft_together_and_write_it_once(tmp_path):
+    """The multi-node path on one host: two `python -m rlvr_utils launch` (machine ranks 0 and 1, one process each)
+    meet at 127.0.0.1 and train SFT as one 2-process job; machine 0 writes the model, machine 1 waits to see it."""
+    base = tmp_path / "base"
+    rehearsal.build(base, pretrain_steps=0)
+    raw = yaml.safe_load(_params(tmp_path, base, "nodes", num_processes=2).read_text())
+    raw["sft"].update(steps=2, eval_steps=2)
+    raw["grpo"]["num_processes"] = 2
+    raw["model"]["rlvr"] = str(base)  # RLVR given and no controls or placebos: SFT is the one stage to train
+    raw["variants"].update(controls=[], placebos=0, hybrids=False)
+    raw["launch"] = {"num_machines": 2, "main_process_ip": "127.0.0.1", "main_process_port": _free_port()}
+    params = tmp_path / "nodes.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    machines = [subprocess.Popen([sys.executable, "-m", "rlvr_utils", "launch", "--params", str(params),
+                                  "--machine-rank", str(rank)], cwd=ROOT, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for rank in (0, 1)]
+    outputs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs[0][-3000:] + "\n-----\n" + outputs[1][-3000:]
+    assert "--machine_rank 1" in outputs[1] and "sft: trained with machine 0" in outputs[1]
+
+    cfg = config.load(params)
+    record = json.loads(cfg.path("metrics", "train_sft.json").read_text())
+    recipe = record["recipe"]
+    assert (recipe["launcher"], recipe["num_processes"], recipe["num_machines"]) == ("accelerate launch", 2, 2)
+    assert [(p["rank"], p["machine_rank"]) for p in record["processes"]] == [(0, 0), (1, 1)]  # both took part
+    assert max(h["step"] for h in record["log_history"]) == 2
+    written = sorted(p.relative_to(cfg.run_dir).as_posix() for p in cfg.run_dir.rglob("*.safetensors"))
+    assert written == ["models/sft/model.safetensors"]  # once, by machine 0; the trainer's scratch removed
+    assert not [p for p in cfg.run_dir.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+    assert train.is_trained(cfg, "sft")
+
+
+@pytest.mark.slow
+def test_controls_and_placebos_run_rlvrs_recipe_with_two_processes(tmp_path):
+    """RLVR, a frozen control and a placebo on the rehearsal, each through `accelerate launch` with GRPO's two
+    processes: their metrics record the same launcher, processes, machines and generation batch."""
+    from rlvr_utils.treatments import launch, registry
+
+    base = tmp_path / "base"
+    rehearsal.build(base, pretrain_steps=0)
+    raw = yaml.safe_load(_params(tmp_path, base, "recipe").read_text())
+    raw["model"]["sft"] = str(base)  # GRPO from the base: the recipe, not the weights, is under test
+    raw["grpo"].update(steps=1, max_completion_length=8, save_steps=1)
+    raw["variants"].update(controls=["attn_only"], placebos=1, hybrids=False, planted=False)
+    params = tmp_path / "recipe.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    cfg = config.load(params)
+    lock.claim(cfg.run_dir)
+    train.run_stage(cfg, "rlvr")
+    assert registry.trained(cfg) == ["attn_only", "placebo_0"]
+    messages = launch.train_in_processes(cfg, registry.trained(cfg))
+    assert "one after the other through accelerate launch" in messages[-1], messages
+    recipes = {n: json.loads(cfg.path("metrics", f"train_{n}.json").read_text())["recipe"]
+               for n in ("rlvr", "attn_only", "placebo_0")}
+    assert recipes["rlvr"]["launcher"] == "accelerate launch" and recipes["rlvr"]["num_processes"] == 2
+    assert recipes["rlvr"]["generation_batch_size"] == 2 * cfg.grpo.per_device_train_batch_size
+    assert recipes["attn_only"] == recipes["rlvr"] == recipes["placebo_0"]

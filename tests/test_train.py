@@ -1,5 +1,6 @@
 """Real-scale params on this CPU machine: they validate, and the launch line and TRL configs are what they say."""
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,101 @@ def test_sft_stopping_rule_stops_when_held_out_loss_stops_improving(tmp_path):
     train.run_stage(learning, "sft")
     stop = json.loads(learning.path("metrics", "train_sft.json").read_text())["stopping"]
     assert stop["stopped_at_step"] == 8 and not stop["converged"] and stop["best_step"] == 8
+
+
+# --- launching: several machines, controls as RLVR, ZeRO-3 ------------------------------------------
+TWO_MACHINES = {"num_machines": 2, "main_process_ip": "10.0.0.1", "main_process_port": 29511}
+
+
+def _accelerate_args(cmd: list[str]):
+    """The line as accelerate's own parser reads it: every flag we pass must be one it knows."""
+    from accelerate.commands.launch import launch_command_parser
+
+    program = cmd.index("-m", 3)  # the program after the launcher's flags: -m rlvr_utils ...
+    return launch_command_parser().parse_args(cmd[3:program] + ["--module", "rlvr_utils"])
+
+
+def test_each_machine_gets_the_same_launch_line_with_its_rank(real):
+    cfg = real.model_copy(update={"launch": real.launch.model_copy(update=TWO_MACHINES)})
+    for rank in (0, 1):
+        cmd = train.launch_command(cfg, "sft", str(REAL), machine_rank=rank)
+        args = _accelerate_args(cmd)
+        assert (args.num_machines, args.machine_rank, args.num_processes) == (2, rank, 8)
+        assert (args.main_process_ip, args.main_process_port) == ("10.0.0.1", 29511)
+        # DeepSpeed's default multi-node launcher logs into the other machines over ssh (pdsh): every machine
+        # starts its own line instead, through torchrun
+        assert args.use_deepspeed and args.deepspeed_multinode_launcher == "standard"
+    lines = [train.launch_command(cfg, "rlvr", str(REAL), machine_rank=r) for r in (0, 1)]
+    assert [x for x in lines[0] if x != "0"] == [x for x in lines[1] if x != "1"]  # only the rank differs
+    with pytest.raises(ValueError, match=r"machine rank \(got 2\): expected 0 to 1"):
+        train.launch_command(cfg, "sft", str(REAL), machine_rank=2)
+    one = _accelerate_args(train.launch_command(real, "sft", str(REAL)))
+    assert one.num_machines == 1 and one.machine_rank is None and one.main_process_ip is None
+
+
+def test_multi_node_without_deepspeed_spawns_through_torchrun():
+    cfg = config.from_dict({"sft": {"num_processes": 2}, "grpo": {"num_processes": 2}, "launch": TWO_MACHINES})
+    assert train.needs_launcher(cfg, "sft") and train.needs_launcher(cfg, "rlvr")
+    args = _accelerate_args(train.launch_command(cfg, "sft", "p.yaml", machine_rank=1))
+    assert args.multi_gpu and not args.use_deepspeed and (args.num_machines, args.machine_rank) == (2, 1)
+
+
+@pytest.mark.parametrize("launch, sections, message", [
+    ({"num_machines": 2}, {}, r"num_machines=2 needs main_process_ip and main_process_port"),
+    ({**TWO_MACHINES, "machine_rank": 2}, {}, r"machine_rank=2 must be < num_machines=2"),
+    (TWO_MACHINES, {"grpo": {"num_processes": 2}}, r"sft.num_processes \(got 1\): must be a multiple of "
+                                                  r"launch.num_machines=2"),
+    ({"main_process_port": 70000}, {}, r"launch.main_process_port \(got 70000\)"),
+])
+def test_bad_machine_params_fail_with_the_key_named(launch, sections, message):
+    with pytest.raises(config.ParamsError, match=message):
+        config.from_dict({"launch": launch, **sections})
+
+
+def test_controls_and_placebos_launch_exactly_as_rlvr(real):
+    for name in ("attn_only", "mlp_only", "placebo_0"):
+        assert train.needs_launcher(real, name)
+        flags = train.launch_command(real, name, str(REAL))
+        rlvr = train.launch_command(real, "rlvr", str(REAL))
+        port = flags.index("--main_process_port") + 1
+        assert flags[:port] + flags[port + 1:-3] == rlvr[:port] + rlvr[port + 1:-3]  # all but the port and stage
+        assert flags[-4:] == ["--stage", name, "--params", str(REAL)]
+    assert not train.needs_launcher(config.Params(), "attn_only")  # the organism's RLVR: one process, so they too
+
+
+def test_zero3_trainer_config_exists_before_any_weight_loads(monkeypatch, tmp_path):
+    """transformers partitions weights as they load (zero.Init) only while a TrainingArguments with a ZeRO-3 file is
+    alive: SFT and the controls make theirs before they load the model."""
+    import trl.trainer.utils
+
+    from rlvr_utils.models import loading
+    from rlvr_utils.treatments import controls
+
+    events = []
+
+    class Loaded(Exception):
+        pass
+
+    def config_of(make):
+        def wrapped(*a, **k):
+            events.append("config")
+            events.append(made := make(*a, **k))
+            return made
+        return wrapped
+
+    def loads(*a, **k):
+        events.append("load")
+        raise Loaded  # the test ends at the first load
+
+    cfg = config.Params(runs_dir=str(tmp_path), sft={"stop_metric": None})
+    made = types.SimpleNamespace(trust_remote_code=False, model_init_kwargs=None)  # what the loaders read of it
+    monkeypatch.setattr(train, "sft_config", config_of(lambda c: made))
+    monkeypatch.setattr(train, "grpo_config", config_of(lambda c, stage="rlvr": made))
+    monkeypatch.setattr(loading, "load", loads)
+    monkeypatch.setattr(trl.trainer.utils, "create_model_from_path", loads)
+    monkeypatch.setattr(train.data, "sft_problems", lambda c, held_out: [])
+    for run in (lambda: train.train_sft(cfg), lambda: controls.train_control(cfg, "attn_only")):
+        events.clear()
+        with pytest.raises(Loaded):
+            run()
+        assert events == ["config", made, "load"]
