@@ -197,8 +197,12 @@ def test_rehearsal_book_runs_end_to_end_with_two_process_training(tmp_path):
         record = json.loads((run / "metrics" / f"train_{stage}.json").read_text())
         assert record["num_processes"] == 2, stage  # really through accelerate launch with two processes
         assert (run / "models" / stage / "model.safetensors").exists()
-    for nb in ("01_train_sft", "02_train_grpo"):
+    for nb in ("01_train_sft", "02_train_grpo", "03_variants"):
         assert "--multi_gpu" in (tmp_path / "site" / "book" / "executed" / f"{nb}.ipynb").read_text(), nb
+    rlvr = json.loads((run / "metrics" / "train_rlvr.json").read_text())["recipe"]
+    assert rlvr["launcher"] == "accelerate launch" and rlvr["generation_batch_size"] == 8
+    for name in ("attn_only", "mlp_only", "placebo_0", "placebo_1"):  # RLVR's recipe, through RLVR's launcher
+        assert json.loads((run / "metrics" / f"train_{name}.json").read_text())["recipe"] == rlvr, name
     verdict = json.loads((run / "metrics" / "verdict.json").read_text())
     assert any("Rehearsal" in c and "mean nothing" in c for c in verdict["caveats"])
     assert (tmp_path / "site" / "_build" / "html" / "book" / "executed" / "10_verdict.html").exists()
