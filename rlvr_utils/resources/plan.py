@@ -183,11 +183,10 @@ def trained_treatments(cfg, m, arch) -> list[Stage]:
     from rlvr_utils.treatments.controls import CONTROLS
 
     component = {"attn": arch.attn_params, "mlp": arch.mlp_params}
-    sft_bytes = BYTES.get(arch.dtype or "", BYTES[cfg.model.dtype])
     out = []
     for name in registry.trained(cfg):
-        if name in CONTROLS:  # loaded by from_pretrained in the checkpoint's dtype, one component trainable
-            out.append(grpo(cfg, m, arch, name, component[CONTROLS[name][0]], sft_bytes))
+        if name in CONTROLS:  # loaded as TRL loads RLVR's model (float32), one component trainable
+            out.append(grpo(cfg, m, arch, name, component[CONTROLS[name][0]]))
         else:
             out.append(grpo(cfg, m, arch, name))
     return out
