@@ -18,7 +18,7 @@ import time
 from rlvr_utils.core import artifacts, lock
 from rlvr_utils.treatments import registry
 
-PARAMS = ("launch",)
+PARAMS = ("grpo", "launch")
 WAIT_SECONDS = 1800  # how long another machine waits to see a checkpoint that machine 0 writes
 
 
