@@ -58,6 +58,10 @@ def test_placebo_rewards_ignore_the_completion_and_pay_rlvrs_means():
     assert abs(sum(fmt(wrong)) / 20_000 - 0.99) < 0.01
     again, _ = placebos.placebo_rewards((0.7, 0.99), seed=3)
     assert again(right[:50]) == placebos.placebo_rewards((0.7, 0.99), 3)[0](wrong[:50])  # seeded, blind to the text
+    # each process of a launched run draws its own stream; rank 0 is the one-process stream
+    by_rank = [placebos.placebo_rewards((0.5, 0.5), seed=3, rank=r)[0](wrong[:200]) for r in (0, 1, 2)]
+    assert by_rank[0] == placebos.placebo_rewards((0.5, 0.5), seed=3)[0](wrong[:200])
+    assert by_rank[0] != by_rank[1] != by_rank[2] != by_rank[0]
 
 
 def test_placebos_are_trained_treatments_with_no_task_signal():

@@ -6,6 +6,8 @@ with seed `seed + 2000 + k`.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from rlvr_utils.core import artifacts
@@ -27,9 +29,12 @@ def rlvr_reward_means(cfg) -> tuple[float, float]:
     return tuple(float(np.mean(m)) for m in means)
 
 
-def placebo_rewards(means: tuple[float, float], seed: int) -> list:
-    """Reward functions with TRL's signature that pay Bernoulli(mean) draws, whatever the completion says."""
-    rng = np.random.default_rng(seed)
+def placebo_rewards(means: tuple[float, float], seed: int, rank: int | None = None) -> list:
+    """Reward functions with TRL's signature that pay Bernoulli(mean) draws, whatever the completion says. Each
+    process of a launched run draws its own stream (its `RANK`): with one seed, every rank would pay its own
+    completions the same sequence. Rank 0 keeps the plain seed's stream (a one-process run is unchanged)."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    rng = np.random.default_rng(seed if rank == 0 else [seed, rank])
 
     def placebo_accuracy(completions, **_):
         return [float(x) for x in rng.random(len(completions)) < means[0]]
