@@ -204,12 +204,13 @@ def _limits(p: "Params", machine: bool) -> list[str]:
         value = getattr(p.model, key.split(".")[1])
         if value and looks_local(value) and resolve(value).is_dir() and not (resolve(value) / "config.json").is_file():
             problems.append(f"{key} (got {value!r}): {resolve(value)} has no config.json; not a checkpoint folder")
-    if machine and p.weights.device.startswith("cuda"):
-        import torch
+    if machine:
+        from rlvr_utils.core import device
 
-        if not torch.cuda.is_available():
-            problems.append(f"weights.device (got {p.weights.device!r}): no CUDA device on this machine (use 'cpu', "
-                            "or check-params --other-machine for a file meant for a GPU machine)")
+        for key, value in (("device", p.device), ("weights.device", p.weights.device)):
+            wrong = device.problem(value) if value else None
+            if wrong:
+                problems.append(wrong.replace("device (got", f"{key} (got", 1))
     return problems
 
 

@@ -356,14 +356,14 @@ class WeightParams(Section):
                        "considered for the spectral gap at which the rotation of the weights' subspace is measured")
     n_bootstrap: int = Field(1000, gt=0, description="resamples of matrices (layers for the MLP share) for intervals")
     spectrum_values: int = Field(64, gt=0, description="largest singular values of each update kept for the figures")
-    device: str = Field("cpu", description="where the SVDs run: 'cpu', 'cuda', 'cuda:N' or 'mps' ('cuda' speeds "
-                        "up real-scale models)")
+    device: str | None = Field(None, description="where the SVDs run: None follows the run's `device`; else "
+                               "'cpu', 'cuda', 'cuda:N' or 'mps'")
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, value):
-        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
-            raise ValueError("expected 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        if value is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("expected None (the run's device), 'cpu', 'cuda', 'cuda:N' or 'mps'")
         return value
 
 
@@ -410,6 +410,9 @@ class Params(Section):
                             "(params/rehearsal.yaml): the book says its numbers mean nothing")
     runs_dir: str = Field("runs", description="folder of all runs (relative to the project, or absolute); this run's "
                                               "artifacts go to <runs_dir>/<name>")
+    device: str = Field("auto", description="where the analyses load models and run their heavy matrix work: "
+                        "'auto' (this process's GPU when CUDA is present, else the CPU), 'cpu', 'cuda', 'cuda:N' or "
+                        "'mps'. Where a run computes, not what: in no fingerprint (rlvr_utils.core.device)")
     model: ModelParams = ModelParams()
     organism: OrganismParams = OrganismParams()
     data: DataParams = DataParams()
@@ -427,6 +430,13 @@ class Params(Section):
     elicitation: ElicitationParams = ElicitationParams()
 
     source: str = Field("<defaults>", exclude=True, description="where these params came from (for messages)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_run_device(cls, value):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return value
 
     @field_validator("name")
     @classmethod

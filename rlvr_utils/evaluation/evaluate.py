@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlvr_utils.core import artifacts, deps, stats
+from rlvr_utils.core.device import run_device
 from rlvr_utils.training import data
 from rlvr_utils.treatments import registry
 from rlvr_utils.training.rewards import extract_answer, is_correct, is_formatted
@@ -101,7 +102,7 @@ def load_for_generation(cfg, ref: str):
     from rlvr_utils.models.loading import load
 
     if choose_backend(cfg.evaluation.backend) == "hf":
-        return load(ref, cfg, "cuda" if torch.cuda.is_available() else "cpu")
+        return load(ref, cfg, run_device(cfg))
     tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=cfg.model.trust_remote_code)
     return VLLMModel(ref, cfg), tokenizer
 
