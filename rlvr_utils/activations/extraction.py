@@ -133,9 +133,17 @@ def _extract_rows(model, cache, rows, site_names, positions, batch_size, device,
                 np.array([(batch_rows[b], p) for b, p in mine], dtype=np.int64).reshape(-1, 2))
             for name in site_names:
                 parts.setdefault(file_key(name, sel), []).append(
-                    acts[name][take].float().cpu().numpy().astype(STORE_DTYPES[dtype]))
+                    to_stored(acts[name][take], dtype))
         bar.update(1)
     return {k: np.ascontiguousarray(np.concatenate(v)) for k, v in parts.items()}
+
+
+def to_stored(t: torch.Tensor, dtype: str) -> np.ndarray:
+    """A tensor as the store keeps it. bfloat16 is what a bf16 model computes, kept bit for bit (float16 would
+    overflow above 65504, where residual streams of large models reach); float32 and float16 as before."""
+    if dtype == "bfloat16":
+        return t.to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
+    return t.float().cpu().numpy().astype(STORE_DTYPES[dtype])
 
 
 def _process_group() -> tuple[int, int, Callable[[], None]]:

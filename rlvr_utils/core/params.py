@@ -237,8 +237,9 @@ class ExtractParams(Section):
         None, min_length=1, description="None = every layer; else layer indices 0..num_layers-1")
     batch_size: int = Field(32, gt=0, description="sequences per forward pass")
     shard_size: int = Field(64, gt=0, description="problems per stored shard")
-    dtype: Literal["float32", "float16"] = Field("float32", description="stored activations; float16 halves disk at "
-                                                                        "real scale")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="stored activations: bfloat16 keeps a bf16 model's activations bit for bit at half "
+        "float32's disk (real scale); float16 halves disk too but overflows above 65504; analyses read float32")
     num_processes: int = Field(1, gt=0, description=">1: the token cache's shards are split across this many "
                                "processes (accelerate launch, one model copy each) and joined into one store")
 
