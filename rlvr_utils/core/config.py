@@ -204,11 +204,11 @@ def _limits(p: "Params", machine: bool) -> list[str]:
         value = getattr(p.model, key.split(".")[1])
         if value and looks_local(value) and resolve(value).is_dir() and not (resolve(value) / "config.json").is_file():
             problems.append(f"{key} (got {value!r}): {resolve(value)} has no config.json; not a checkpoint folder")
-    if machine:
-        from rlvr_utils.core import device
+    for key, value in (("device", p.device), ("weights.device", p.weights.device)):
+        if machine and value and value.startswith("cuda"):  # torch is imported only for a CUDA device
+            from rlvr_utils.core import device
 
-        for key, value in (("device", p.device), ("weights.device", p.weights.device)):
-            wrong = device.problem(value) if value else None
+            wrong = device.problem(value)
             if wrong:
                 problems.append(wrong.replace("device (got", f"{key} (got", 1))
     return problems

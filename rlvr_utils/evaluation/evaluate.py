@@ -67,8 +67,8 @@ class VLLMModel:
     logits tie within the kernels' rounding (bf16 on a GPU).
 
     One engine at a time: each takes `gpu_memory_utilization` (0.9) of the GPU, so a second one beside it
-    runs out of memory (the GRPO chapter evaluates 3 models in one kernel, the variants chapter 8). Opening an
-    engine closes any other still open; `close` (or leaving a `with` block) shuts the engine down and gives its
+    runs out of memory (the GRPO chapter evaluates three models in one kernel, the variants chapter eight).
+    Opening an engine closes any other still open; `close` (or leaving a `with` block) shuts the engine down and gives its
     GPU memory back, the way vLLM's own tests do between engines (`vllm.distributed.cleanup_dist_env_and_memory`)."""
 
     open_engines: list["VLLMModel"] = []  # in this process; at most one after __init__
