@@ -13,6 +13,7 @@ Two kinds of comparison, both from the activation store:
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -65,6 +66,10 @@ def _paired(store, a: str, b: str, site: str, layer: int, selection: str, device
         raise ValueError(f"{a} and {b} stored different rows for {site} at {selection!r}")
     return (as_matrix(X, f"{a} {site_name(layer, site)}").to(device),
             as_matrix(Y, f"{b} {site_name(layer, site)}").to(device), rows)
+
+
+def _layer(store, stage: str, site: str, layer: int, selection: str, device: str = "cpu"):
+    return as_matrix(store.read(stage, site_name(layer, site), selection)[0], f"{stage} {site_name(layer, site)}").to(device)
 
 
 # --- every treatment against the reference ------------------------------------------------------------------
@@ -133,8 +138,9 @@ def compare_stages(store, selection: str, sites: Sequence[str] = SUMMARY_SITES, 
                               "value": linear_cka(X, Y, debiased), "ci": list(interval(samples, confidence)),
                               "biased": linear_cka(X, Y, False), "permutation_mean": float(perm.mean()),
                               "permutation_hi": float(np.quantile(perm, confidence))})
-                Xs.append(X)
-                Ys.append(Y)
+                # the cross-layer matrix reads each layer again when it needs it: never every layer at once
+                Xs.append(functools.partial(_layer, store, a, site, layer, selection, device))
+                Ys.append(functools.partial(_layer, store, b, site, layer, selection, device))
             cross.append({"pair": f"{a}_{b}", "site": site, "layers": layers,
                           "matrix": cka_matrix(Xs, Ys, debiased).tolist()})
 

@@ -228,34 +228,64 @@ def rbf_cka(X, Y, sigma: float = 0.8, debiased: bool = False) -> float:
 def cka_matrix(Xs: Sequence, Ys: Sequence, debiased: bool = False) -> np.ndarray:
     """[len(Xs), len(Ys)] linear CKA of every pair (e.g. layer i of one model vs layer j of another).
 
-    Self-similarities are computed once per matrix, so the cost is one cross product per pair.
+    Self-similarities are computed once per matrix, so the cost is one cross product per pair. Elements may be
+    zero-argument functions that return the matrix (e.g. read a layer from the activation store): then only two
+    matrices are held at a time, each loaded again per pair (the cross-layer matrix of a real-scale run would
+    otherwise hold every layer of two models in float64); this needs the feature form (rows > features).
     """
-    Xs = [_centre(as_matrix(X, f"Xs[{i}]")) for i, X in enumerate(Xs)]
-    Ys = [_centre(as_matrix(Y, f"Ys[{j}]")) for j, Y in enumerate(Ys)]
-    n = {M.shape[0] for M in Xs + Ys}
-    if len(n) != 1:
-        raise ValueError(f"every matrix must have the same number of rows, got {sorted(n)}")
-    n = n.pop()
-    _check_n(n, debiased)
-    w = torch.ones(n, dtype=torch.float64, device=Xs[0].device)
-    d = max(M.shape[1] for M in Xs + Ys)
+    def get(M, name):
+        return _centre(as_matrix(M() if callable(M) else M, name))
+
+    lazy = any(callable(M) for M in [*Xs, *Ys])
+    if not lazy:
+        Xs = [get(X, f"Xs[{i}]") for i, X in enumerate(Xs)]
+        Ys = [get(Y, f"Ys[{j}]") for j, Y in enumerate(Ys)]
+        n = {M.shape[0] for M in Xs + Ys}
+        if len(n) != 1:
+            raise ValueError(f"every matrix must have the same number of rows, got {sorted(n)}")
+        n = n.pop()
+        _check_n(n, debiased)
+        d = max(M.shape[1] for M in Xs + Ys)
+        if not _use_features(n, d, d):
+            return _gram_matrix(Xs, Ys, debiased)
+
+    def x(i):
+        return get(Xs[i], f"Xs[{i}]") if lazy else Xs[i]
+
+    def y(j):
+        return get(Ys[j], f"Ys[{j}]") if lazy else Ys[j]
+
+    sums, rows = {}, set()
+    for side, count, load in (("x", len(Xs), x), ("y", len(Ys), y)):
+        for k in range(count):
+            M = load(k)
+            rows.add(M.shape[0])
+            if len(rows) != 1:
+                raise ValueError(f"every matrix must have the same number of rows, got {sorted(rows)}")
+            _check_n(M.shape[0], debiased)
+            if not _use_features(M.shape[0], M.shape[1], M.shape[1]):
+                raise ValueError(f"matrices given as functions need more rows than features, got {tuple(M.shape)}")
+            sums[side, k] = _self_sums(M, torch.ones(M.shape[0], dtype=torch.float64, device=M.device))
     out = np.zeros((len(Xs), len(Ys)))
-    if _use_features(n, d, d):
-        sx = [_self_sums(X, w) for X in Xs]
-        sy = [_self_sums(Y, w) for Y in Ys]
-        hx = [_self_hsic(a, debiased) for a in sx]
-        hy = [_self_hsic(b, debiased) for b in sy]
-        for i, (X, a) in enumerate(zip(Xs, sx)):
-            for j, (Y, b) in enumerate(zip(Ys, sy)):
-                c = _cross_sums(X, Y, w, a["r"], b["r"])
-                out[i, j] = float(_ratio(_cross_hsic(a, b, c, debiased), hx[i], hy[j]))
-    else:
-        Ks, Ls = [X @ X.T for X in Xs], [Y @ Y.T for Y in Ys]
-        hx = [_gram_hsic(K, K, w, debiased) for K in Ks]
-        hy = [_gram_hsic(L, L, w, debiased) for L in Ls]
-        for i, K in enumerate(Ks):
-            for j, L in enumerate(Ls):
-                out[i, j] = float(_ratio(_gram_hsic(K, L, w, debiased), hx[i], hy[j]))
+    for i in range(len(Xs)):
+        X, a = x(i), sums["x", i]
+        w = torch.ones(X.shape[0], dtype=torch.float64, device=X.device)
+        for j in range(len(Ys)):
+            b = sums["y", j]
+            c = _cross_sums(X, y(j), w, a["r"], b["r"])
+            out[i, j] = float(_ratio(_cross_hsic(a, b, c, debiased), _self_hsic(a, debiased), _self_hsic(b, debiased)))
+    return out
+
+
+def _gram_matrix(Xs, Ys, debiased) -> np.ndarray:
+    w = torch.ones(Xs[0].shape[0], dtype=torch.float64, device=Xs[0].device)
+    Ks, Ls = [X @ X.T for X in Xs], [Y @ Y.T for Y in Ys]
+    hx = [_gram_hsic(K, K, w, debiased) for K in Ks]
+    hy = [_gram_hsic(L, L, w, debiased) for L in Ls]
+    out = np.zeros((len(Xs), len(Ys)))
+    for i, K in enumerate(Ks):
+        for j, L in enumerate(Ls):
+            out[i, j] = float(_ratio(_gram_hsic(K, L, w, debiased), hx[i], hy[j]))
     return out
 
 
