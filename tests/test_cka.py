@@ -459,3 +459,19 @@ def config_of_empty_run(tmp_path):
     from rlvr_utils.core import config
 
     return config.from_dict({"name": "empty", "runs_dir": str(tmp_path)})
+
+
+def test_problem_gram_is_the_inner_products_of_the_per_problem_products():
+    """What the low-memory bootstrap uses instead of a d x d product per resample: G[p, q] = <X_p'Y_p, X_q'Y_q>,
+    built a slice of features at a time (a tiny budget forces several slices)."""
+    import torch
+
+    from rlvr_utils.instruments.cka.problems import problem_gram
+
+    rng = np.random.default_rng(7)
+    index = rng.permutation(np.repeat(np.arange(5), [3, 1, 4, 2, 6]))
+    X, Y = rng.normal(size=(16, 7)), rng.normal(size=(16, 3))
+    A = [X[index == p].T @ Y[index == p] for p in range(5)]
+    expected = np.array([[np.sum(a * b) for b in A] for a in A])
+    got = problem_gram(torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(index), 5, budget=8 * 5 * 3 * 2)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)

@@ -53,7 +53,8 @@ def problem_gram(left: torch.Tensor, right: torch.Tensor, index: torch.Tensor, P
     """G [P, P] with G[p, q] = <A_p, A_q>_F, A_p = left_p^T right_p (the rows of problem p; `index` gives each
     row's problem 0..P-1). Each entry of every A_p is computed once, a slice of A's rows for all problems at a
     time (at most `budget` bytes), and folded into G: n d^2 + P^2 d^2 work, never a [P, d, d] array."""
-    rows = [torch.nonzero(index == p).flatten() for p in range(P)]
+    order = torch.argsort(index, stable=True)  # each problem's rows, in their order
+    rows = torch.split(order, torch.bincount(index, minlength=P).tolist())
     d_left, d_right = left.shape[1], right.shape[1]
     width = max(1, budget // (left.element_size() * P * d_right))
     G = left.new_zeros((P, P))
