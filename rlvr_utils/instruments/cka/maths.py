@@ -350,7 +350,10 @@ def bootstrap_cka(X, Y, groups, n_bootstrap: int = 200, debiased: bool = True, s
 
 def _feature_bootstrap(X, Y, index, counts, debiased, keep_matrices: bool) -> np.ndarray:
     """Feature-form bootstrap. A resample's sums are counts @ per-problem sums; the d x d products S
-    come from per-problem products when they fit in memory (`keep_matrices`), else from the rows."""
+    come from per-problem products when they fit in memory (`keep_matrices`, the organism's path). Else S is never
+    formed: HSIC needs only |S|^2 = c' G c (G the problem x problem Gram of the per-problem products, made once
+    by `problems.problem_gram`) and s_x' S s_y, a weighted sum over rows, so a resample costs O(n d) instead of
+    three n x d^2 products (4.4 s each at n = 8000, d = 1536 on one thread); same numbers up to rounding."""
     P = counts.shape[1]
     rx, ry = (X * X).sum(1), (Y * Y).sum(1)
 
