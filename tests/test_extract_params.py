@@ -25,6 +25,8 @@ def test_a_site_an_instrument_reads_but_extraction_skips_is_refused_naming_the_i
 def test_a_layer_or_position_an_instrument_reads_but_extraction_skips_is_refused():
     assert "crosscoder.layer (got 3): not among the extracted layers [0, 1]" in problems({"layers": [0, 1]},
                                                                                           crosscoder={"layer": 3})
+    assert "crosscoder.layer (got None, the middle block 2): not among the extracted layers [0, 1]" in \
+        problems({"layers": [0, 1]})
     text = problems({"positions": ["last_prompt"]})
     assert "cka.position (got 'completion'): never extracted" in text
     assert "crosscoder.position (got 'completion'): never extracted" in text
