@@ -124,7 +124,8 @@ def report(results: list[Result], out: Path, report_path: Path) -> str:
     """benchmarks/gpu_smoke.md: the table, the preflight's facts and the tail of every failed stage's log."""
     plan = _read_json(out / "plan.json")
     pre = _read_json(out / "preflight.json")
-    parts = ["# GPU smoke test", "", f"Written by `python benchmarks/gpu_smoke.py` on {time.strftime('%Y-%m-%d %H:%M')} "
+    when = time.strftime("%Y-%m-%d %H:%M")
+    parts = ["# GPU smoke test", "", f"Written by `python benchmarks/gpu_smoke.py` on {when} "
              f"(logs in `{out}/logs/`). Random weights: only whether each stage runs, its time and its memory mean "
              "something.", "", table(results, plan), ""]
     if pre:
@@ -151,7 +152,8 @@ def smoke_params(out: Path, gpus: int) -> dict[str, Path]:
     base = str(out / "base")
     raw.update(name="gpu-smoke", runs_dir=str(out / "runs"))
     raw["model"].update(base=base, sft=base)  # GRPO starts from the random base: no SFT checkpoint needed
-    raw["data"].update(sft_path=str(out / "long_numina.jsonl"), grpo_path=str(ROOT / "tests/data/gsm8k/train_sample.jsonl"),
+    raw["data"].update(sft_path=str(out / "long_numina.jsonl"),
+                       grpo_path=str(ROOT / "tests/data/gsm8k/train_sample.jsonl"),
                        eval_path=str(ROOT / "tests/data/gsm8k/test.jsonl"), max_rows=300)
     raw["sft"].update(steps=1, stop_metric=None, num_processes=gpus, logging_steps=1)
     raw["grpo"].update(steps=1, num_processes=gpus, save_steps=100, logging_steps=1)
@@ -208,7 +210,8 @@ def preflight(out: Path) -> int:
     problems = [why for bad, why in ((not facts["CUDA available"], "no CUDA GPU"),
                                      (check.returncode != 0, "pip check reports broken requirements"),
                                      (facts["free disk (GiB)"] < MIN_FREE_DISK_GIB, f"< {MIN_FREE_DISK_GIB} GiB free"),
-                                     (facts["vllm"] == "not installed", "vLLM is not installed (pip install -e '.[gpu]')"))
+                                     (facts["vllm"] == "not installed",
+                                      "vLLM is not installed (pip install -e '.[gpu]')"))
                 if bad]
     for why in problems:
         print("PREFLIGHT:", why)

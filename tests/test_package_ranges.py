@@ -55,8 +55,9 @@ def test_the_gpu_extra_is_within_what_trl_supports():
     assert {"vllm", "deepspeed"} <= set(ours) and {"vllm", "deepspeed"} <= set(theirs), (ours, theirs)
     for name in ("vllm", "deepspeed"):
         outside = wider(ours[name], theirs[name])
-        assert not outside, (f"pyproject's gpu extra allows {name}{ours[name]}, TRL "
-                             f"{importlib.metadata.version('trl')} supports {name}{theirs[name]}: {outside} pass ours only")
+        trl = importlib.metadata.version("trl")
+        assert not outside, (f"pyproject's gpu extra allows {name}{ours[name]}, TRL {trl} supports "
+                             f"{name}{theirs[name]}: {outside} pass ours only")
 
 
 def test_the_vllm_range_matches_the_one_trl_checks_at_import():

@@ -123,8 +123,8 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
         # None is the middle block (instruments.crosscoder.middle_layer), which extract.layers may leave out
         layer = x.layer if x.layer is not None else n_layers // 2 if n_layers is not None else None
         if layer is not None and kept is not None and layer not in kept:
-            problems.append(f"crosscoder.layer (got {x.layer}{', the middle block ' + str(layer) if x.layer is None else ''}"
-                            f"): not among the extracted layers {list(kept)}")
+            which = f", the middle block {layer}" if x.layer is None else ""
+            problems.append(f"crosscoder.layer (got {x.layer}{which}): not among the extracted layers {list(kept)}")
     if p.cka.position not in e.positions:
         problems.append(f"cka.position (got {p.cka.position!r}): never extracted; extract.positions is {e.positions}")
     # where each probe target reads (probes.ProbeStore): 'completion' also holds the last prompt token

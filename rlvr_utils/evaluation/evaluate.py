@@ -68,8 +68,8 @@ class VLLMModel:
 
     One engine at a time: each takes `gpu_memory_utilization` (0.9) of the GPU, so a second one beside it
     runs out of memory (the GRPO chapter evaluates three models in one kernel, the variants chapter eight).
-    Opening an engine closes any other still open; `close` (or leaving a `with` block) shuts the engine down and gives its
-    GPU memory back, the way vLLM's own tests do between engines (`vllm.distributed.cleanup_dist_env_and_memory`)."""
+    Opening an engine closes any other still open; `close` (or leaving a `with` block) shuts the engine down and
+    gives its GPU memory back, the way vLLM's own tests do between engines (`vllm.distributed.cleanup_dist_env_and_memory`)."""
 
     open_engines: list["VLLMModel"] = []  # in this process; at most one after __init__
 

@@ -69,7 +69,8 @@ def _paired(store, a: str, b: str, site: str, layer: int, selection: str, device
 
 
 def _layer(store, stage: str, site: str, layer: int, selection: str, device: str = "cpu"):
-    return as_matrix(store.read(stage, site_name(layer, site), selection)[0], f"{stage} {site_name(layer, site)}").to(device)
+    name = site_name(layer, site)
+    return as_matrix(store.read(stage, name, selection)[0], f"{stage} {name}").to(device)
 
 
 # --- every treatment against the reference ------------------------------------------------------------------
