@@ -288,3 +288,37 @@ def test_run_token_cache_and_extract_skip_when_current(tmp_path, tokenizer, monk
     tiny_model("qwen2", 3).save_pretrained(cfg.model_dir("sft"))  # new weights: extraction must run again
     with pytest.raises(pytest.fail.Exception, match="must not load"):
         act.run_extract(cfg, "sft", cache)
+
+
+def test_a_bfloat16_store_keeps_a_bf16_model_activations_bit_for_bit_and_reads_as_float32(tmp_path):
+    """extract.dtype 'bfloat16' (real scale): half float32's disk, exactly what a bf16 model computed, and every
+    reader (np.asarray, row indexing, chunks, CKA) gets float32 arrays."""
+    from rlvr_utils.instruments.cka.maths import linear_cka
+
+    model, cache = tiny_model("qwen2").to(torch.bfloat16), random_cache()
+    store = act.extract(model, cache, tmp_path / "bf16", "sft", dtype="bfloat16", positions=["completion"])
+    wide = act.extract(model, cache, tmp_path / "fp32", "sft", dtype="float32", positions=["completion"])
+    name = "blocks.1.hook_resid_post"
+    data, rows = store.read("sft", name, "completion")
+    full, rows32 = wide.read("sft", name, "completion")
+    assert store.meta("sft")["dtype"] == "bfloat16" and rows.tolist() == rows32.tolist()
+    assert (tmp_path / "bf16" / "sft" / f"{name}__completion.npy").stat().st_size < \
+        0.6 * (tmp_path / "fp32" / "sft" / f"{name}__completion.npy").stat().st_size
+    as_array = np.asarray(data)
+    assert as_array.dtype == np.float32 and as_array.shape == full.shape
+    np.testing.assert_array_equal(as_array, np.asarray(full))  # the model's bf16 values, widened exactly
+    np.testing.assert_array_equal(data[[2, 0]], np.asarray(full)[[2, 0]])
+    np.testing.assert_array_equal(np.concatenate(list(store.iter_chunks("sft", name, "completion", 3))), full)
+    assert np.asarray(data, dtype=np.float64).dtype == np.float64
+    assert linear_cka(data, full, debiased=True) == pytest.approx(1.0)
+
+
+def test_a_float32_model_stored_in_bfloat16_is_rounded_to_bfloat16():
+    from rlvr_utils.activations.store import BFloat16Array
+
+    t = torch.tensor([[1.0, 1 + 2 ** -10, 3e5, -0.1]])
+    stored = extraction.to_stored(t, "bfloat16")
+    assert stored.dtype == np.uint16
+    decoded = BFloat16Array(stored)[:]
+    np.testing.assert_array_equal(decoded, t.to(torch.bfloat16).float().numpy())
+    assert decoded[0, 2] == pytest.approx(3e5, rel=1e-2)  # beyond float16's range

@@ -12,7 +12,8 @@ from rlvr_utils.core.params import Params
 
 PACKAGE = Path(deps.ROOT)
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
-SECTIONS = set(Params.model_fields) - {"name", "seed", "rehearsal", "runs_dir", "source"}
+# `device` is where a run computes, not what (rlvr_utils.core.device): like runs_dir, in no fingerprint
+SECTIONS = set(Params.model_fields) - {"name", "seed", "rehearsal", "runs_dir", "source", "device"}
 
 
 def module_name(path: Path) -> str:

@@ -129,6 +129,28 @@ def test_cka_matrix_matches_pairwise():
             np.testing.assert_allclose(maths.cka_matrix(Xs, Ys, debiased), expected, atol=1e-12)
 
 
+def test_cka_matrix_from_loaders_holds_two_matrices_and_gives_the_same_numbers():
+    """The cross-layer matrix reads each layer when it needs it (real scale: every layer of two models in float64
+    would be 49-99 GiB); the numbers are the in-memory form's, bit for bit."""
+    rng = np.random.default_rng(4)
+    Xs = [rng.normal(size=(50, 6)).astype(np.float32) for _ in range(3)]
+    Ys = [X + rng.normal(size=(50, 6)).astype(np.float32) for X in Xs]
+    loads = []
+
+    def loader(M, k):
+        def load():
+            loads.append(k)
+            return M
+        return load
+
+    for debiased in (False, True):
+        lazy = maths.cka_matrix([loader(X, i) for i, X in enumerate(Xs)], [loader(Y, 9) for Y in Ys], debiased)
+        np.testing.assert_array_equal(lazy, maths.cka_matrix(Xs, Ys, debiased))
+    assert loads.count(0) == 2 * (1 + 1)  # per estimator: once for its self-similarity, once for its row of pairs
+    with pytest.raises(ValueError, match="more rows than features"):
+        maths.cka_matrix([lambda: Xs[0][:4]], [lambda: Ys[0][:4]], True)
+
+
 # --- tiny n and bad input -------------------------------------------------------------------------------
 def test_tiny_n_is_finite_or_a_clear_error():
     rng = np.random.default_rng(0)
@@ -437,3 +459,19 @@ def config_of_empty_run(tmp_path):
     from rlvr_utils.core import config
 
     return config.from_dict({"name": "empty", "runs_dir": str(tmp_path)})
+
+
+def test_problem_gram_is_the_inner_products_of_the_per_problem_products():
+    """What the low-memory bootstrap uses instead of a d x d product per resample: G[p, q] = <X_p'Y_p, X_q'Y_q>,
+    built a slice of features at a time (a tiny budget forces several slices)."""
+    import torch
+
+    from rlvr_utils.instruments.cka.problems import problem_gram
+
+    rng = np.random.default_rng(7)
+    index = rng.permutation(np.repeat(np.arange(5), [3, 1, 4, 2, 6]))
+    X, Y = rng.normal(size=(16, 7)), rng.normal(size=(16, 3))
+    A = [X[index == p].T @ Y[index == p] for p in range(5)]
+    expected = np.array([[np.sum(a * b) for b in A] for a in A])
+    got = problem_gram(torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(index), 5, budget=8 * 5 * 3 * 2)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)

@@ -25,6 +25,8 @@ NOT_PROJECT_PATHS = {
     "params/X.yaml": "a placeholder for any params file",
     "params/my-experiment.yaml": "the reader's own copy of a params file",
     "book/executed/": "inside a run's book folder (runs/<name>/book/), as the README line says",
+    "benchmarks/out/gpu_smoke/logs/": "the GPU smoke's stage logs, written where it runs (git-ignored)",
+    "benchmarks/gpu_smoke.md": "the GPU smoke's report, written by its first run on a GPU machine",
 }
 PATH_PREFIXES = ("params/", "notebooks/", "rlvr_utils/", "book/", "benchmarks/", "tests/", ".ci/")
 _PATH = re.compile(r"(?<![\w./~<>-])((?:%s)[\w./*-]*)" % "|".join(re.escape(p) for p in PATH_PREFIXES))

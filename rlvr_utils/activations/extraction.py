@@ -25,6 +25,7 @@ from rlvr_utils.activations.store import (STORE_DTYPES, ActivationStore, file_ke
                                           shard_path, store_fingerprint, stored_rows, write_shard)
 from rlvr_utils.activations.tokens import TokenCache, build_token_cache, check_selection, iter_batches, select_positions
 from rlvr_utils.core import artifacts, deps, lock
+from rlvr_utils.core.device import run_device
 from rlvr_utils.models.families import SITES, site_name
 from rlvr_utils.models.hooks import capture, check_sites_layers
 from rlvr_utils.training.data import read_jsonl
@@ -132,9 +133,17 @@ def _extract_rows(model, cache, rows, site_names, positions, batch_size, device,
                 np.array([(batch_rows[b], p) for b, p in mine], dtype=np.int64).reshape(-1, 2))
             for name in site_names:
                 parts.setdefault(file_key(name, sel), []).append(
-                    acts[name][take].float().cpu().numpy().astype(STORE_DTYPES[dtype]))
+                    to_stored(acts[name][take], dtype))
         bar.update(1)
     return {k: np.ascontiguousarray(np.concatenate(v)) for k, v in parts.items()}
+
+
+def to_stored(t: torch.Tensor, dtype: str) -> np.ndarray:
+    """A tensor as the store keeps it. bfloat16 is what a bf16 model computes, kept bit for bit (float16 would
+    overflow above 65504, where residual streams of large models reach); float32 and float16 as before."""
+    if dtype == "bfloat16":
+        return t.to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
+    return t.float().cpu().numpy().astype(STORE_DTYPES[dtype])
 
 
 def _process_group() -> tuple[int, int, Callable[[], None]]:
@@ -222,7 +231,7 @@ def run_extract(cfg, stage: str, cache: TokenCache, device: str | None = None) -
     if e.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         launch_extract(cfg, stage)
         return store
-    device = device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
+    device = device or run_device(cfg)  # in a launch, 'auto' is this process's own GPU (LOCAL_RANK)
     started = time.perf_counter()
     model, _ = loading.load(ref, cfg, device)
     extract(model, cache, store_dir, stage, sites=e.sites, layers=e.layers, positions=e.positions,

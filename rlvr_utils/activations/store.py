@@ -21,8 +21,35 @@ from safetensors.numpy import save_file
 from rlvr_utils.activations.tokens import TokenCache
 from rlvr_utils.core import artifacts
 
-STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+# numpy has no bfloat16: it is stored as its raw 16 bits (uint16) and widened to float32 when read (BFloat16Array)
+STORE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "U16": np.uint16, "I64": np.int64}
+
+
+class BFloat16Array:
+    """A stored bfloat16 array (raw uint16, memory-mapped) that reads as float32: indexing and np.asarray
+    decode only the rows asked for, so readers treat it as the float arrays of the other dtypes."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, raw: np.ndarray):
+        self.raw = raw
+        self.shape = raw.shape
+        self.ndim = raw.ndim
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    @staticmethod
+    def decode(bits: np.ndarray) -> np.ndarray:
+        return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.decode(self.raw[key])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.decode(self.raw)
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def file_key(site: str, selection: str) -> str:
@@ -60,9 +87,12 @@ class ActivationStore:
         return np.load(self._path(model_name, f"index@{selection}"), mmap_mode="r")
 
     def read(self, model_name: str, site: str, selection: str) -> tuple[np.ndarray, np.ndarray]:
-        """(activations memmap [n, d], cache row of each activation [n]) for one site and selection."""
-        return np.load(self._path(model_name, file_key(site, selection)), mmap_mode="r"), \
-            np.asarray(self.index(model_name, selection)[:, 0])
+        """(activations memmap [n, d], cache row of each activation [n]) for one site and selection; a bfloat16
+        store's arrays read as float32 (BFloat16Array)."""
+        data = np.load(self._path(model_name, file_key(site, selection)), mmap_mode="r")
+        if self.meta(model_name).get("dtype") == "bfloat16":
+            data = BFloat16Array(data)
+        return data, np.asarray(self.index(model_name, selection)[:, 0])
 
     def iter_chunks(self, model_name: str, site: str, selection: str, chunk_rows: int) -> Iterator[np.ndarray]:
         """Consecutive row chunks of one stored array, read from disk one at a time."""

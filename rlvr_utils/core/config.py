@@ -120,8 +120,11 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
             problems.append(f"crosscoder.position (got {x.position!r}): never extracted; extract.positions is "
                             f"{e.positions}")
         kept = e.layers if e.layers is not None else range(n_layers) if n_layers is not None else None
-        if x.layer is not None and kept is not None and x.layer not in kept:
-            problems.append(f"crosscoder.layer (got {x.layer}): not among the extracted layers {list(kept)}")
+        # None is the middle block (instruments.crosscoder.middle_layer), which extract.layers may leave out
+        layer = x.layer if x.layer is not None else n_layers // 2 if n_layers is not None else None
+        if layer is not None and kept is not None and layer not in kept:
+            which = f", the middle block {layer}" if x.layer is None else ""
+            problems.append(f"crosscoder.layer (got {x.layer}{which}): not among the extracted layers {list(kept)}")
     if p.cka.position not in e.positions:
         problems.append(f"cka.position (got {p.cka.position!r}): never extracted; extract.positions is {e.positions}")
     # where each probe target reads (probes.ProbeStore): 'completion' also holds the last prompt token
@@ -209,12 +212,13 @@ def _limits(p: "Params", machine: bool) -> list[str]:
         value = getattr(p.model, key.split(".")[1])
         if value and looks_local(value) and resolve(value).is_dir() and not (resolve(value) / "config.json").is_file():
             problems.append(f"{key} (got {value!r}): {resolve(value)} has no config.json; not a checkpoint folder")
-    if machine and p.weights.device.startswith("cuda"):
-        import torch
+    for key, value in (("device", p.device), ("weights.device", p.weights.device)):
+        if machine and value and value.startswith("cuda"):  # torch is imported only for a CUDA device
+            from rlvr_utils.core import device
 
-        if not torch.cuda.is_available():
-            problems.append(f"weights.device (got {p.weights.device!r}): no CUDA device on this machine (use 'cpu', "
-                            "or check-params --other-machine for a file meant for a GPU machine)")
+            wrong = device.problem(value)
+            if wrong:
+                problems.append(wrong.replace("device (got", f"{key} (got", 1))
     return problems
 
 

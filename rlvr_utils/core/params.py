@@ -238,8 +238,9 @@ class ExtractParams(Section):
         None, min_length=1, description="None = every layer; else layer indices 0..num_layers-1")
     batch_size: int = Field(32, gt=0, description="sequences per forward pass")
     shard_size: int = Field(64, gt=0, description="problems per stored shard")
-    dtype: Literal["float32", "float16"] = Field("float32", description="stored activations; float16 halves disk at "
-                                                                        "real scale")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="stored activations: bfloat16 keeps a bf16 model's activations bit for bit at half "
+        "float32's disk (real scale); float16 halves disk too but overflows above 65504; analyses read float32")
     num_processes: int = Field(1, gt=0, description=">1: the token cache's shards are split across this many "
                                "processes (accelerate launch, one model copy each) and joined into one store")
 
@@ -357,14 +358,14 @@ class WeightParams(Section):
                        "considered for the spectral gap at which the rotation of the weights' subspace is measured")
     n_bootstrap: int = Field(1000, gt=0, description="resamples of matrices (layers for the MLP share) for intervals")
     spectrum_values: int = Field(64, gt=0, description="largest singular values of each update kept for the figures")
-    device: str = Field("cpu", description="where the SVDs run: 'cpu', 'cuda', 'cuda:N' or 'mps' ('cuda' speeds "
-                        "up real-scale models)")
+    device: str | None = Field(None, description="where the SVDs run: None follows the run's `device`; else "
+                               "'cpu', 'cuda', 'cuda:N' or 'mps'")
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, value):
-        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
-            raise ValueError("expected 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        if value is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("expected None (the run's device), 'cpu', 'cuda', 'cuda:N' or 'mps'")
         return value
 
 
@@ -411,6 +412,9 @@ class Params(Section):
                             "(params/rehearsal.yaml): the book says its numbers mean nothing")
     runs_dir: str = Field("runs", description="folder of all runs (relative to the project, or absolute); this run's "
                                               "artifacts go to <runs_dir>/<name>")
+    device: str = Field("auto", description="where the analyses load models and run their heavy matrix work: "
+                        "'auto' (this process's GPU when CUDA is present, else the CPU), 'cpu', 'cuda', 'cuda:N' or "
+                        "'mps'. Where a run computes, not what: in no fingerprint (rlvr_utils.core.device)")
     model: ModelParams = ModelParams()
     organism: OrganismParams = OrganismParams()
     data: DataParams = DataParams()
@@ -429,6 +433,13 @@ class Params(Section):
     elicitation: ElicitationParams = ElicitationParams()
 
     source: str = Field("<defaults>", exclude=True, description="where these params came from (for messages)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_run_device(cls, value):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -6,6 +6,7 @@ not its ignorance of the format.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlvr_utils.core import artifacts, deps, stats
+from rlvr_utils.core.device import run_device
 from rlvr_utils.training import data
 from rlvr_utils.treatments import registry
 from rlvr_utils.training.rewards import extract_answer, is_correct, is_formatted
@@ -62,22 +64,89 @@ class VLLMModel:
     not one torch stream over the batch, so the same seed gives other samples (pass@k agrees in
     distribution, not draw for draw); vLLM drops a stop string from the text, `generate` keeps it and
     `_cut` removes it, so the returned text is the same; greedy answers can differ where two tokens'
-    logits tie within the kernels' rounding (bf16 on a GPU)."""
+    logits tie within the kernels' rounding (bf16 on a GPU).
+
+    One engine at a time: each takes `gpu_memory_utilization` (0.9) of the GPU, so a second one beside it
+    runs out of memory (the GRPO chapter evaluates three models in one kernel, the variants chapter eight).
+    Opening an engine closes any other still open; `close` (or leaving a `with` block) shuts the engine down and
+    gives its GPU memory back, the way vLLM's own tests do between engines (`vllm.distributed.cleanup_dist_env_and_memory`)."""
+
+    open_engines: list["VLLMModel"] = []  # in this process; at most one after __init__
 
     def __init__(self, ref: str, cfg):
         from vllm import LLM
 
+        close_engines()
         self.ref = ref
         self.llm = LLM(model=ref, dtype=cfg.model.dtype, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
+        VLLMModel.open_engines.append(self)
 
     def generate(self, prompts: list[str], max_new_tokens: int, num_samples: int = 1,
                  temperature: float | None = None, seed: int = 0, stop: str | None = None) -> list[list[str]]:
         from vllm import SamplingParams
 
+        if self.llm is None:
+            raise RuntimeError(f"the vLLM engine of {self.ref} was closed; open a new one (load_for_generation)")
         sampling = SamplingParams(n=num_samples, temperature=temperature or 0.0, top_p=1.0, max_tokens=max_new_tokens,
                                   seed=seed if temperature else None, stop=[stop] if stop else None)
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         return [[_cut(o.text) for o in out.outputs] for out in outputs]
+
+    def close(self) -> None:
+        """Shut the engine down and release its GPU memory (idempotent)."""
+        llm, self.llm = self.llm, None
+        if self in VLLMModel.open_engines:
+            VLLMModel.open_engines.remove(self)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if hasattr(core, "shutdown"):  # vLLM's V1 engine runs in its own process, which holds the KV cache
+            core.shutdown()
+        del llm, core
+        release_gpu_memory()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def close_engines() -> None:
+    """Close every vLLM engine this process still has open."""
+    for engine in list(VLLMModel.open_engines):
+        engine.close()
+
+
+def release_gpu_memory() -> None:
+    """Give freed GPU memory back: vLLM's documented cleanup when vLLM is installed (model-parallel groups, the
+    process group, garbage, the CUDA cache), else garbage collection and the CUDA cache."""
+    import gc
+
+    try:
+        from vllm.distributed import cleanup_dist_env_and_memory
+    except ImportError:
+        cleanup_dist_env_and_memory = None
+    gc.collect()
+    if cleanup_dist_env_and_memory is not None:
+        cleanup_dist_env_and_memory()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def generation_model(cfg, ref: str):
+    """`load_for_generation` for one block: (model, tokenizer), whose GPU memory is released at its end (the vLLM
+    engine shut down, the transformers model dropped), so the next model has the whole GPU."""
+    model, tokenizer = load_for_generation(cfg, ref)
+    try:
+        yield model, tokenizer
+    finally:
+        if isinstance(model, VLLMModel):
+            model.close()
+        else:
+            del model
+            release_gpu_memory()
 
 
 def choose_backend(requested: str) -> str:
@@ -101,7 +170,7 @@ def load_for_generation(cfg, ref: str):
     from rlvr_utils.models.loading import load
 
     if choose_backend(cfg.evaluation.backend) == "hf":
-        return load(ref, cfg, "cuda" if torch.cuda.is_available() else "cpu")
+        return load(ref, cfg, run_device(cfg))
     tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=cfg.model.trust_remote_code)
     return VLLMModel(ref, cfg), tokenizer
 
@@ -271,9 +340,9 @@ def run_variant(cfg, name: str, force: bool = False) -> str:
         return f"{name}: evaluation up to date, skipped"
     start = time.time()
     problems = data.prepare_eval_set(cfg)[: cfg.evaluation.n_problems]
-    model, tokenizer = load_for_generation(cfg, cfg.model_ref(name))
     ev = cfg.evaluation
-    data.write_jsonl(path, greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size))
+    with generation_model(cfg, cfg.model_ref(name)) as (model, tokenizer):
+        data.write_jsonl(path, greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size))
     artifacts.stamp(path, fingerprint, inputs, seconds=time.time() - start)
     return f"{name}: evaluated in {time.time() - start:.0f} s"
 
@@ -286,7 +355,7 @@ def run(cfg, stage: str, force: bool = False) -> str:
     problems = data.prepare_eval_set(cfg)
     # worked examples from GRPO's problems: the evaluation distribution's wording, never a held-out problem
     shots = data.grpo_problems(cfg, held_out=problems)[: cfg.evaluation.few_shot] if stage == "base" else []
-    model, tokenizer = load_for_generation(cfg, cfg.model_ref(stage))
-    seconds = evaluate_stage(cfg, stage, model, tokenizer, problems, shots)["seconds"]
+    with generation_model(cfg, cfg.model_ref(stage)) as (model, tokenizer):
+        seconds = evaluate_stage(cfg, stage, model, tokenizer, problems, shots)["seconds"]
     artifacts.stamp(path, fingerprint, inputs, outputs=[cfg.path("eval", f"{stage}_samples.jsonl")], seconds=seconds)
     return f"{stage}: evaluated in {seconds:.0f} s"

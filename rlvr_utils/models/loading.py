@@ -32,8 +32,11 @@ def load(ref: str, cfg=None, device: str = "cpu"):
     return model.to(device).eval(), tokenizer
 
 
-def load_stage(cfg, stage: str, device: str = "cpu"):
-    return load(cfg.model_ref(stage), cfg, device)
+def load_stage(cfg, stage: str, device: str | None = None):
+    """A stage's checkpoint on `device`, by default the run's (rlvr_utils.core.device)."""
+    from rlvr_utils.core.device import run_device
+
+    return load(cfg.model_ref(stage), cfg, device or run_device(cfg))
 
 
 _SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",

@@ -18,7 +18,7 @@ GiB = 2 ** 30
 # rounded up for the trainer's own objects and the data set.
 RUNTIME_HOST = 0.5 * GiB
 # CUDA's libraries and context in host memory, per process on a GPU machine: NOT measured here (no GPU);
-# commonly 1-3 GB with torch's CUDA wheels. The GPU smoke (benchmarks/gpu_smoke.sh) measures it.
+# commonly 1-3 GB with torch's CUDA wheels. The GPU smoke (benchmarks/gpu_smoke.py) measures it.
 CUDA_HOST = 2 * GiB
 # What the CUDA context and allocator keep on each GPU beyond the tensors (measured values are ~0.5-1 GiB).
 CUDA_GPU_OVERHEAD = 1 * GiB

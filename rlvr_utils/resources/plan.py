@@ -314,23 +314,33 @@ def extraction(cfg, m, arch) -> Stage:
 
 
 def analyses(cfg, m, arch) -> Stage:
-    """The largest array the analyses hold is CKA's cross-layer matrix: every extracted layer of two models at one
-    site in float64 (instruments.cka.compare_stages), plus the per-problem d x d statistics of the bootstrap
-    (at most instruments.cka.maths.GROUPED_BYTES, 2 GiB). Compute: CKA's three n x d^2 products per cell,
-    repeated per bootstrap resample when the grouped statistics do not fit, and per permutation."""
+    """CKA dominates: it holds two extracted layers in float64 at a time (instruments.cka.maths.cka_matrix reads the
+    cross-layer matrix's layers one pair at a time) plus the per-problem d x d statistics of the bootstrap (at most
+    instruments.cka.maths.GROUPED_BYTES, 2 GiB), on the run's device. Compute per cell: three n x d^2 products,
+    again per permutation; the bootstrap's per-problem products (n d^2) and, when they do not fit the 2 GiB, their
+    problem x problem Gram (P^2 d^2) once, then O(n d) per resample (instruments.cka.problems)."""
     e, c = cfg.extract, cfg.cka
     completion, problems, _ = extracted_rows(cfg)
     n = _selection_rows([c.position], completion, problems)
     layers = len(e.layers) if e.layers else arch.layers
     d = arch.hidden
     grouped = problems * 3 * d * d * 8
-    host = mem.RUNTIME_HOST + 2 * layers * n * d * 8 + min(grouped, 2 * GiB)
+    pair = 2 * n * d * 8
     cells = (len(registry.names(cfg)) + 3) * len(c.sites) * layers
-    per_cell = 6 * n * d * d * (1 + c.n_permutations + (c.n_bootstrap if grouped > 2 * GiB else 0))
-    return Stage("analyses", "cpu", host=host, tokens=0, flops=cells * per_cell,
-                 parts={"CKA cross-layer (float64)": 2 * layers * n * d * 8, "CKA grouped statistics": min(grouped, 2 * GiB)},
-                 notes=[f"CKA on {n:,.0f} rows x d={d}, {cells} cells"],
-                 change=["extract.n_problems", "extract.layers", "cka.n_bootstrap", "cka.position"])
+    per_cell = 6 * n * d * d * (1 + c.n_permutations) + 6 * n * d * d + (
+        6 * problems * problems * d * d + c.n_bootstrap * 6 * n * d if grouped > 2 * GiB else 0)
+    cross_layer = 2 * n * d * d * (layers * layers + 2 * layers)  # one X'Y per layer pair, self sums per layer
+    parts = {"CKA two layers (float64)": pair, "CKA grouped statistics": min(grouped, 2 * GiB)}
+    stage = Stage("analyses", "gpu" if _gpu_machine(m) else "cpu", tokens=0,
+                  flops=cells * per_cell + 3 * len(c.sites) * cross_layer, parts=parts,
+                  notes=[f"CKA on {n:,.0f} rows x d={d}, {cells} cells, on the run's device"],
+                  change=["extract.n_problems", "extract.layers", "cka.n_bootstrap", "cka.position"])
+    if _gpu_machine(m):
+        stage.gpu = sum(parts.values()) + mem.CUDA_GPU_OVERHEAD
+        stage.host = mem.RUNTIME_HOST + mem.CUDA_HOST + pair
+    else:
+        stage.host = mem.RUNTIME_HOST + sum(parts.values())
+    return stage
 
 
 def estimate(cfg, machine) -> list[Stage]:

@@ -71,7 +71,7 @@ def model_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_head
                  intermediate_size: int = 176, vocab_size: int | None = None):
     """Qwen2.5-1.5B's config fields (GQA, rope_theta 1e6, tied embeddings, RMSNorm eps 1e-6, no sliding
     window, q/k/v biases of the qwen2 architecture), shrunk. `vocab_size` pads the embedding beyond the
-    tokenizer, as Qwen2.5's 151,936 rows do (benchmarks/gpu_smoke.sh builds the full 1.5B shape)."""
+    tokenizer, as Qwen2.5's 151,936 rows do (benchmarks/gpu_smoke.py builds the full 1.5B shape)."""
     from transformers import Qwen2Config
 
     return Qwen2Config(

@@ -13,6 +13,7 @@ Two kinds of comparison, both from the activation store:
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from rlvr_utils.activations.extraction import extract
 from rlvr_utils.activations.store import ActivationStore
 from rlvr_utils.core import deps
 from rlvr_utils.core.artifacts import checkpoint_fingerprint
+from rlvr_utils.core.device import run_device
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.core.stats import interval
 from rlvr_utils.instruments.base import Instrument, Measures
@@ -55,18 +57,26 @@ def shared_layers(store, stages) -> list[int]:
     return layers
 
 
-def _paired(store, a: str, b: str, site: str, layer: int, selection: str):
-    """(X, Y, problem of each row) of two stages at one site, after checking they stored the same rows."""
+def _paired(store, a: str, b: str, site: str, layer: int, selection: str, device: str = "cpu"):
+    """(X, Y, problem of each row) of two stages at one site, after checking they stored the same rows; X and Y
+    on `device`, where every product of the estimators then runs."""
     X, rows = store.read(a, site_name(layer, site), selection)
     Y, rows_b = store.read(b, site_name(layer, site), selection)
     if not np.array_equal(rows, rows_b):
         raise ValueError(f"{a} and {b} stored different rows for {site} at {selection!r}")
-    return as_matrix(X, f"{a} {site_name(layer, site)}"), as_matrix(Y, f"{b} {site_name(layer, site)}"), rows
+    return (as_matrix(X, f"{a} {site_name(layer, site)}").to(device),
+            as_matrix(Y, f"{b} {site_name(layer, site)}").to(device), rows)
+
+
+def _layer(store, stage: str, site: str, layer: int, selection: str, device: str = "cpu"):
+    name = site_name(layer, site)
+    return as_matrix(store.read(stage, name, selection)[0], f"{stage} {name}").to(device)
 
 
 # --- every treatment against the reference ------------------------------------------------------------------
 def compare_variant(store, selection: str, reference: str, name: str, layers: Sequence[int], debiased: bool = True,
-                    n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0) -> tuple[Measures, list[dict]]:
+                    n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0,
+                    device: str = "cpu") -> tuple[Measures, list[dict]]:
     """({attn_change_end_to_end, mlp_change_end_to_end: Estimate}, [per-layer cells]) of one treatment: 1 - CKA
     of its stored outputs and the reference's, the mean over layers with its joint bootstrap interval (the same
     problem resamples for every layer)."""
@@ -74,7 +84,7 @@ def compare_variant(store, selection: str, reference: str, name: str, layers: Se
     for component, site in COMPONENT_SITES.items():
         values, samples = [], []
         for layer in layers:
-            X, Y, rows = _paired(store, reference, name, site, layer, selection)
+            X, Y, rows = _paired(store, reference, name, site, layer, selection, device)
             value, boot = linear_cka(X, Y, debiased), bootstrap_cka(X, Y, rows, n_bootstrap, debiased, seed)
             values.append(value)
             samples.append(boot)
@@ -104,7 +114,7 @@ def compare_variants(store, selection: str, reference: str, variants: Sequence[s
 # --- the training stages against each other ------------------------------------------------------------------
 def compare_stages(store, selection: str, sites: Sequence[str] = SUMMARY_SITES, pairs=PAIRS,
                    debiased: bool = True, n_bootstrap: int = 200, n_permutations: int = 20,
-                   confidence: float = 0.95, seed: int = 0) -> dict:
+                   confidence: float = 0.95, seed: int = 0, device: str = "cpu") -> dict:
     """Linear CKA per model pair, component and layer at one position selection of an ActivationStore.
 
     Returns {"cells": [...], "cross_layer": [...], "inflation": [...], "summary": {...}, ...}. Every cell
@@ -120,7 +130,7 @@ def compare_stages(store, selection: str, sites: Sequence[str] = SUMMARY_SITES, 
         for site in sites:
             Xs, Ys = [], []
             for layer in layers:
-                X, Y, rows = _paired(store, a, b, site, layer, selection)
+                X, Y, rows = _paired(store, a, b, site, layer, selection, device)
                 samples = bootstrap_cka(X, Y, rows, n_bootstrap, debiased, seed)
                 perm = permutation_cka(X, Y, n_permutations, debiased, seed + layer)
                 boot[(a, b, site, layer)] = samples
@@ -129,8 +139,9 @@ def compare_stages(store, selection: str, sites: Sequence[str] = SUMMARY_SITES, 
                               "value": linear_cka(X, Y, debiased), "ci": list(interval(samples, confidence)),
                               "biased": linear_cka(X, Y, False), "permutation_mean": float(perm.mean()),
                               "permutation_hi": float(np.quantile(perm, confidence))})
-                Xs.append(X)
-                Ys.append(Y)
+                # the cross-layer matrix reads each layer again when it needs it: never every layer at once
+                Xs.append(functools.partial(_layer, store, a, site, layer, selection, device))
+                Ys.append(functools.partial(_layer, store, b, site, layer, selection, device))
             cross.append({"pair": f"{a}_{b}", "site": site, "layers": layers,
                           "matrix": cka_matrix(Xs, Ys, debiased).tolist()})
 
@@ -158,7 +169,7 @@ def compare_stages(store, selection: str, sites: Sequence[str] = SUMMARY_SITES, 
     # the estimator check uses base vs RLVR where available: the pair with the most to show
     first, second = ("base", STUDY) if ("base", STUDY) in pairs else pairs[-1]
     last = layers[-1]
-    X, Y, rows = _paired(store, first, second, sites[-1], last, selection)
+    X, Y, rows = _paired(store, first, second, sites[-1], last, selection, device)
     return {"selection": selection, "debiased": debiased, "layers": layers, "sites": list(sites),
             "pairs": [f"{a}_{b}" for a, b in pairs], "confidence": confidence, "n_bootstrap": n_bootstrap,
             "n_permutations": n_permutations, "cells": cells, "cross_layer": cross,
@@ -192,14 +203,14 @@ class CKA(Instrument):
     def measure(self, cfg, treatment: str, shared: dict) -> Measures:
         c = cfg.cka
         measures, cells = compare_variant(shared["store"], c.position, REFERENCE, treatment, shared["layers"],
-                                          c.debiased, c.n_bootstrap, c.confidence, cfg.seed)
+                                          c.debiased, c.n_bootstrap, c.confidence, cfg.seed, run_device(cfg))
         shared["cells"] += cells
         return measures
 
     def report(self, cfg, shared: dict, variants: dict[str, Measures]) -> dict:
         c = cfg.cka
         result = compare_stages(shared["store"], c.position, c.sites, shared["pairs"], c.debiased, c.n_bootstrap,
-                                c.n_permutations, c.confidence, cfg.seed)
+                                c.n_permutations, c.confidence, cfg.seed, run_device(cfg))
         return {**result, "variant_cells": shared["cells"], "variants_reference": REFERENCE,
                 "variants_label": END_TO_END}
 
@@ -219,7 +230,7 @@ def run_dynamics(cfg, cache) -> list[dict]:
     made_by = deps.fingerprint(cfg, __name__)
     rows = []
     for folder in folders:
-        model, _ = load(str(folder), cfg)
+        model, _ = load(str(folder), cfg, run_device(cfg))
         extract(model, cache, out_dir, folder.name, sites=c.sites, layers=e.layers, positions=[c.position],
                 batch_size=e.batch_size, shard_size=e.shard_size, fingerprint=made_by + checkpoint_fingerprint(folder),
                 dtype=e.dtype, inputs=[folder])

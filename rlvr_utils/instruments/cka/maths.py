@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rlvr_utils.core.stats import bootstrap_indices
+from rlvr_utils.instruments.cka.problems import per_problem_products, problem_gram
 
 MIN_SAMPLES = {False: 2, True: 4}  # below these, (n-1) or n(n-3) normalisers vanish
 GROUPED_BYTES = 2 << 30  # per-problem d x d statistics above this size: bootstrap loops instead
@@ -114,6 +115,16 @@ def _hsic(N, S, sx, sy, debiased: bool, c1=None, c3=None, vx=None, vy=None, qx=N
     l_sum = (sy * sy).sum(-1) - qy
     quad = torch.einsum("...i,...ij,...j->...", sx, S, sy) - (sx * vx).sum(-1) - (sy * vy).sum(-1) + c3
     return (trace + k_sum * l_sum / ((N - 1) * (N - 2)) - 2 * quad / (N - 2)) / (N * (N - 3))
+
+
+def _hsic_terms(N, square, quad, sx, sy, debiased: bool, c1, c3, vx, vy, qx, qy) -> torch.Tensor:
+    """`_hsic` from |S|^2 (`square`) and sx' S sy (`quad`) instead of S itself (the same formula, expanded for
+    the biased form: |S - sx sy' / N|^2 = |S|^2 - 2 sx' S sy / N + |sx|^2 |sy|^2 / N^2)."""
+    xx, yy = (sx * sx).sum(-1), (sy * sy).sum(-1)
+    if not debiased:
+        return (square - 2 * quad / N + xx * yy / N ** 2) / (N - 1) ** 2
+    inner = quad - (sx * vx).sum(-1) - (sy * vy).sum(-1) + c3
+    return ((square - c1) + (xx - qx) * (yy - qy) / ((N - 1) * (N - 2)) - 2 * inner / (N - 2)) / (N * (N - 3))
 
 
 def _self_hsic(a: dict, debiased: bool) -> torch.Tensor:
@@ -217,34 +228,64 @@ def rbf_cka(X, Y, sigma: float = 0.8, debiased: bool = False) -> float:
 def cka_matrix(Xs: Sequence, Ys: Sequence, debiased: bool = False) -> np.ndarray:
     """[len(Xs), len(Ys)] linear CKA of every pair (e.g. layer i of one model vs layer j of another).
 
-    Self-similarities are computed once per matrix, so the cost is one cross product per pair.
+    Self-similarities are computed once per matrix, so the cost is one cross product per pair. Elements may be
+    zero-argument functions that return the matrix (e.g. read a layer from the activation store): then only two
+    matrices are held at a time, each loaded again per pair (the cross-layer matrix of a real-scale run would
+    otherwise hold every layer of two models in float64); this needs the feature form (rows > features).
     """
-    Xs = [_centre(as_matrix(X, f"Xs[{i}]")) for i, X in enumerate(Xs)]
-    Ys = [_centre(as_matrix(Y, f"Ys[{j}]")) for j, Y in enumerate(Ys)]
-    n = {M.shape[0] for M in Xs + Ys}
-    if len(n) != 1:
-        raise ValueError(f"every matrix must have the same number of rows, got {sorted(n)}")
-    n = n.pop()
-    _check_n(n, debiased)
-    w = torch.ones(n, dtype=torch.float64, device=Xs[0].device)
-    d = max(M.shape[1] for M in Xs + Ys)
+    def get(M, name):
+        return _centre(as_matrix(M() if callable(M) else M, name))
+
+    lazy = any(callable(M) for M in [*Xs, *Ys])
+    if not lazy:
+        Xs = [get(X, f"Xs[{i}]") for i, X in enumerate(Xs)]
+        Ys = [get(Y, f"Ys[{j}]") for j, Y in enumerate(Ys)]
+        n = {M.shape[0] for M in Xs + Ys}
+        if len(n) != 1:
+            raise ValueError(f"every matrix must have the same number of rows, got {sorted(n)}")
+        n = n.pop()
+        _check_n(n, debiased)
+        d = max(M.shape[1] for M in Xs + Ys)
+        if not _use_features(n, d, d):
+            return _gram_matrix(Xs, Ys, debiased)
+
+    def x(i):
+        return get(Xs[i], f"Xs[{i}]") if lazy else Xs[i]
+
+    def y(j):
+        return get(Ys[j], f"Ys[{j}]") if lazy else Ys[j]
+
+    sums, rows = {}, set()
+    for side, count, load in (("x", len(Xs), x), ("y", len(Ys), y)):
+        for k in range(count):
+            M = load(k)
+            rows.add(M.shape[0])
+            if len(rows) != 1:
+                raise ValueError(f"every matrix must have the same number of rows, got {sorted(rows)}")
+            _check_n(M.shape[0], debiased)
+            if not _use_features(M.shape[0], M.shape[1], M.shape[1]):
+                raise ValueError(f"matrices given as functions need more rows than features, got {tuple(M.shape)}")
+            sums[side, k] = _self_sums(M, torch.ones(M.shape[0], dtype=torch.float64, device=M.device))
     out = np.zeros((len(Xs), len(Ys)))
-    if _use_features(n, d, d):
-        sx = [_self_sums(X, w) for X in Xs]
-        sy = [_self_sums(Y, w) for Y in Ys]
-        hx = [_self_hsic(a, debiased) for a in sx]
-        hy = [_self_hsic(b, debiased) for b in sy]
-        for i, (X, a) in enumerate(zip(Xs, sx)):
-            for j, (Y, b) in enumerate(zip(Ys, sy)):
-                c = _cross_sums(X, Y, w, a["r"], b["r"])
-                out[i, j] = float(_ratio(_cross_hsic(a, b, c, debiased), hx[i], hy[j]))
-    else:
-        Ks, Ls = [X @ X.T for X in Xs], [Y @ Y.T for Y in Ys]
-        hx = [_gram_hsic(K, K, w, debiased) for K in Ks]
-        hy = [_gram_hsic(L, L, w, debiased) for L in Ls]
-        for i, K in enumerate(Ks):
-            for j, L in enumerate(Ls):
-                out[i, j] = float(_ratio(_gram_hsic(K, L, w, debiased), hx[i], hy[j]))
+    for i in range(len(Xs)):
+        X, a = x(i), sums["x", i]
+        w = torch.ones(X.shape[0], dtype=torch.float64, device=X.device)
+        for j in range(len(Ys)):
+            b = sums["y", j]
+            c = _cross_sums(X, y(j), w, a["r"], b["r"])
+            out[i, j] = float(_ratio(_cross_hsic(a, b, c, debiased), _self_hsic(a, debiased), _self_hsic(b, debiased)))
+    return out
+
+
+def _gram_matrix(Xs, Ys, debiased) -> np.ndarray:
+    w = torch.ones(Xs[0].shape[0], dtype=torch.float64, device=Xs[0].device)
+    Ks, Ls = [X @ X.T for X in Xs], [Y @ Y.T for Y in Ys]
+    hx = [_gram_hsic(K, K, w, debiased) for K in Ks]
+    hy = [_gram_hsic(L, L, w, debiased) for L in Ls]
+    out = np.zeros((len(Xs), len(Ys)))
+    for i, K in enumerate(Ks):
+        for j, L in enumerate(Ls):
+            out[i, j] = float(_ratio(_gram_hsic(K, L, w, debiased), hx[i], hy[j]))
     return out
 
 
@@ -309,7 +350,10 @@ def bootstrap_cka(X, Y, groups, n_bootstrap: int = 200, debiased: bool = True, s
 
 def _feature_bootstrap(X, Y, index, counts, debiased, keep_matrices: bool) -> np.ndarray:
     """Feature-form bootstrap. A resample's sums are counts @ per-problem sums; the d x d products S
-    come from per-problem products when they fit in memory (`keep_matrices`), else from the rows."""
+    come from per-problem products when they fit in memory (`keep_matrices`, the organism's path). Else S is never
+    formed: HSIC needs only |S|^2 = c' G c (G the problem x problem Gram of the per-problem products, made once
+    by `problems.problem_gram`) and s_x' S s_y, a weighted sum over rows, so a resample costs O(n d) instead of
+    three n x d^2 products (4.4 s each at n = 8000, d = 1536 on one thread); same numbers up to rounding."""
     P = counts.shape[1]
     rx, ry = (X * X).sum(1), (Y * Y).sum(1)
 
@@ -323,11 +367,17 @@ def _feature_bootstrap(X, Y, index, counts, debiased, keep_matrices: bool) -> np
     g["mm_x"], g["mm_y"] = (g["mx"] ** 2).sum(1), (g["my"] ** 2).sum(1)
     g["mu_xx"], g["mu_yy"] = (g["mx"] * g["uxx"]).sum(1), (g["my"] * g["uyy"]).sum(1)
     g["mu_xy"] = (g["mx"] * g["uxy"]).sum(1) + (g["my"] * g["uyx"]).sum(1)
-    g.update(_per_problem_products(X, Y, index, P, g["mx"], g["my"], keep_matrices))
+    g.update(per_problem_products(X, Y, index, P, g["mx"], g["my"], keep_matrices))
     names = ("xx", "yy", "xy")
+    if not keep_matrices:  # computed once: what the resamples need of the d x d products (maths.problems)
+        g.update({f"G_{name}": problem_gram(left, right, index, P)
+                  for name, left, right in (("xx", X, X), ("yy", Y, Y), ("xy", X, Y))})
 
     dx, dy = X.shape[1], Y.shape[1]
-    chunk = max(1, (256 << 20) // (8 * (dx * dx + dy * dy + dx * dy)))  # resamples whose S fit in 256 MB
+    if keep_matrices:
+        chunk = max(1, (256 << 20) // (8 * (dx * dx + dy * dy + dx * dy)))  # resamples whose S fit in 256 MB
+    else:
+        chunk = max(1, (256 << 20) // (8 * 3 * X.shape[0]))  # resamples whose row weights and projections fit
     out = []
     for start in range(0, counts.shape[0], chunk):
         c = counts[start:start + chunk]
@@ -336,59 +386,30 @@ def _feature_bootstrap(X, Y, index, counts, debiased, keep_matrices: bool) -> np
         def mix(key, weights=c):
             return torch.tensordot(weights, g[key], dims=1)
 
-        if keep_matrices:
-            S = {name: mix(f"A_{name}") for name in names}
-        else:
-            w = c[:, index]
-            S = {"xx": torch.stack([X.T @ (X * wi[:, None]) for wi in w]),
-                 "yy": torch.stack([Y.T @ (Y * wi[:, None]) for wi in w]),
-                 "xy": torch.stack([X.T @ (Y * wi[:, None]) for wi in w])}
-        a = {"N": mix("n"), "s": mix("mx"), "S": S["xx"], "q": mix("mm_x", ce) + mix("rx"),
+        a = {"N": mix("n"), "s": mix("mx"), "q": mix("mm_x", ce) + mix("rx"),
              "c1": mix("A2_xx", ce) + mix("Dxx"), "v": mix("beta_xx", ce) + mix("uxx"),
              "c3": mix("gamma_xx", ce2) + 2 * mix("mu_xx", ce) + mix("Dxx")}
-        b = {"N": a["N"], "s": mix("my"), "S": S["yy"], "q": mix("mm_y", ce) + mix("ry"),
+        b = {"N": a["N"], "s": mix("my"), "q": mix("mm_y", ce) + mix("ry"),
              "c1": mix("A2_yy", ce) + mix("Dyy"), "v": mix("beta_yy", ce) + mix("uyy"),
              "c3": mix("gamma_yy", ce2) + 2 * mix("mu_yy", ce) + mix("Dyy")}
-        xy = {"S": S["xy"], "c1": mix("A2_xy", ce) + mix("Dxy"), "vx": mix("beta_xy", ce) + mix("uxy"),
+        xy = {"c1": mix("A2_xy", ce) + mix("Dxy"), "vx": mix("beta_xy", ce) + mix("uxy"),
               "vy": mix("alpha_xy", ce) + mix("uyx"), "c3": mix("gamma_xy", ce2) + mix("mu_xy", ce) + mix("Dxy")}
-        out.append(_ratio(_cross_hsic(a, b, xy, debiased), _self_hsic(a, debiased), _self_hsic(b, debiased)))
+        if keep_matrices:
+            a["S"], b["S"], xy["S"] = (mix(f"A_{name}") for name in names)
+            out.append(_ratio(_cross_hsic(a, b, xy, debiased), _self_hsic(a, debiased), _self_hsic(b, debiased)))
+            continue
+        # |S|^2 = c' G c; s_x' S s_y = sum_i w_i (x_i . s_x)(y_i . s_y): O(n d) per resample, no d x d product
+        square = {name: ((c @ g[f"G_{name}"]) * c).sum(1) for name in names}
+        w, px, py = c[:, index], a["s"] @ X.T, b["s"] @ Y.T  # [resamples, n] each
+        quad = {"xx": (w * px * px).sum(1), "yy": (w * py * py).sum(1), "xy": (w * px * py).sum(1)}
+        hx = _hsic_terms(a["N"], square["xx"], quad["xx"], a["s"], a["s"], debiased, a["c1"], a["c3"], a["v"],
+                         a["v"], a["q"], a["q"])
+        hy = _hsic_terms(a["N"], square["yy"], quad["yy"], b["s"], b["s"], debiased, b["c1"], b["c3"], b["v"],
+                         b["v"], b["q"], b["q"])
+        hxy = _hsic_terms(a["N"], square["xy"], quad["xy"], a["s"], b["s"], debiased, xy["c1"], xy["c3"], xy["vx"],
+                          xy["vy"], a["q"], b["q"])
+        out.append(_ratio(hxy, hx, hy))
     return torch.cat(out).cpu().numpy()
-
-
-def _per_problem_products(X, Y, index, P, mx, my, keep_matrices: bool, budget: int = 256 << 20) -> dict:
-    """What the bootstrap needs of the per-problem products A_p = X_p^T Y_p (and X_p^T X_p, Y_p^T Y_p):
-    |A_p|^2, A_p m_p, A_p^T m_p, m_p^T A_p m_p, and A_p itself when `keep_matrices`. Problems are
-    zero-padded to one length and multiplied in batches (many tiny products cost more in overhead
-    than in arithmetic)."""
-    dx, dy = X.shape[1], Y.shape[1]
-    order = torch.argsort(index, stable=True)
-    sizes = torch.bincount(index, minlength=P)
-    starts = torch.cumsum(sizes, 0) - sizes
-    sorted_problem = index[order]
-    within = torch.arange(len(index), device=index.device) - starts[sorted_problem]
-    longest = int(sizes.max())
-    per_problem_bytes = 8 * (longest * (dx + dy) + dx * dx + dy * dy + dx * dy)
-    step = max(1, budget // per_problem_bytes)
-    parts: dict[str, list] = {}
-    for first in range(0, P, step):
-        last = min(P, first + step)
-        mine = (sorted_problem >= first) & (sorted_problem < last)
-        Xp = X.new_zeros((last - first, longest, dx))
-        Yp = Y.new_zeros((last - first, longest, dy))
-        Xp[sorted_problem[mine] - first, within[mine]] = X[order[mine]]
-        Yp[sorted_problem[mine] - first, within[mine]] = Y[order[mine]]
-        m_x, m_y = mx[first:last, :, None], my[first:last, :, None]
-        for name, left, right, m_left, m_right in (("xx", Xp, Xp, m_x, m_x), ("yy", Yp, Yp, m_y, m_y),
-                                                   ("xy", Xp, Yp, m_x, m_y)):
-            A = torch.bmm(left.mT, right)
-            beta = torch.bmm(A, m_right)[..., 0]
-            found = {f"A2_{name}": (A * A).sum((1, 2)), f"beta_{name}": beta,
-                     f"alpha_{name}": torch.bmm(A.mT, m_left)[..., 0], f"gamma_{name}": (m_left[..., 0] * beta).sum(1)}
-            if keep_matrices:
-                found[f"A_{name}"] = A
-            for key, value in found.items():
-                parts.setdefault(key, []).append(value)
-    return {key: torch.cat(value) for key, value in parts.items()}
 
 
 def permutation_cka(X, Y, n_permutations: int = 100, debiased: bool = True, seed: int = 0) -> np.ndarray:

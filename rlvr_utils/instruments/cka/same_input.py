@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rlvr_utils.activations.tokens import TokenCache, iter_batches, select_positions
+from rlvr_utils.core.device import run_device
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.core.stats import interval
 from rlvr_utils.instruments.base import Instrument, Measures
@@ -179,11 +180,13 @@ def bootstrap_relative_change(X, Y, groups, n_bootstrap: int = 200, seed: int = 
     return _ratio_root(counts @ diff, counts @ size)
 
 
-def measure(X, Y, groups, debiased: bool = True, n_bootstrap: int = 200, seed: int = 0) -> dict:
-    """CKA and relative change of two outputs at the same rows, each with its bootstrap replicates."""
+def measure(X, Y, groups, debiased: bool = True, n_bootstrap: int = 200, seed: int = 0, device="cpu") -> dict:
+    """CKA and relative change of two outputs at the same rows, each with its bootstrap replicates; CKA's
+    products run on `device` (the models')."""
     if len(groups) != len(X):
         raise ValueError(f"groups must give one problem per row: {len(groups)} groups for {len(X)} rows")
-    return {"cka": linear_cka(X, Y, debiased), "cka_samples": bootstrap_cka(X, Y, groups, n_bootstrap, debiased, seed),
+    Xd, Yd = (X, Y) if str(device) == "cpu" else (torch.as_tensor(X).to(device), torch.as_tensor(Y).to(device))
+    return {"cka": linear_cka(Xd, Yd, debiased), "cka_samples": bootstrap_cka(Xd, Yd, groups, n_bootstrap, debiased, seed),
             "relative_change": relative_change(X, Y),
             "relative_change_samples": bootstrap_relative_change(X, Y, groups, n_bootstrap, seed)}
 
@@ -203,7 +206,7 @@ def compare(reference, treatment, cache, selection: str = "completion", debiased
         outputs, groups = collect(reference, treatment, cache, selection, batch_size, layers[first:first + step])
         for name, (X, Y) in outputs.items():
             layer, component = int(name.split(".")[1]), _component(name)
-            m = measure(X, Y, groups, debiased, n_bootstrap, seed)
+            m = measure(X, Y, groups, debiased, n_bootstrap, seed, reference.device)
             samples[(component, layer)] = m
             rows.append({"layer": layer, "component": component, "site": name, "n": int(len(X)),
                          "cka": m["cka"], "cka_ci": list(interval(m["cka_samples"], confidence)),
@@ -242,7 +245,7 @@ class SameInput(Instrument):
             raise FileNotFoundError(f"no token cache at {tokens}: run 04_extract first")
         if not registry.has_checkpoint(cfg.model_ref(REFERENCE)):
             raise FileNotFoundError(f"no reference checkpoint at {cfg.model_ref(REFERENCE)}: train SFT first")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = run_device(cfg)
         reference, _ = load(cfg.model_ref(REFERENCE), cfg, device)
         return {"cache": TokenCache.load(tokens), "reference": reference, "device": device, "rows": [], "n": {}}
 

@@ -8,6 +8,7 @@ over the held-out problems.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Callable
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from rlvr_utils.core import stats
+from rlvr_utils.core.device import run_device
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.instruments.crosscoder.model import PairFit, leaning_latents
 from rlvr_utils.models import hooks
@@ -42,17 +44,23 @@ def latent_edit(fit: PairFit, latents, driver: int, mode: str) -> Callable[[torc
     own = cc.W_dec[latents, driver].detach() / s[driver]
     theirs = cc.W_dec[latents, other].detach() / s[other]
     delta_dir = -own if mode == "remove" else theirs - own
+    on_device: dict = {}  # the crosscoder and the edit's tensors where the models run (a copy: the fit stays put)
 
     def edit(h_driver: torch.Tensor, h_partner: torch.Tensor) -> torch.Tensor:
         if len(latents) == 0:
             return h_driver
+        if h_driver.device not in on_device:
+            to = h_driver.device
+            on_device[to] = (cc if cc.W_dec.device == to else copy.deepcopy(cc).to(to), s.to(to), latents.to(to),
+                             delta_dir.to(to))
+        coder, scales, chosen, direction = on_device[h_driver.device]
         shape = h_driver.shape
         pair = [None, None]
         pair[driver], pair[other] = h_driver.reshape(-1, shape[-1]), h_partner.reshape(-1, shape[-1])
-        x = torch.stack([pair[0].float() * s[0], pair[1].float() * s[1]], dim=1)
+        x = torch.stack([pair[0].float() * scales[0], pair[1].float() * scales[1]], dim=1)
         with torch.no_grad():
-            f = cc.encode(x)[:, latents]
-        return (pair[driver] + (f @ delta_dir).to(h_driver.dtype)).reshape(shape)
+            f = coder.encode(x)[:, chosen]
+        return (pair[driver] + (f @ direction).to(h_driver.dtype)).reshape(shape)
     return edit
 
 
@@ -79,13 +87,14 @@ def paired_greedy(driver, tokenizer, prompts: list[str], max_new_tokens: int, ba
         handles.append(hooks.hook(driver, layer, site, apply))
     # transformers 5.x renamed `past_key_values` to `cache`; take whichever this version has
     cache_kw = "cache" if "cache" in inspect.signature(driver.forward).parameters else "past_key_values"
+    device = next(driver.parameters()).device  # the partner runs on the same one
     out: list[str] = []
     with hooks.active(handles):
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
+            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(device)
             ids, mask = enc["input_ids"], enc["attention_mask"]
             caches = {"driver": DynamicCache(), "partner": DynamicCache()}
-            finished = torch.zeros(len(ids), dtype=torch.bool)
+            finished = torch.zeros(len(ids), dtype=torch.bool, device=device)
             new_tokens = []
             current = ids
             for step in range(max_new_tokens):
@@ -95,13 +104,13 @@ def paired_greedy(driver, tokenizer, prompts: list[str], max_new_tokens: int, ba
                 if edit is not None:
                     partner(**kwargs, **{cache_kw: caches["partner"]})
                 logits = driver(**kwargs, **{cache_kw: caches["driver"]}).logits[:, -1]
-                token = torch.where(finished, torch.tensor(pad), logits.argmax(-1))
+                token = torch.where(finished, torch.tensor(pad, device=device), logits.argmax(-1))
                 new_tokens.append(token)
                 finished |= token == eos
                 if finished.all():
                     break
                 current = token[:, None]
-                mask = torch.cat([mask, torch.ones(len(ids), 1, dtype=mask.dtype)], dim=1)
+                mask = torch.cat([mask, torch.ones(len(ids), 1, dtype=mask.dtype, device=device)], dim=1)
             out += tokenizer.batch_decode(torch.stack(new_tokens, 1), skip_special_tokens=True)
     return out
 
@@ -130,8 +139,9 @@ def causal_test(cfg, target: str, fits: list[PairFit], problems: list[dict], lay
     ('specific'), and the `causal_top` most target-leaning live latents ('leaning', never empty). An empty set
     edits nothing, so its accuracy is the unedited one and no generation is run. Estimates as JSON."""
     c, ev = cfg.crosscoder, cfg.evaluation
-    ref_model, tokenizer = load(cfg.model_ref(REFERENCE), cfg)
-    tgt_model, _ = load(cfg.model_ref(target), cfg)
+    device = run_device(cfg)  # the greedy passes are most of the test's time: on the run's GPU when it has one
+    ref_model, tokenizer = load(cfg.model_ref(REFERENCE), cfg, device)
+    tgt_model, _ = load(cfg.model_ref(target), cfg, device)
     prompts = [p["prompt"] for p in problems]
 
     def correct(completions):

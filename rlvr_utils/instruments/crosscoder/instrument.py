@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from rlvr_utils.activations.extraction import run_extract
 from rlvr_utils.activations.store import ActivationStore
 from rlvr_utils.activations.tokens import TokenCache
+from rlvr_utils.core.device import run_device
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.crosscoder.causal import causal_test
@@ -64,7 +65,8 @@ def fit_seeds(cfg, a: np.ndarray, b: np.ndarray, d_model: int, label: str) -> li
     """One crosscoder per seed (seed, seed+1, ...) on the same paired activations."""
     c = cfg.crosscoder
     fits = [fit_pair(a, b, c.expansion * d_model, c.k, c.steps, c.batch_size, c.learning_rate, cfg.seed + s,
-                     c.specific_threshold, c.presence_threshold, True, f"{label} seed {s}") for s in range(c.seeds)]
+                     c.specific_threshold, c.presence_threshold, True, f"{label} seed {s}", run_device(cfg))
+            for s in range(c.seeds)]
     log.info("%s: %s specific latents over seeds, FVU %s, %.0f s", label, [len(f.specific) for f in fits],
              np.round(np.mean([f.info["fvu"] for f in fits], 0), 3), sum(f.info["seconds"] for f in fits))
     return fits

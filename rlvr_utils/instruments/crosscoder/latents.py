@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rlvr_utils.core.device import run_device
 from rlvr_utils.instruments.crosscoder.model import PairFit
 from rlvr_utils.models import families
 from rlvr_utils.models.loading import load
@@ -37,7 +38,7 @@ def logit_effect(model, direction: torch.Tensor, tokenizer, n: int = 5) -> dict:
     promotes and suppresses most."""
     norm = families.final_norm(model)
     gain = norm.weight if getattr(norm, "weight", None) is not None else torch.ones_like(direction)
-    logits = families.unembedding(model)(gain * direction.to(gain.dtype))
+    logits = families.unembedding(model)(gain * direction.to(gain.device, gain.dtype))
     top, bottom = logits.topk(n), (-logits).topk(n)
     return {"promotes": [tokenizer.decode([int(t)]) for t in top.indices],
             "suppresses": [tokenizer.decode([int(t)]) for t in bottom.indices]}
@@ -51,7 +52,8 @@ def read_latents(cfg, fit: PairFit, target: str, reference_acts: np.ndarray, tar
     x = torch.from_numpy(np.stack([reference_acts, target_acts], 1)) * fit.scales[None, :, None]
     with torch.no_grad():
         f = fit.crosscoder.encode(x).numpy()
-    models = {REFERENCE: load(cfg.model_ref(REFERENCE), cfg), target: load(cfg.model_ref(target), cfg)}
+    device = run_device(cfg)
+    models = {REFERENCE: load(cfg.model_ref(REFERENCE), cfg, device), target: load(cfg.model_ref(target), cfg, device)}
     tokenizer = models[target][1]
     shared = fit.alive[np.abs(fit.rel_norm[fit.alive] - 0.5) < 0.1]
     shared = shared[np.argsort(-fit.scaling["count"][shared], kind="stable")]

@@ -101,20 +101,21 @@ def normalisers(x: torch.Tensor) -> torch.Tensor:
 
 def train(x: torch.Tensor, n_latents: int, k: int, steps: int = 1000, batch_size: int = 256, lr: float = 1e-3,
           seed: int = 0, progress: bool = True, desc: str = "crosscoder") -> tuple[Crosscoder, dict]:
-    """Fit a BatchTopK crosscoder to normalised activations x [N, n_models, d]; returns (crosscoder, log)
-    with the loss history, fraction of variance unexplained per model, dead latents and seconds."""
+    """Fit a BatchTopK crosscoder to normalised activations x [N, n_models, d] on x's device; returns (crosscoder,
+    log) with the loss history, fraction of variance unexplained per model, dead latents and seconds. The
+    initialisation and the batches are drawn on the CPU, so a seed gives the same draws on any device."""
     if x.ndim != 3:
         raise ValueError(f"x must be [tokens, models, d_model], got shape {tuple(x.shape)}")
     started = time.perf_counter()
     n, n_models, d = x.shape
-    cc = Crosscoder(d, n_latents, k, n_models, seed)
+    cc = Crosscoder(d, n_latents, k, n_models, seed).to(x.device)
     with torch.no_grad():
         cc.b_dec.copy_(x.mean(0))
     opt = torch.optim.Adam(cc.parameters(), lr=lr, betas=(0.9, 0.999))
     # linear decay over the last fifth: the dictionary settles before the threshold is read
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, 5 * (steps - s) / steps))
     g = torch.Generator().manual_seed(seed)
-    since_fired = torch.zeros(n_latents, dtype=torch.long)
+    since_fired = torch.zeros(n_latents, dtype=torch.long, device=x.device)
     history = []
     for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False, mininterval=1.0):
         batch = x[torch.randint(0, n, (min(batch_size, n),), generator=g)]
@@ -166,14 +167,14 @@ def fraction_unexplained(cc: Crosscoder, x: torch.Tensor) -> np.ndarray:
     recon = cc(x)
     err = (x - recon).pow(2).sum((0, 2))
     var = (x - x.mean(0)).pow(2).sum((0, 2))
-    return (err / var).numpy()
+    return (err / var).cpu().numpy()
 
 
 # --- per-latent diagnostics ------------------------------------------------------------------------------
 def relative_norms(cc: Crosscoder, target: int = 1, reference: int = 0) -> np.ndarray:
     """||d_target|| / (||d_reference|| + ||d_target||) per latent: 1 = only in the target's decoder."""
     norms = cc.decoder_norms().detach()
-    return (norms[:, target] / (norms[:, target] + norms[:, reference]).clamp_min(1e-12)).numpy()
+    return (norms[:, target] / (norms[:, target] + norms[:, reference]).clamp_min(1e-12)).cpu().numpy()
 
 
 @torch.no_grad()
@@ -188,9 +189,9 @@ def latent_scaling(cc: Crosscoder, x: torch.Tensor, target: int = 1, reference: 
     d = cc.W_dec[:, target]  # [m, dim]
     d_sq = d.pow(2).sum(1)
     self_dot = (cc.W_dec * d[:, None, :]).sum(-1)  # <d_j, d_j^M>: [m, n_models]
-    sums = {key: torch.zeros(m, 2, dtype=torch.float64) for key in ("err", "rec")}
-    f_sq = torch.zeros(m, dtype=torch.float64)
-    count = torch.zeros(m, dtype=torch.long)
+    sums = {key: torch.zeros(m, 2, dtype=torch.float64, device=x.device) for key in ("err", "rec")}
+    f_sq = torch.zeros(m, dtype=torch.float64, device=x.device)
+    count = torch.zeros(m, dtype=torch.long, device=x.device)
     for start in range(0, len(x), chunk):
         batch = x[start:start + chunk]
         f = cc.encode(batch)
@@ -203,9 +204,10 @@ def latent_scaling(cc: Crosscoder, x: torch.Tensor, target: int = 1, reference: 
             sums["err"][:, col] += (f * err_proj).sum(0).double() + f.pow(2).sum(0).double() * self_dot[:, M].double()
             sums["rec"][:, col] += (f * rec_proj).sum(0).double() - f.pow(2).sum(0).double() * self_dot[:, M].double()
     denom = (d_sq.double() * f_sq).clamp_min(1e-12)[:, None]
+    count = count.cpu()
     out = {"count": count.numpy()}
     for key, name in (("err", "error"), ("rec", "recon")):
-        beta = (sums[key] / denom).numpy()
+        beta = (sums[key] / denom).cpu().numpy()
         out[f"beta_{name}_reference"], out[f"beta_{name}_target"] = beta[:, 0], beta[:, 1]
         with np.errstate(divide="ignore", invalid="ignore"):
             out[f"nu_{name}"] = np.where(count.numpy() > 0, beta[:, 0] / beta[:, 1], np.nan)
@@ -273,13 +275,14 @@ class PairFit:
 
 def fit_pair(reference: np.ndarray, target: np.ndarray, n_latents: int, k: int, steps: int, batch_size: int,
              lr: float, seed: int, specific_threshold: float = 5 / 6, presence_threshold: float = 0.3,
-             progress: bool = True, desc: str = "crosscoder") -> PairFit:
-    """Normalise, train, and read the per-latent diagnostics of one pair of paired activations [N, d]."""
+             progress: bool = True, desc: str = "crosscoder", device: str = "cpu") -> PairFit:
+    """Normalise, train, and read the per-latent diagnostics of one pair of paired activations [N, d], on
+    `device`; the fit comes back on the CPU (its readers edit and read on any device from there)."""
     reference, target = np.asarray(reference, dtype=np.float32), np.asarray(target, dtype=np.float32)
     if reference.shape != target.shape or reference.ndim != 2:
         raise ValueError(f"paired activations must both be [tokens, d_model] of one shape, got "
                          f"{reference.shape} and {target.shape}")
-    raw = torch.from_numpy(np.stack([reference, target], axis=1))
+    raw = torch.from_numpy(np.stack([reference, target], axis=1)).to(device)
     scales = normalisers(raw)
     x = raw * scales[None, :, None]
     cc, info = train(x, n_latents, k, steps, batch_size, lr, seed, progress, desc)
@@ -291,7 +294,7 @@ def fit_pair(reference: np.ndarray, target: np.ndarray, n_latents: int, k: int, 
     mirror = latent_scaling(cc, x, target=0, reference=1)
     lost = specific_latents(1 - rel, mirror["nu_error"], mirror["count"], specific_threshold, presence_threshold,
                             mirror["nu_recon"])
-    return PairFit(cc, scales, rel, scaling, spec, info, mirror, lost)
+    return PairFit(cc.cpu(), scales.cpu(), rel, scaling, spec, info, mirror, lost)
 
 
 def leaning_latents(fit: PairFit, n: int) -> np.ndarray:

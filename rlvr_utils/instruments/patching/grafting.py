@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from rlvr_utils.core import stats
+from rlvr_utils.core.device import run_device
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.evaluation.evaluate import greedy_eval, stored_correct
 from rlvr_utils.instruments import base
@@ -170,7 +170,7 @@ class Grafting(base.Instrument):
         return stored_correct(cfg, name, cfg.patching.graft_problems) if self.evaluate is None else None
 
     def prepare(self, cfg, treatments: list[str]) -> dict:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = run_device(cfg)
         receiver, tokenizer = loading.load(cfg.model_ref(REFERENCE), cfg, device)
         problems = data.read_jsonl(cfg.path("data", "eval.jsonl"))[:cfg.patching.graft_problems]
         evaluate = self.evaluate

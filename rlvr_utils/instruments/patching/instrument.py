@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
 from torch import nn
 
 from rlvr_utils.activations import tokens as activations
+from rlvr_utils.core.device import run_device
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.patching.batches import PatchBatch, answer_batches, answer_span, corrupted_batches
@@ -116,7 +116,7 @@ class Patching(base.Instrument):
 
     def prepare(self, cfg, treatments: list[str]) -> Shared:
         pc = cfg.patching
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = run_device(cfg)
         reference, tokenizer = loading.load(cfg.model_ref(REFERENCE), cfg, device)
         cache = activations.TokenCache.load(cfg.path("tokens"))
         answered = sum(answer_span(s, p, tokenizer, pc.answer_marker) is not None

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from rlvr_utils.activations.tokens import TokenCache
+from rlvr_utils.core.device import run_device
 from rlvr_utils.instruments.base import Instrument, Measures
 from rlvr_utils.instruments.probes import lens
 from rlvr_utils.models.loading import load_stage
@@ -64,7 +64,7 @@ class Lens(Instrument):
         return registry.available(cfg, [registry.STUDY])
 
     def prepare(self, cfg, treatments: list[str]) -> Shared:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = run_device(cfg)
         (base, _), (reference, tokenizer) = (load_stage(cfg, s, device) for s in (BASE, registry.REFERENCE))
         cache = TokenCache.load(cfg.path("tokens"))
         shared = Shared(cache, lens.answers_for(cache, tokenizer), {BASE: base, registry.REFERENCE: reference}, device,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlvr_utils.core.device import run_device
 from rlvr_utils.instruments.base import Instrument, Measures
 from rlvr_utils.instruments.weights import checkpoints, measures, updates
 from rlvr_utils.instruments.weights.measures import PAIRS, pair_name
@@ -46,7 +47,8 @@ class Weights(Instrument):
         labels = dict.fromkeys(("base", REFERENCE, *treatments))
         folders = {label: checkpoints.local_folder(cfg.model_ref(label)) for label in labels}
         pairs = [*PAIRS, *((t, REFERENCE) for t in treatments if (t, REFERENCE) not in PAIRS)]
-        rows = updates.compare(folders, pairs, w.sparsity_tolerance, w.top_k, True, w.spectrum_values, w.device)
+        rows = updates.compare(folders, pairs, w.sparsity_tolerance, w.top_k, True, w.spectrum_values,
+                               w.device or run_device(cfg))
         return Compared(rows, folders)
 
     def measure(self, cfg, treatment: str, shared: Compared) -> Measures:
@@ -74,5 +76,6 @@ class Weights(Instrument):
             "parameters": checkpoints.parameter_count(shared.folders["base"]),
             "groups": updates.group_table(rows).to_dict("records"),
             "matrices": rows,
-            "dynamics": updates.dynamics(shared.folders[REFERENCE], steps, w.sparsity_tolerance, w.device),
+            "dynamics": updates.dynamics(shared.folders[REFERENCE], steps, w.sparsity_tolerance,
+                                          w.device or run_device(cfg)),
         }
