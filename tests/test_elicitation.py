@@ -4,7 +4,6 @@ its figure are checked on planted per-problem answers where the right answer is 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
