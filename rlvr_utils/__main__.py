@@ -17,12 +17,16 @@ def runner_interrupted() -> type[Exception]:
     return Interrupted
 
 
-def main(argv: list[str] | None = None) -> int:
+PARAMS_HELP = "params YAML file, e.g. params/default.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and argument, each with its help text (tests/test_cli.py walks it)."""
     parser = argparse.ArgumentParser(prog="python -m rlvr_utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the notebooks with papermill, then build the book")
-    run.add_argument("--params", required=True, help="params YAML file, e.g. params/default.yaml")
+    run.add_argument("--params", required=True, help=PARAMS_HELP)
     run.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (by number)")
     run.add_argument("--from", dest="start", metavar="NN", help="run from this notebook on")
     run.add_argument("--force", action="store_true", help="re-run the notebooks named (all by default) and "
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rep = sub.add_parser("replicate", help="run the study for each of verdict.replicate_seeds (runs <name>-seed<k>), "
                          "then re-run the verdict chapter and build the book")
-    rep.add_argument("--params", required=True)
+    rep.add_argument("--params", required=True, help=PARAMS_HELP + " (the main run's)")
     rep.add_argument("--seeds", nargs="+", type=int, help="instead of verdict.replicate_seeds")
     rep.add_argument("--no-book", action="store_true", help="replicate only; do not re-run the verdict or build")
     rep.add_argument("--book-root", type=Path, default=None, help="the main run's book root, as given to `run`")
@@ -41,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     eli = sub.add_parser("elicit", help="RLVR's gain vs how much of the new wording pretraining saw: base, SFT and "
                          "RLVR trained again per share of data.corpus_new_verbs and seed (runs "
                          "<name>-elicit-f<share>-s<seed>), then runs/<name>/metrics/elicitation.json")
-    eli.add_argument("--params", required=True)
+    eli.add_argument("--params", required=True, help=PARAMS_HELP + " (the runs are made from it)")
     eli.add_argument("--fractions", nargs="+", type=float, metavar="SHARE",
                      help="shares of data.corpus_new_verbs, instead of elicitation.fractions (e.g. 0 0.05 0.2 0.5)")
     eli.add_argument("--seeds", nargs="+", type=int, help="instead of elicitation.seeds")
 
     show = sub.add_parser("show-params", help="print a params file's effective config, defaults filled in")
-    show.add_argument("file")
+    show.add_argument("file", help=PARAMS_HELP + "; an empty file shows the defaults (the default run)")
 
     comp = sub.add_parser("compare", help="accuracies and evidence rows of several runs side by side "
                           "(printed, and written as Markdown and CSV)")
@@ -55,31 +59,34 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--out", type=Path, help="output path without suffix (default: runs/compare-A-B...)")
 
     check = sub.add_parser("check-params", help="validate params files and exit")
-    check.add_argument("files", nargs="+")
+    check.add_argument("files", nargs="+", metavar="FILE", help="params YAML files, e.g. params/*.yaml")
     check.add_argument("--other-machine", action="store_true",
                        help="the files are for another machine: skip what only this one decides (vLLM installed)")
 
     train = sub.add_parser("train", help="train one stage (what `accelerate launch` runs)")
     train.add_argument("--stage", required=True, help="base, sft, rlvr, or a trained treatment of the params' "
                        "registry (a control, a placebo)")
-    train.add_argument("--params", required=True)
+    train.add_argument("--params", required=True, help=PARAMS_HELP)
 
     ext = sub.add_parser("extract", help="extract one model's activations over the run's token cache (what "
                          "`accelerate launch` runs when extract.num_processes > 1)")
     ext.add_argument("--stage", required=True, help="base, sft, rlvr or a variant")
-    ext.add_argument("--params", required=True)
+    ext.add_argument("--params", required=True, help=PARAMS_HELP)
 
     plan = sub.add_parser("plan", help="estimate each stage's peak GPU and host memory, disk and compute; exit 1 "
                           "when a stage cannot fit the machine (default: this one)")
-    plan.add_argument("params", help="params YAML file")
+    plan.add_argument("params", help=PARAMS_HELP)
     plan.add_argument("--gpus", type=int, help="GPUs of the machine (0: CPU only; default: what torch sees)")
     plan.add_argument("--gpu-memory", type=float, metavar="GiB", help="memory of each GPU (implies --gpus 1 "
                       "on a machine without GPUs)")
     plan.add_argument("--host-memory", type=float, metavar="GiB", help="host memory (default: this machine's)")
     plan.add_argument("--disk", type=float, metavar="GiB", help="free disk for the run (default: free where it "
                       "writes, plus its folder)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "check-params":
             failed = False

@@ -1,12 +1,43 @@
 """show-params prints the effective config; compare sets runs side by side; the params reference page lists
-every field with its description and default; the abstract reads the run's metrics."""
+every field with its description and default; the abstract reads the run's metrics; every command-line argument
+says what it is."""
+import argparse
 import json
 
 import yaml
 
 from rlvr_utils.core import config
 from rlvr_utils.publish import pages
-from rlvr_utils.__main__ import main
+from rlvr_utils.__main__ import build_parser, main
+
+
+def undocumented_arguments(parser: argparse.ArgumentParser, prefix: str = "python -m rlvr_utils") -> list[str]:
+    """Every subcommand and argument (positional or option) without help text, walking the parser's tree."""
+    missing = []
+    for action in parser._actions:  # argparse has no public walk; _actions is what format_help itself reads
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not helps.get(name):
+                    missing.append(f"{prefix} {name}")
+                missing += undocumented_arguments(sub, f"{prefix} {name}")
+        elif not isinstance(action, argparse._HelpAction) and not action.help:
+            missing.append(f"{prefix} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+def test_every_command_line_argument_has_help_text():
+    assert undocumented_arguments(build_parser()) == []
+
+
+def test_the_help_walk_finds_an_argument_without_help():
+    parser = build_parser()
+    parser.add_argument("--bare")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub.choices["run"].add_argument("extra")
+    sub.add_parser("quiet")
+    assert sorted(undocumented_arguments(parser)) == ["python -m rlvr_utils --bare", "python -m rlvr_utils quiet",
+                                                      "python -m rlvr_utils run extra"]
 
 
 def test_show_params_fills_in_every_default(capsys):
