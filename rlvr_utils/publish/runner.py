@@ -62,9 +62,10 @@ def notebooks(folder: Path | None = None) -> list[Path]:
 
 def _select(all_nbs: list[Path], only: list[str] | None, start: str | None) -> list[Path]:
     numbers = [nb.name[:2] for nb in all_nbs]
+    folder = _shown(all_nbs[0].parent) if all_nbs else "the notebook folder"
     for n in (only or []) + ([start] if start else []):
         if n.zfill(2) not in numbers:
-            raise SystemExit(f"no notebook numbered {n!r}; have: {', '.join(numbers)}")
+            raise SystemExit(f"no notebook numbered {n!r} in {folder}; have: {', '.join(numbers) or 'none'}")
     if only:
         return [nb for nb in all_nbs if nb.name[:2] in {n.zfill(2) for n in only}]
     if start:
@@ -310,8 +311,9 @@ def execute(params_file: str, only: list[str] | None = None, start: str | None =
     """Execute the selected notebooks; True when all succeeded. Raises lock.RunLocked when another
     process runs the same run folder, Interrupted on Ctrl-C. The book root defaults to the run's own."""
     params = checks.checked(params_file)  # fail on bad params before any computation
+    _select(notebooks(notebook_dir), only, start)  # and on a notebook number that does not exist
     plan.refuse_if_impossible(params)  # and on a run that cannot fit this machine (memory, disk)
-    with lock.run_lock(params.run_dir):
+    with lock.run_lock(params.run_dir):  # every refusal above leaves the run folder untouched
         return _execute(params, resolve(params_file), notebooks(notebook_dir), only, start, force,
                         Path(book_root) if book_root else run_book_root(params))
 
