@@ -1,4 +1,5 @@
-"""Everything the README tells a newcomer to type exists: each `make <target>` is a Makefile target, each
+"""Everything the README tells a newcomer to type exists, and every Makefile target a user can run is in it:
+each `make <target>` is a Makefile target (and each .PHONY target is written as `make <target>`), each
 `python -m rlvr_utils <command>` is a subcommand that accepts the options shown, each `-m rlvr_utils.<module>`
 is a module, and each project path it names in code (params/..., notebooks/..., rlvr_utils/..., book/...,
 benchmarks/..., tests/...) is in the repository. A failure names the README line.
@@ -74,6 +75,18 @@ def makefile_targets(makefile: Path) -> set[str]:
     return targets
 
 
+def phony_targets(makefile: Path) -> set[str]:
+    """The Makefile's commands (its .PHONY targets), as opposed to the files it makes."""
+    return {t for line in makefile.read_text().splitlines() if line.startswith(".PHONY:")
+            for t in line.split(":", 1)[1].split()}
+
+
+def undocumented_targets(text: str, makefile: Path) -> list[str]:
+    shown = {t for _, code in code_snippets(text) for t in _MAKE.findall(code)}
+    return [f"Makefile target `{t}` is not in README.md: add `make {t}` and what it does (the table of make targets)"
+            for t in sorted(phony_targets(makefile) - shown)]
+
+
 def _cli_help(args: list[str]) -> str:
     """What `python -m rlvr_utils ARGS --help` prints (argparse exits after printing)."""
     out = io.StringIO()
@@ -135,6 +148,11 @@ def test_every_make_target_in_the_readme_exists():
     assert not problems, "\n".join(problems)
 
 
+def test_every_make_target_is_in_the_readme():
+    problems = undocumented_targets(README.read_text(), ROOT / "Makefile")
+    assert not problems, "\n".join(problems)
+
+
 def test_every_cli_command_and_option_in_the_readme_exists():
     problems = cli_problems(README.read_text(), subcommands())
     assert not problems, "\n".join(problems)
@@ -153,6 +171,7 @@ def test_the_checks_find_what_they_look_for():
     assert {"run", "check-params"} <= {m.group(1) for _, c in snippets for m in _CLI.finditer(c)}
     assert {"params/default.yaml", "notebooks/00_base.ipynb"} <= {p for _, c in snippets for p in _PATH.findall(c)}
     assert {"book", "test", "clean"} <= makefile_targets(ROOT / "Makefile")
+    assert {"book", "test", "check-params", "install"} <= phony_targets(ROOT / "Makefile")
 
 
 def test_each_check_can_fail_and_names_the_line():
@@ -160,6 +179,7 @@ def test_each_check_can_fail_and_names_the_line():
             "Run `make bogus-target` first,\nthen `.venv/bin/python -m rlvr_utils\nfrobnicate --params x`.\n\n"
             "```bash\n.venv/bin/python -m rlvr_utils run --params params/default.yaml --no-such-flag\n"
             "python -m rlvr_utils.no_such_module\n```\n\nSee `notebooks/99_missing.ipynb` and `params/*.nope`.\n")
+    assert undocumented_targets("Only `make book` here.\n", ROOT / "Makefile")[0].startswith("Makefile target `")
     assert make_problems(text, makefile_targets(ROOT / "Makefile")) == [
         f"README.md:3: `make bogus-target` is not a Makefile target (targets: "
         f"{', '.join(sorted(makefile_targets(ROOT / 'Makefile')))})"]
