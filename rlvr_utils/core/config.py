@@ -220,8 +220,23 @@ def _how_to_make(folder: Path) -> str:
     if folder == runs / "rehearsal-base":
         return "build it first: python -m rlvr_utils.training.rehearsal --out runs/rehearsal-base (about 1 minute)"
     if folder.parent.name == "models" and folder.parent.parent.parent == runs:
-        return f"it is made by the run {folder.parent.parent.name!r}: run that book first (make book for 'default')"
+        run = folder.parent.parent.name
+        return f"it is made by the run {run!r}: run that book first ({_make_book(run)})"
     return "a hub id is 'org/name', a local folder is best written './path'"
+
+
+def _make_book(run: str) -> str:
+    """The command that makes run `run`: the shipped params file whose `name` it is, if any."""
+    if run == Params.model_fields["name"].default:
+        return "make book"
+    for f in sorted((PROJECT_ROOT / "params").glob("*.yaml")):
+        try:
+            named = (yaml.safe_load(f.read_text()) or {}).get("name")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if named == run:
+            return f"make book PARAMS={f.relative_to(PROJECT_ROOT)}"
+    return f"make book PARAMS=<the params file with name: {run}>"
 
 
 def unchecked(p: "Params") -> list[str]:
