@@ -85,6 +85,8 @@ def test_not_a_mapping_and_missing_file(tmp_path):
         config.load(_write(tmp_path, "- a\n- b\n"))
     with pytest.raises(config.ParamsError, match="does not exist"):
         config.load(tmp_path / "nope.yaml")
+    with pytest.raises(config.ParamsError, match=r"params/defualt.yaml does not exist. Did you mean .*params/default.yaml\?"):
+        config.load("params/defualt.yaml")
 
 
 def test_cli_fails_fast_without_traceback(tmp_path):

@@ -193,6 +193,11 @@ def test_no_refusal_of_run_leaves_a_lock_or_a_run_folder_behind(project, monkeyp
     assert not _execute(project)  # the second notebook fails
     assert "planted failure" in capsys.readouterr().err
     assert not (run / lock.LOCK).exists()
+    from rlvr_utils.core.config import load
+
+    with pytest.raises(SystemExit, match=r"01_b.ipynb is its execution failed. Run the notebooks again: "
+                                         r"python -m rlvr_utils run --params \S*p.yaml"):
+        runner.build_book(project["book"], project["nbs"], params=load(project["params"]))
     _notebook(project["nbs"] / "01_b.ipynb", NB_B)
     assert _execute(project)
     assert not (run / lock.LOCK).exists()

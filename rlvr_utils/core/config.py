@@ -358,7 +358,11 @@ def load(path: str | Path, machine: bool = True) -> Params:
     if path.is_dir():
         raise ParamsError(f"Params file {path} is a folder: give a YAML file in it, e.g. {path / 'default.yaml'}")
     if not path.is_file():
-        raise ParamsError(f"Params file {path} does not exist.")
+        near = sorted(path.parent.glob("*.y*ml")) if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, [f.name for f in near], n=1)
+        hint = (f" Did you mean {path.parent / close[0]}?" if close else
+                " The shipped ones are in params/ (params/default.yaml is the default study).")
+        raise ParamsError(f"Params file {path} does not exist.{hint}")
     return from_dict(read_yaml(path) or {}, source=str(path), machine=machine)
 
 
