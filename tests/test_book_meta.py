@@ -127,8 +127,12 @@ def test_citation_file_agrees_with_the_project():
     assert {"cff-version", "message", "title", "authors"} <= set(cff)  # CFF 1.2.0's required keys
     assert cff["type"] == "software"
     assert str(cff["version"]) == project["version"]
-    assert cff["license"] == project["license"]["text"]
+    assert cff["license"] == project["license"]  # an SPDX expression (PEP 639)
     assert cff["authors"] == [{"name": config["author"]}]  # one entity, as the book's title page names it
+    assert project["license-files"] == ["LICENSE"]
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith(f"{cff['license']} License\n")
+    assert f"Copyright (c) {config['copyright']} {config['author']}\n" in license_text
 
 
 # ---- the Data page -------------------------------------------------------------------------------------------
