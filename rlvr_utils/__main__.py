@@ -1,4 +1,5 @@
-"""Command line: `python -m rlvr_utils {run, replicate, elicit, plan, check-params, show-params, compare, train, extract}`."""
+"""Command line: `python -m rlvr_utils {run, replicate, elicit, plan, check-params, show-params, compare, pdf, train,
+extract}`."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 from rlvr_utils.publish.checks import checked
-from rlvr_utils.core.lock import NotARunFolder, RunLocked, acquire_run_lock
+from rlvr_utils.core.lock import NotARunFolder, RunLocked, acquire_run_lock, run_lock
 from rlvr_utils.core.config import PROJECT_ROOT, ParamsError, load, unchecked
 
 
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "(printed, and written as Markdown and CSV)")
     comp.add_argument("runs", nargs="+", metavar="RUN", help="run names under runs/ or run folders")
     comp.add_argument("--out", type=Path, help="output path without suffix (default: runs/compare-A-B...)")
+
+    pdf = sub.add_parser("pdf", help="print the run's built book to one PDF (runs/<name>/book/_build/pdf/book.pdf) "
+                         "with the machine's Chromium; build the book first")
+    pdf.add_argument("--params", required=True, help=PARAMS_HELP)
+    pdf.add_argument("--book-root", type=Path, default=None,
+                     help="the book root given to `run` (default: the run's own, runs/<name>/book)")
 
     check = sub.add_parser("check-params", help="validate params files and exit")
     check.add_argument("files", nargs="+", metavar="FILE", help="params YAML files, e.g. params/*.yaml")
@@ -124,6 +131,20 @@ def main(argv: list[str] | None = None) -> int:
             md, csv = compare.write(frame, out)
             print(md.read_text(), end="")
             print(f"\nwritten: {md} and {csv}")
+            return 0
+        if args.command == "pdf":
+            from rlvr_utils.publish import pdf, runner
+
+            cfg = checked(args.params)
+            root = args.book_root.resolve() if args.book_root else runner.run_book_root(cfg)
+            pdf.refuse_unless_built(root, args.params)  # before the lock: a refusal touches nothing
+            try:
+                with run_lock(cfg.run_dir):  # a run rewriting the chapters meanwhile would mix two versions
+                    out = pdf.build(root, args.params)
+            except pdf.NoBrowser as err:
+                print(err, file=sys.stderr)
+                return 2
+            print(f"the PDF: {out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out}")
             return 0
         if args.command == "train":
             from rlvr_utils.training import train as training

@@ -4,6 +4,7 @@ says what it is."""
 import argparse
 import json
 
+import pytest
 import yaml
 
 from rlvr_utils.core import config
@@ -104,3 +105,11 @@ def test_the_abstract_reads_the_runs_metrics(tmp_path):
     assert "share recovered by attention alone is 0.80 [0.60, 0.90]" in text and "10_verdict" in text
     empty = pages.abstract(config.Params(name="y", runs_dir=str(tmp_path)))
     assert "not measured" in empty and "has not run yet" in empty
+
+
+def test_pdf_before_the_book_is_built_says_what_to_run_and_touches_nothing(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text(f"name: t\nruns_dir: {tmp_path / 'runs'}\n")
+    with pytest.raises(SystemExit, match=rf"build it first \(make book PARAMS={params}, or python -m rlvr_utils run "):
+        main(["pdf", "--params", str(params)])
+    assert not (tmp_path / "runs").exists()
