@@ -124,6 +124,10 @@ def _release_all() -> None:
         release_run_lock(run_dir)
 
 
+# A forked child (a data-loader worker) holds nothing of its own: the lock and its file stay its parent's.
+os.register_at_fork(after_in_child=_held.clear)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[None]:
     """Hold the run's lock for the block; child processes see LOCK_ENV and do not take it again."""
