@@ -3,6 +3,7 @@ every field with its description and default; the abstract reads the run's metri
 says what it is."""
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -28,7 +29,18 @@ def undocumented_arguments(parser: argparse.ArgumentParser, prefix: str = "pytho
 
 
 def test_every_command_line_argument_has_help_text():
-    assert undocumented_arguments(build_parser()) == []
+    """`python -m rlvr_utils` and every module with a command line of its own (a `build_parser`), which is every
+    module that builds an argparse parser."""
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    with_cli = sorted(".".join(p.relative_to(root).with_suffix("").parts) for p in (root / "rlvr_utils").rglob("*.py")
+                      if "ArgumentParser(" in p.read_text())
+    assert {"rlvr_utils.__main__", "rlvr_utils.training.rehearsal", "rlvr_utils.resources.measure"} <= set(with_cli)
+    for name in with_cli:
+        module = importlib.import_module(name)
+        assert hasattr(module, "build_parser"), f"{name} builds a parser outside build_parser(): the test cannot walk it"
+        assert undocumented_arguments(module.build_parser(), module.build_parser().prog) == [], name
 
 
 def test_the_help_walk_finds_an_argument_without_help():
