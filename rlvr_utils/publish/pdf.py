@@ -26,7 +26,9 @@ CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-st
 PRINT_CSS = """
 div.cell_input, div.cell_output { break-inside: avoid; page-break-inside: avoid; }
 a.headerlink { display: none !important; }
-"""  # and no "#" after every heading (it would end each entry of the PDF's outline too)
+details.hide.above-input { display: none !important; }
+"""  # and no "#" after every heading (it would end each entry of the PDF's outline too), and no "Show code cell
+# source" bar, a button that does nothing on paper (the HTML book and the notebooks have the code)
 
 
 class NoBrowser(RuntimeError):
