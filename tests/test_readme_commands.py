@@ -2,7 +2,8 @@
 each `make <target>` is a Makefile target (and each .PHONY target is written as `make <target>`), each
 `python -m rlvr_utils <command>` is a subcommand that accepts the options shown, each `-m rlvr_utils.<module>`
 is a module, and each project path it names in code (params/..., notebooks/..., rlvr_utils/..., book/...,
-benchmarks/..., tests/...) is in the repository. A failure names the README line.
+benchmarks/..., tests/...) is in the repository. The commands that only read (show-params, plan,
+check-params) are run as written. A failure names the README line.
 
 Only the README's code is read (inline code spans, which may cross a line break, and fenced blocks): prose
 such as "make sure" is not a command."""
@@ -161,6 +162,59 @@ def test_every_cli_command_and_option_in_the_readme_exists():
 def test_every_project_path_in_the_readme_exists():
     problems = path_problems(README.read_text(), ROOT)
     assert not problems, "\n".join(problems)
+
+
+# Commands that only read (print a config, a plan, a check): the README's own lines of them are run as written.
+READ_ONLY = {"show-params", "plan", "check-params"}
+
+
+def read_only_commands(text: str, root: Path) -> list[tuple[int, list[str]]]:
+    """(README line, arguments after `-m rlvr_utils`) of each read-only command whose files all exist (a
+    placeholder such as FILE or params/my-experiment.yaml is not run)."""
+    import shlex
+
+    out = []
+    for n, code in code_snippets(text):
+        m = _CLI.search(code)
+        if not m or m.group(1) not in READ_ONLY:
+            continue
+        args = [m.group(1), *shlex.split(m.group(2))]
+        operands = [a for a in args[1:] if not a.startswith("-") and not re.fullmatch(r"[\d.]+", a)]
+        if all((root / a).is_file() for a in operands):
+            out.append((n, args))
+    return out
+
+
+def run_problems(ran: list[tuple[int, list[str]]], capsys) -> list[str]:
+    """Each command run: it succeeds, or (a plan that does not fit, the analyze-only example before `make
+    book`) ends saying what to change or run, never with a traceback."""
+    problems = []
+    for n, args in ran:
+        try:
+            rc = cli(args)
+        except Exception as err:  # noqa: BLE001 -- the point is that none escapes
+            rc = f"{type(err).__name__}: {err}"
+        out = capsys.readouterr()
+        said = out.out + out.err
+        if rc != 0 and not (rc in (1, 2) and ("make book" in said or "change:" in said)):
+            problems.append(f"README.md:{n}: `python -m rlvr_utils {' '.join(args)}` exited {rc}:\n{said[-800:]}")
+    return problems
+
+
+def test_the_readmes_read_only_commands_run_as_written(capsys):
+    ran = read_only_commands(README.read_text(), ROOT)
+    assert {args[0] for _, args in ran} == READ_ONLY, ran
+    problems = run_problems(ran, capsys)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_read_only_command_that_fails_is_named(capsys):
+    text = "```bash\npython -m rlvr_utils show-params FILE\npython -m rlvr_utils check-params tests/conftest.py\n```\n"
+    ran = read_only_commands(text, ROOT)
+    assert ran == [(3, ["check-params", "tests/conftest.py"])]  # FILE, a placeholder, is not run
+    problems = run_problems(ran, capsys)
+    assert len(problems) == 1 and problems[0].startswith("README.md:3: `python -m rlvr_utils check-params "
+                                                         "tests/conftest.py` exited 2")
 
 
 def test_the_checks_find_what_they_look_for():
