@@ -22,13 +22,14 @@ PDF = Path("_build") / "pdf" / "book.pdf"  # where Jupyter Book's pdfhtml builde
 SINGLE = Path("_build") / "singlehtml"  # the whole book as one page, named after the table of contents' root
 CHROMIUM_ENV = "RLVR_CHROMIUM"  # a Chromium or Chrome executable, when it is not on PATH under a usual name
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-# Jupyter Book's own print style (jupyter_book/pdf.py): a cell is not split over two pages
+# On top of the theme's print style: Jupyter Book's own (jupyter_book/pdf.py: a cell is not split over two pages);
+# no "#" after every heading (it would end each entry of the PDF's outline too); no "Show code cell source" bar,
+# a button that does nothing on paper (the HTML book and the notebooks have the code).
 PRINT_CSS = """
 div.cell_input, div.cell_output { break-inside: avoid; page-break-inside: avoid; }
 a.headerlink { display: none !important; }
 details.hide.above-input { display: none !important; }
-"""  # and no "#" after every heading (it would end each entry of the PDF's outline too), and no "Show code cell
-# source" bar, a button that does nothing on paper (the HTML book and the notebooks have the code)
+"""
 
 
 class NoBrowser(RuntimeError):
