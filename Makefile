@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 
-.PHONY: install book replicate elicit test test-fast check-params bench clean
+.PHONY: install book pdf replicate elicit test test-fast check-params bench clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 # The book of the run lands in runs/<name>/book/_build/html/index.html (the last line printed says where).
 book: install
 	$(PY) -m rlvr_utils run --params $(PARAMS)
+
+# The built book as one PDF, runs/<name>/book/_build/pdf/book.pdf (after `make book`), printed offline by the
+# machine's Chromium (Debian: apt-get install chromium; or RLVR_CHROMIUM=/path/to/chrome).
+pdf: install
+	$(PY) -m rlvr_utils pdf --params $(PARAMS)
 
 # The study again under verdict.replicate_seeds (runs <name>-seed<k>), then the verdict chapter and the book.
 replicate: install

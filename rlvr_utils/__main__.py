@@ -1,5 +1,5 @@
-"""Command line: `python -m rlvr_utils {run, replicate, elicit, plan, check-params, show-params, compare, train, launch,
-extract}`."""
+"""Command line: `python -m rlvr_utils {run, replicate, elicit, plan, check-params, show-params, compare, pdf, train,
+launch, extract}`."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from rlvr_utils.publish.checks import checked
-from rlvr_utils.core.lock import NotARunFolder, RunLocked, acquire_run_lock
+from rlvr_utils.core.lock import NotARunFolder, RunLocked, acquire_run_lock, run_lock
 from rlvr_utils.core.config import PROJECT_ROOT, ParamsError, load, unchecked
 
 
@@ -18,12 +18,16 @@ def runner_interrupted() -> type[Exception]:
     return Interrupted
 
 
-def main(argv: list[str] | None = None) -> int:
+PARAMS_HELP = "params YAML file, e.g. params/default.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and argument, each with its help text (tests/test_cli.py walks it)."""
     parser = argparse.ArgumentParser(prog="python -m rlvr_utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the notebooks with papermill, then build the book")
-    run.add_argument("--params", required=True, help="params YAML file, e.g. params/default.yaml")
+    run.add_argument("--params", required=True, help=PARAMS_HELP)
     run.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (by number)")
     run.add_argument("--from", dest="start", metavar="NN", help="run from this notebook on")
     run.add_argument("--force", action="store_true", help="re-run the notebooks named (all by default) and "
@@ -34,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rep = sub.add_parser("replicate", help="run the study for each of verdict.replicate_seeds (runs <name>-seed<k>), "
                          "then re-run the verdict chapter and build the book")
-    rep.add_argument("--params", required=True)
+    rep.add_argument("--params", required=True, help=PARAMS_HELP + " (the main run's)")
     rep.add_argument("--seeds", nargs="+", type=int, help="instead of verdict.replicate_seeds")
     rep.add_argument("--no-book", action="store_true", help="replicate only; do not re-run the verdict or build")
     rep.add_argument("--book-root", type=Path, default=None, help="the main run's book root, as given to `run`")
@@ -42,51 +46,60 @@ def main(argv: list[str] | None = None) -> int:
     eli = sub.add_parser("elicit", help="RLVR's gain vs how much of the new wording pretraining saw: base, SFT and "
                          "RLVR trained again per share of data.corpus_new_verbs and seed (runs "
                          "<name>-elicit-f<share>-s<seed>), then runs/<name>/metrics/elicitation.json")
-    eli.add_argument("--params", required=True)
+    eli.add_argument("--params", required=True, help=PARAMS_HELP + " (the runs are made from it)")
     eli.add_argument("--fractions", nargs="+", type=float, metavar="SHARE",
                      help="shares of data.corpus_new_verbs, instead of elicitation.fractions (e.g. 0 0.05 0.2 0.5)")
     eli.add_argument("--seeds", nargs="+", type=int, help="instead of elicitation.seeds")
 
     show = sub.add_parser("show-params", help="print a params file's effective config, defaults filled in")
-    show.add_argument("file")
+    show.add_argument("file", help=PARAMS_HELP + "; an empty file shows the defaults (the default run)")
 
     comp = sub.add_parser("compare", help="accuracies and evidence rows of several runs side by side "
                           "(printed, and written as Markdown and CSV)")
     comp.add_argument("runs", nargs="+", metavar="RUN", help="run names under runs/ or run folders")
     comp.add_argument("--out", type=Path, help="output path without suffix (default: runs/compare-A-B...)")
 
+    pdf = sub.add_parser("pdf", help="print the run's built book to one PDF (runs/<name>/book/_build/pdf/book.pdf) "
+                         "with the machine's Chromium; build the book first")
+    pdf.add_argument("--params", required=True, help=PARAMS_HELP)
+    pdf.add_argument("--book-root", type=Path, default=None,
+                     help="the book root given to `run` (default: the run's own, runs/<name>/book)")
+
     check = sub.add_parser("check-params", help="validate params files and exit")
-    check.add_argument("files", nargs="+")
+    check.add_argument("files", nargs="+", metavar="FILE", help="params YAML files, e.g. params/*.yaml")
     check.add_argument("--other-machine", action="store_true",
                        help="the files are for another machine: skip what only this one decides (vLLM installed)")
 
     train = sub.add_parser("train", help="train one stage (what `accelerate launch` runs)")
     train.add_argument("--stage", required=True, help="base, sft, rlvr, or a trained treatment of the params' "
                        "registry (a control, a placebo)")
-    train.add_argument("--params", required=True)
+    train.add_argument("--params", required=True, help=PARAMS_HELP)
 
     node = sub.add_parser("launch", help="every training stage of the run (SFT, GRPO, controls, placebos) on this "
                           "machine, each through accelerate launch; on several machines each starts this with its rank")
-    node.add_argument("--params", required=True)
+    node.add_argument("--params", required=True, help=PARAMS_HELP)
     node.add_argument("--machine-rank", type=int, default=None, metavar="R",
                       help="this machine's rank, 0 to launch.num_machines - 1 (default: launch.machine_rank)")
 
     ext = sub.add_parser("extract", help="extract one model's activations over the run's token cache (what "
                          "`accelerate launch` runs when extract.num_processes > 1)")
     ext.add_argument("--stage", required=True, help="base, sft, rlvr or a variant")
-    ext.add_argument("--params", required=True)
+    ext.add_argument("--params", required=True, help=PARAMS_HELP)
 
     plan = sub.add_parser("plan", help="estimate each stage's peak GPU and host memory, disk and compute; exit 1 "
                           "when a stage cannot fit the machine (default: this one)")
-    plan.add_argument("params", help="params YAML file")
+    plan.add_argument("params", help=PARAMS_HELP)
     plan.add_argument("--gpus", type=int, help="GPUs of the machine (0: CPU only; default: what torch sees)")
     plan.add_argument("--gpu-memory", type=float, metavar="GiB", help="memory of each GPU (implies --gpus 1 "
                       "on a machine without GPUs)")
     plan.add_argument("--host-memory", type=float, metavar="GiB", help="host memory (default: this machine's)")
     plan.add_argument("--disk", type=float, metavar="GiB", help="free disk for the run (default: free where it "
                       "writes, plus its folder)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "check-params":
             failed = False
@@ -124,6 +137,20 @@ def main(argv: list[str] | None = None) -> int:
             md, csv = compare.write(frame, out)
             print(md.read_text(), end="")
             print(f"\nwritten: {md} and {csv}")
+            return 0
+        if args.command == "pdf":
+            from rlvr_utils.publish import pdf, runner
+
+            cfg = checked(args.params)
+            root = args.book_root.resolve() if args.book_root else runner.run_book_root(cfg)
+            pdf.refuse_unless_built(root, args.params)  # before the lock: a refusal touches nothing
+            try:
+                with run_lock(cfg.run_dir):  # a run rewriting the chapters meanwhile would mix two versions
+                    out = pdf.build(root, args.params)
+            except pdf.NoBrowser as err:
+                print(err, file=sys.stderr)
+                return 2
+            print(f"the PDF: {out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out}")
             return 0
         if args.command == "train":
             from rlvr_utils.training import train as training

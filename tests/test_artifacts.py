@@ -201,7 +201,7 @@ def test_leftover_temporaries_are_cleaned_at_the_next_start(tmp_path):
     assert lock.acquire_run_lock(run_dir)
     lock.release_run_lock(run_dir)
     left = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*"))
-    assert left == [".lock", lock.MARKER, "metrics", "metrics/cka.json", "models"]
+    assert left == [lock.MARKER, "metrics", "metrics/cka.json", "models"]  # the released lock took its file
 
 
 def test_a_folder_rlvr_utils_did_not_make_is_never_touched(tmp_path):
@@ -248,3 +248,28 @@ def test_the_digest_cache_switch_accepts_what_people_write(tmp_path, monkeypatch
         monkeypatch.setattr(artifacts, "_cache", None)
         monkeypatch.chdir(tmp_path)
         assert artifacts._cache_db() is None and not any(tmp_path.iterdir())
+
+
+def test_the_lock_file_goes_with_its_holder_but_not_with_a_forked_child(tmp_path):
+    """A holder that exits normally removes its `.lock` (nothing stale for the next reader); a forked child
+    (a data-loader worker) that exits normally leaves its parent's lock and file alone."""
+    import atexit
+
+    take = "import sys\nfrom rlvr_utils.core import lock\nlock.acquire_run_lock(sys.argv[1])\n"
+    run_dir = tmp_path / "run"
+    exits = subprocess.run([sys.executable, "-c", take, str(run_dir)], capture_output=True, text=True)
+    assert exits.returncode == 0, exits.stderr
+    assert (run_dir / lock.MARKER).is_file() and not (run_dir / lock.LOCK).exists()
+    assert lock.acquire_run_lock(run_dir)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: what a normal exit runs, then out without pytest's own exit path
+            atexit._run_exitfuncs()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert (run_dir / lock.LOCK).read_text().startswith(f"pid {os.getpid()} ")
+        second = subprocess.run([sys.executable, "-c", take, str(run_dir)], capture_output=True, text=True)
+        assert second.returncode != 0 and "is in use by" in second.stderr
+    finally:
+        lock.release_run_lock(run_dir)
+    assert not (run_dir / lock.LOCK).exists()

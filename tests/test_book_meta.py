@@ -3,10 +3,12 @@
   the fields its type needs and a link, and every work the pages name by author and year has an entry;
 - the Data page lists every metrics file of a run with the sha256 of the copy a reader downloads;
 - CITATION.cff agrees with pyproject.toml and _config.yml;
-- the book's own pages, with the project's _config.yml and _toc.yml, build with warnings as errors."""
+- the book's own pages, with the project's _config.yml and _toc.yml, build with warnings as errors, and their
+  citations read author-year in round brackets: "(Shao et al., 2024)", "Shao et al. (2024)"."""
 from __future__ import annotations
 
 import hashlib
+import html as html_lib
 import json
 import re
 import subprocess
@@ -19,7 +21,7 @@ import pytest
 import yaml
 from pybtex.database import parse_file
 
-from rlvr_utils.publish import data_page, pages, runner
+from rlvr_utils.publish import citestyle, data_page, pages, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 BIB = ROOT / "book" / "references.bib"
@@ -109,7 +111,9 @@ def test_the_book_config_loads_the_bibliography():
     assert files and all((ROOT / f).is_file() for f in files), files
     # sphinx.config.extensions replaces Jupyter Book's list, which is where bibtex_bibfiles would add it
     assert "sphinxcontrib.bibtex" in config["sphinx"]["config"]["extensions"]
-    assert config["sphinx"]["config"]["bibtex_reference_style"] == "author_year"
+    # the style is registered by an extension of the list (rlvr_utils.publish.citestyle)
+    assert config["sphinx"]["config"]["bibtex_reference_style"] == citestyle.NAME
+    assert "rlvr_utils.publish.citestyle" in config["sphinx"]["config"]["extensions"]
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     assert toc["parts"][-1]["chapters"][-1] == {"file": "book/bibliography"}
     assert "```{bibliography}" in (ROOT / "book" / "bibliography.md").read_text()
@@ -123,8 +127,12 @@ def test_citation_file_agrees_with_the_project():
     assert {"cff-version", "message", "title", "authors"} <= set(cff)  # CFF 1.2.0's required keys
     assert cff["type"] == "software"
     assert str(cff["version"]) == project["version"]
-    assert cff["license"] == project["license"]["text"]
+    assert cff["license"] == project["license"]  # an SPDX expression (PEP 639)
     assert cff["authors"] == [{"name": config["author"]}]  # one entity, as the book's title page names it
+    assert project["license-files"] == ["LICENSE"]
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith(f"{cff['license']} License\n")
+    assert f"Copyright (c) {config['copyright']} {config['author']}\n" in license_text
 
 
 # ---- the Data page -------------------------------------------------------------------------------------------
@@ -223,6 +231,19 @@ def test_the_books_own_pages_build_with_warnings_as_errors(tmp_path):
     assert references.count('role="doc-biblioentry"') == len(parse_file(str(BIB)).entries)  # :all:
     methods = (html / "methods.html").read_text()
     assert 'href="bibliography.html#' in methods  # citations link to their entry
+    # what a reader sees: author-year in round brackets, "(Kornblith et al., 2019)", "Wedin (1972)", and several
+    # works in one citation separated by semicolons
+    text = " ".join(" ".join(html_lib.unescape(re.sub(r"<[^>]+>", "", (html / f"{page}.html").read_text()
+                                                      .split("<main", 1)[1])).split())
+                    for page in ("intro", "methods", "bibliography"))
+    year = r"(?:19|20)\d\d[a-z]?"
+    work = rf"(?:[A-Z][\w'-]*|nostalgebraist)[^()\[\];]{{0,60}}?, {year}"
+    parenthetical = re.findall(rf"\({work}\)", text)
+    several = re.findall(rf"\({work}(?:; {work})+\)", text)
+    textual = re.findall(rf"[A-Z][\w'-]+(?: et al\.| and [A-Z][\w'-]+)? \({year}\)", text)
+    square = re.findall(rf"\[[^\[\]]{{0,60}}?,? \[?{year}\]", text)
+    assert len(parenthetical) >= 10 and several and len(textual) >= 3, (parenthetical, several, textual)
+    assert not square, f"citations in square brackets: {square}"
     data = (html / "data.html").read_text()
     downloads = re.findall(r'href="\.\./(_downloads/[^"]+/([^"/]+))"', data)
     sums = _listed_sums(page)

@@ -1,12 +1,56 @@
 """show-params prints the effective config; compare sets runs side by side; the params reference page lists
-every field with its description and default; the abstract reads the run's metrics."""
+every field with its description and default; the abstract reads the run's metrics; every command-line argument
+says what it is."""
+import argparse
 import json
+from pathlib import Path
 
+import pytest
 import yaml
 
 from rlvr_utils.core import config
 from rlvr_utils.publish import pages
-from rlvr_utils.__main__ import main
+from rlvr_utils.__main__ import build_parser, main
+
+
+def undocumented_arguments(parser: argparse.ArgumentParser, prefix: str = "python -m rlvr_utils") -> list[str]:
+    """Every subcommand and argument (positional or option) without help text, walking the parser's tree."""
+    missing = []
+    for action in parser._actions:  # argparse has no public walk; _actions is what format_help itself reads
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not helps.get(name):
+                    missing.append(f"{prefix} {name}")
+                missing += undocumented_arguments(sub, f"{prefix} {name}")
+        elif not isinstance(action, argparse._HelpAction) and not action.help:
+            missing.append(f"{prefix} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+def test_every_command_line_argument_has_help_text():
+    """`python -m rlvr_utils` and every module with a command line of its own (a `build_parser`), which is every
+    module that builds an argparse parser."""
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    with_cli = sorted(".".join(p.relative_to(root).with_suffix("").parts) for p in (root / "rlvr_utils").rglob("*.py")
+                      if "ArgumentParser(" in p.read_text())
+    assert {"rlvr_utils.__main__", "rlvr_utils.training.rehearsal", "rlvr_utils.resources.measure"} <= set(with_cli)
+    for name in with_cli:
+        module = importlib.import_module(name)
+        assert hasattr(module, "build_parser"), f"{name} builds a parser outside build_parser(): the test cannot walk it"
+        assert undocumented_arguments(module.build_parser(), module.build_parser().prog) == [], name
+
+
+def test_the_help_walk_finds_an_argument_without_help():
+    parser = build_parser()
+    parser.add_argument("--bare")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub.choices["run"].add_argument("extra")
+    sub.add_parser("quiet")
+    assert sorted(undocumented_arguments(parser)) == ["python -m rlvr_utils --bare", "python -m rlvr_utils quiet",
+                                                      "python -m rlvr_utils run extra"]
 
 
 def test_show_params_fills_in_every_default(capsys):
@@ -73,3 +117,11 @@ def test_the_abstract_reads_the_runs_metrics(tmp_path):
     assert "share recovered by attention alone is 0.80 [0.60, 0.90]" in text and "10_verdict" in text
     empty = pages.abstract(config.Params(name="y", runs_dir=str(tmp_path)))
     assert "not measured" in empty and "has not run yet" in empty
+
+
+def test_pdf_before_the_book_is_built_says_what_to_run_and_touches_nothing(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text(f"name: t\nruns_dir: {tmp_path / 'runs'}\n")
+    with pytest.raises(SystemExit, match=rf"build it first \(make book PARAMS={params}, or python -m rlvr_utils run "):
+        main(["pdf", "--params", str(params)])
+    assert not (tmp_path / "runs").exists()

@@ -1,4 +1,5 @@
 """Params validation: shipped files validate; broken ones fail fast, naming the file, key and value."""
+import re
 import subprocess
 import sys
 import time
@@ -56,6 +57,24 @@ def test_bad_params_name_file_key_and_value(tmp_path, text, key, hint):
     assert str(path) in message and key in message and hint in message
 
 
+def test_a_missing_checkpoint_of_this_project_says_which_command_makes_it(tmp_path):
+    """The analyze-only example before `make book`, or a copy pointing at another run: the refusal names the
+    command that makes the folder, not only that it is missing."""
+    makes = {"./runs/rehearsal-base": "python -m rlvr_utils.training.rehearsal --out runs/rehearsal-base",
+             "./runs/default/models/sft": "run that book first (make book)",
+             "./runs/ci/models/sft": "run that book first (make book PARAMS=params/ci.yaml)",
+             "./runs/never-made-xyz/models/sft": "(make book PARAMS=<the params file with name: never-made-xyz>)"}
+    checked = 0
+    for folder, command in makes.items():
+        if config.resolve(folder).exists():
+            continue  # made already on this checkout: nothing to refuse
+        with pytest.raises(config.ParamsError) as err:
+            config.load(_write(tmp_path, f"model:\n  sft: {folder}\n  rlvr: {folder}\n"))
+        assert "no such checkpoint folder" in str(err.value) and command in str(err.value), str(err.value)
+        checked += 1
+    assert checked  # the never-made run is always missing
+
+
 def test_unknown_key_lists_allowed_keys(tmp_path):
     with pytest.raises(config.ParamsError, match="Allowed keys here: .*learning_rate"):
         config.load(_write(tmp_path, "grpo:\n  lr: 1e-4\n"))
@@ -66,6 +85,8 @@ def test_not_a_mapping_and_missing_file(tmp_path):
         config.load(_write(tmp_path, "- a\n- b\n"))
     with pytest.raises(config.ParamsError, match="does not exist"):
         config.load(tmp_path / "nope.yaml")
+    with pytest.raises(config.ParamsError, match=r"params/defualt.yaml does not exist. Did you mean .*params/default.yaml\?"):
+        config.load("params/defualt.yaml")
 
 
 def test_cli_fails_fast_without_traceback(tmp_path):
@@ -143,3 +164,26 @@ def test_the_embedded_experiment_is_the_code_defaults():
     """An empty params file runs the default book: params/default.yaml names only the run."""
     empty, default = config.from_dict({}).model_dump(mode="json"), config.load("params/default.yaml").model_dump(mode="json")
     assert {k: v for k, v in empty.items() if k != "name"} == {k: v for k, v in default.items() if k != "name"}
+    assert set(yaml.safe_load(Path("params/default.yaml").read_text())) == {"name"}
+
+
+def test_the_ci_files_comments_about_the_default_are_true():
+    """params/ci.yaml states how it differs from the default in comments such as `seeds: 3  # unlike the
+    default's 2`: each number it gives as the default's is the default's value of that line's key, and a key
+    it sets to the default's own value says why in its comment (sft_min_steps: 1 beside sft_max_steps: 1)."""
+    defaults = config.from_dict({}).model_dump(mode="json")
+    section, claims = None, 0
+    for line in Path("params/ci.yaml").read_text().splitlines():
+        m = re.match(r"^(\s*)(\w+):\s*([^#]*?)\s*(?:#(.*))?$", line)
+        if not m:
+            continue
+        indent, key, comment = m.group(1), m.group(2), m.group(4) or ""
+        section = key if not indent else section
+        value = yaml.safe_load(m.group(3)) if m.group(3) else None
+        if indent and value is not None and value == defaults[section][key]:
+            assert comment, f"ci.yaml {section}.{key}: the default's value, set without a comment saying why"
+        said = re.search(r"default's (\d+(?:\.\d+)?)\b", comment)
+        if said and indent:
+            assert float(said.group(1)) == defaults[section][key], f"ci.yaml {section}.{key}: {line.strip()}"
+            claims += 1
+    assert claims >= 2  # crosscoder.seeds and variants.placebos say what the default is

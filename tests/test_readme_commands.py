@@ -1,7 +1,9 @@
-"""Everything the README tells a newcomer to type exists: each `make <target>` is a Makefile target, each
+"""Everything the README tells a newcomer to type exists, and every Makefile target a user can run is in it:
+each `make <target>` is a Makefile target (and each .PHONY target is written as `make <target>`), each
 `python -m rlvr_utils <command>` is a subcommand that accepts the options shown, each `-m rlvr_utils.<module>`
 is a module, and each project path it names in code (params/..., notebooks/..., rlvr_utils/..., book/...,
-benchmarks/..., tests/...) is in the repository. A failure names the README line.
+benchmarks/..., tests/...) is in the repository. The commands that only read (show-params, plan,
+check-params) are run as written. A failure names the README line.
 
 Only the README's code is read (inline code spans, which may cross a line break, and fenced blocks): prose
 such as "make sure" is not a command."""
@@ -76,6 +78,18 @@ def makefile_targets(makefile: Path) -> set[str]:
     return targets
 
 
+def phony_targets(makefile: Path) -> set[str]:
+    """The Makefile's commands (its .PHONY targets), as opposed to the files it makes."""
+    return {t for line in makefile.read_text().splitlines() if line.startswith(".PHONY:")
+            for t in line.split(":", 1)[1].split()}
+
+
+def undocumented_targets(text: str, makefile: Path) -> list[str]:
+    shown = {t for _, code in code_snippets(text) for t in _MAKE.findall(code)}
+    return [f"Makefile target `{t}` is not in README.md: add `make {t}` and what it does (the table of make targets)"
+            for t in sorted(phony_targets(makefile) - shown)]
+
+
 def _cli_help(args: list[str]) -> str:
     """What `python -m rlvr_utils ARGS --help` prints (argparse exits after printing)."""
     out = io.StringIO()
@@ -137,6 +151,11 @@ def test_every_make_target_in_the_readme_exists():
     assert not problems, "\n".join(problems)
 
 
+def test_every_make_target_is_in_the_readme():
+    problems = undocumented_targets(README.read_text(), ROOT / "Makefile")
+    assert not problems, "\n".join(problems)
+
+
 def test_every_cli_command_and_option_in_the_readme_exists():
     problems = cli_problems(README.read_text(), subcommands())
     assert not problems, "\n".join(problems)
@@ -147,6 +166,59 @@ def test_every_project_path_in_the_readme_exists():
     assert not problems, "\n".join(problems)
 
 
+# Commands that only read (print a config, a plan, a check): the README's own lines of them are run as written.
+READ_ONLY = {"show-params", "plan", "check-params"}
+
+
+def read_only_commands(text: str, root: Path) -> list[tuple[int, list[str]]]:
+    """(README line, arguments after `-m rlvr_utils`) of each read-only command whose files all exist (a
+    placeholder such as FILE or params/my-experiment.yaml is not run)."""
+    import shlex
+
+    out = []
+    for n, code in code_snippets(text):
+        m = _CLI.search(code)
+        if not m or m.group(1) not in READ_ONLY:
+            continue
+        args = [m.group(1), *shlex.split(m.group(2))]
+        operands = [a for a in args[1:] if not a.startswith("-") and not re.fullmatch(r"[\d.]+", a)]
+        if all((root / a).is_file() for a in operands):
+            out.append((n, args))
+    return out
+
+
+def run_problems(ran: list[tuple[int, list[str]]], capsys) -> list[str]:
+    """Each command run: it succeeds, or (a plan that does not fit, the analyze-only example before `make
+    book`) ends saying what to change or run, never with a traceback."""
+    problems = []
+    for n, args in ran:
+        try:
+            rc = cli(args)
+        except Exception as err:  # noqa: BLE001 -- the point is that none escapes
+            rc = f"{type(err).__name__}: {err}"
+        out = capsys.readouterr()
+        said = out.out + out.err
+        if rc != 0 and not (rc in (1, 2) and ("make book" in said or "change:" in said)):
+            problems.append(f"README.md:{n}: `python -m rlvr_utils {' '.join(args)}` exited {rc}:\n{said[-800:]}")
+    return problems
+
+
+def test_the_readmes_read_only_commands_run_as_written(capsys):
+    ran = read_only_commands(README.read_text(), ROOT)
+    assert {args[0] for _, args in ran} == READ_ONLY, ran
+    problems = run_problems(ran, capsys)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_read_only_command_that_fails_is_named(capsys):
+    text = "```bash\npython -m rlvr_utils show-params FILE\npython -m rlvr_utils check-params tests/conftest.py\n```\n"
+    ran = read_only_commands(text, ROOT)
+    assert ran == [(3, ["check-params", "tests/conftest.py"])]  # FILE, a placeholder, is not run
+    problems = run_problems(ran, capsys)
+    assert len(problems) == 1 and problems[0].startswith("README.md:3: `python -m rlvr_utils check-params "
+                                                         "tests/conftest.py` exited 2")
+
+
 def test_the_checks_find_what_they_look_for():
     """The real README names targets, commands and paths: an extractor that finds nothing would pass
     vacuously."""
@@ -155,6 +227,7 @@ def test_the_checks_find_what_they_look_for():
     assert {"run", "check-params"} <= {m.group(1) for _, c in snippets for m in _CLI.finditer(c)}
     assert {"params/default.yaml", "notebooks/00_base.ipynb"} <= {p for _, c in snippets for p in _PATH.findall(c)}
     assert {"book", "test", "clean"} <= makefile_targets(ROOT / "Makefile")
+    assert {"book", "test", "check-params", "install"} <= phony_targets(ROOT / "Makefile")
 
 
 def test_each_check_can_fail_and_names_the_line():
@@ -162,6 +235,7 @@ def test_each_check_can_fail_and_names_the_line():
             "Run `make bogus-target` first,\nthen `.venv/bin/python -m rlvr_utils\nfrobnicate --params x`.\n\n"
             "```bash\n.venv/bin/python -m rlvr_utils run --params params/default.yaml --no-such-flag\n"
             "python -m rlvr_utils.no_such_module\n```\n\nSee `notebooks/99_missing.ipynb` and `params/*.nope`.\n")
+    assert undocumented_targets("Only `make book` here.\n", ROOT / "Makefile")[0].startswith("Makefile target `")
     assert make_problems(text, makefile_targets(ROOT / "Makefile")) == [
         f"README.md:3: `make bogus-target` is not a Makefile target (targets: "
         f"{', '.join(sorted(makefile_targets(ROOT / 'Makefile')))})"]

@@ -166,6 +166,41 @@ def test_two_runs_of_one_run_folder_never_both_write(project):
     finally:
         holder.kill()
         holder.wait()
+    assert lock.acquire_run_lock(project["run"])  # the killed holder's file is left, its flock is not
+    lock.release_run_lock(project["run"])
+    assert not (project["run"] / lock.LOCK).exists()
+
+
+def test_no_refusal_of_run_leaves_a_lock_or_a_run_folder_behind(project, monkeypatch, capsys):
+    """Each way `run` refuses or stops: a refusal before any work touches nothing (not even the run folder);
+    a failure or a finished run lets go of the lock and removes its file, so no `.lock` naming a dead process
+    is ever left to puzzle whoever looks next."""
+    from rlvr_utils.__main__ import main
+    from rlvr_utils.resources import machine, plan
+
+    run = project["run"]
+    for kw in ({"only": ["99"]}, {"start": "99"}):  # a notebook number that does not exist
+        with pytest.raises(SystemExit, match="no notebook numbered '99' .*; have: 00, 01"):
+            _execute(project, **kw)
+    with pytest.raises(SystemExit, match="no notebook numbered '99'"):  # the CLI, on the project's notebooks
+        main(["run", "--params", str(project["params"]), "--only", "99"])
+    with monkeypatch.context() as m, pytest.raises(plan.ResourceError, match="cannot fit this machine"):
+        m.setattr(machine, "host_memory", lambda: 1.0)  # a machine of one byte: the plan refuses
+        _execute(project)
+    assert not run.exists() and not project["book"].exists()
+
+    _notebook(project["nbs"] / "01_b.ipynb", SETUP + "raise ValueError('planted failure')\n")
+    assert not _execute(project)  # the second notebook fails
+    assert "planted failure" in capsys.readouterr().err
+    assert not (run / lock.LOCK).exists()
+    from rlvr_utils.core.config import load
+
+    with pytest.raises(SystemExit, match=r"01_b.ipynb is its execution failed. Run the notebooks again: "
+                                         r"python -m rlvr_utils run --params \S*p.yaml"):
+        runner.build_book(project["book"], project["nbs"], params=load(project["params"]))
+    _notebook(project["nbs"] / "01_b.ipynb", NB_B)
+    assert _execute(project)
+    assert not (run / lock.LOCK).exists()
 
 
 def test_papermill_injection_is_refused_and_never_runs(tmp_path):

@@ -229,8 +229,23 @@ def _how_to_make(folder: Path) -> str:
     if folder == runs / "rehearsal-base":
         return "build it first: python -m rlvr_utils.training.rehearsal --out runs/rehearsal-base (about 1 minute)"
     if folder.parent.name == "models" and folder.parent.parent.parent == runs:
-        return f"it is made by the run {folder.parent.parent.name!r}: run that book first (make book for 'default')"
+        run = folder.parent.parent.name
+        return f"it is made by the run {run!r}: run that book first ({_make_book(run)})"
     return "a hub id is 'org/name', a local folder is best written './path'"
+
+
+def _make_book(run: str) -> str:
+    """The command that makes run `run`: the shipped params file whose `name` it is, if any."""
+    if run == Params.model_fields["name"].default:
+        return "make book"
+    for f in sorted((PROJECT_ROOT / "params").glob("*.yaml")):
+        try:
+            named = (yaml.safe_load(f.read_text()) or {}).get("name")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if named == run:
+            return f"make book PARAMS={f.relative_to(PROJECT_ROOT)}"
+    return f"make book PARAMS=<the params file with name: {run}>"
 
 
 def unchecked(p: "Params") -> list[str]:
@@ -352,7 +367,11 @@ def load(path: str | Path, machine: bool = True) -> Params:
     if path.is_dir():
         raise ParamsError(f"Params file {path} is a folder: give a YAML file in it, e.g. {path / 'default.yaml'}")
     if not path.is_file():
-        raise ParamsError(f"Params file {path} does not exist.")
+        near = sorted(path.parent.glob("*.y*ml")) if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, [f.name for f in near], n=1)
+        hint = (f" Did you mean {path.parent / close[0]}?" if close else
+                " The shipped ones are in params/ (params/default.yaml is the default study).")
+        raise ParamsError(f"Params file {path} does not exist.{hint}")
     return from_dict(read_yaml(path) or {}, source=str(path), machine=machine)
 
 

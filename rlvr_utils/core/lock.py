@@ -1,7 +1,12 @@
 """One run at a time: a lock per run folder, held by the process that runs it (and seen by its children), and
-the temporaries an interrupted run left removed when the next one takes the lock."""
+the temporaries an interrupted run left removed when the next one takes the lock.
+
+The lock is an flock on runs/<name>/.lock, whose text names the holder. The holder removes the file when it lets
+go (or exits), so a `.lock` on disk means a run holds it or was killed; a killed holder's flock is released by the
+system, and the next run takes it without asking anyone to delete anything."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import logging
@@ -72,15 +77,24 @@ def acquire_run_lock(run_dir: str | Path) -> bool:
     if str(run_dir) in _held or os.environ.get(LOCK_ENV) == str(run_dir):
         return False
     claim(run_dir)
-    handle = open(run_dir / LOCK, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
+    while True:
+        handle = open(run_dir / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunLocked(f"run folder {run_dir} is in use by {holder}: two runs of one run name would overwrite "
+                            "each other's files. Wait for it to finish, or give this run another `name`.") from None
+        # A holder that let go removed the file after this process opened it: the flock is then on a file no
+        # one else can see, so take the lock again on the path's current file.
+        try:
+            if os.stat(run_dir / LOCK).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         handle.close()
-        raise RunLocked(f"run folder {run_dir} is in use by {holder}: two runs of one run name would overwrite "
-                        "each other's files. Wait for it to finish, or give this run another `name`.") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -93,9 +107,25 @@ def acquire_run_lock(run_dir: str | Path) -> bool:
 
 
 def release_run_lock(run_dir: str | Path) -> None:
-    handle = _held.pop(str(Path(run_dir).resolve()), None)
+    """Let go of the run's lock and remove its file (removed while still held: no other process can have
+    taken it in between), so that no `.lock` naming a finished process is left behind."""
+    run_dir = Path(run_dir).resolve()
+    handle = _held.pop(str(run_dir), None)
     if handle is not None:
+        (run_dir / LOCK).unlink(missing_ok=True)
         handle.close()  # closing releases the flock
+
+
+@atexit.register
+def _release_all() -> None:
+    """A process that took a lock for its whole life (a notebook kernel, `train` under accelerate) lets go of it
+    when it exits normally."""
+    for run_dir in list(_held):
+        release_run_lock(run_dir)
+
+
+# A forked child (a data-loader worker) holds nothing of its own: the lock and its file stay its parent's.
+os.register_at_fork(after_in_child=_held.clear)
 
 
 @contextlib.contextmanager

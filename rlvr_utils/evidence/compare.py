@@ -16,8 +16,10 @@ def _run_dir(run: str) -> Path:
     path = resolve(run)
     folder = path if (path / "metrics").is_dir() else resolve("runs") / run
     if not (folder / "metrics").is_dir():
+        made = sorted(f.parent.name for f in resolve("runs").glob("*/metrics"))
         raise FileNotFoundError(f"{run!r}: no metrics folder at {path / 'metrics'} or {folder / 'metrics'}: "
-                                "give a run name under runs/ or a run folder")
+                                "give a run name under runs/ or a run folder (runs with metrics here: "
+                                f"{', '.join(made) or 'none yet; make book makes runs/default'})")
     return folder
 
 

@@ -62,9 +62,10 @@ def notebooks(folder: Path | None = None) -> list[Path]:
 
 def _select(all_nbs: list[Path], only: list[str] | None, start: str | None) -> list[Path]:
     numbers = [nb.name[:2] for nb in all_nbs]
+    folder = _shown(all_nbs[0].parent) if all_nbs else "the notebook folder"
     for n in (only or []) + ([start] if start else []):
         if n.zfill(2) not in numbers:
-            raise SystemExit(f"no notebook numbered {n!r}; have: {', '.join(numbers)}")
+            raise SystemExit(f"no notebook numbered {n!r} in {folder}; have: {', '.join(numbers) or 'none'}")
     if only:
         return [nb for nb in all_nbs if nb.name[:2] in {n.zfill(2) for n in only}]
     if start:
@@ -310,8 +311,9 @@ def execute(params_file: str, only: list[str] | None = None, start: str | None =
     """Execute the selected notebooks; True when all succeeded. Raises lock.RunLocked when another
     process runs the same run folder, Interrupted on Ctrl-C. The book root defaults to the run's own."""
     params = checks.checked(params_file)  # fail on bad params before any computation
+    _select(notebooks(notebook_dir), only, start)  # and on a notebook number that does not exist
     plan.refuse_if_impossible(params)  # and on a run that cannot fit this machine (memory, disk)
-    with lock.run_lock(params.run_dir):
+    with lock.run_lock(params.run_dir):  # every refusal above leaves the run folder untouched
         return _execute(params, resolve(params_file), notebooks(notebook_dir), only, start, force,
                         Path(book_root) if book_root else run_book_root(params))
 
@@ -435,27 +437,30 @@ def build_book(book_root: Path | None = None, notebook_dir: Path | None = None, 
         book_root = run_book_root(params)
     book_root = Path(book_root)
     chapters = notebooks(notebook_dir)
+    source = params.source if params is not None and not params.source.startswith("<") else None
+    again = f"python -m rlvr_utils run --params {_shown(Path(source)) if source else 'FILE'}"
     missing = [nb.name for nb in chapters if not (book_root / EXECUTED / nb.name).exists()]
     if missing:
-        raise SystemExit(f"book not built: chapters not executed yet: {', '.join(missing)} "
-                         f"(run without --only, or with --from)")
+        raise SystemExit(f"book not built: chapters not executed yet: {', '.join(missing)}. Run them: {again} "
+                         f"(without --only; or --from {missing[0][:2]})")
     broken = {nb.name: chapter_problem(book_root / EXECUTED / nb.name) for nb in chapters}
     broken = {name: why for name, why in broken.items() if why}
     if broken:  # e.g. a run killed while it re-executed a chapter
         raise SystemExit("book not built: " + "; ".join(f"{name} is {why}" for name, why in broken.items())
-                         + ". Run the notebooks again (python -m rlvr_utils run --params ...).")
+                         + f". Run the notebooks again: {again}")
     if params is not None:
         other = {nb.name: _executed_with(book_root / EXECUTED / nb.name).get("run") for nb in chapters}
         other = {n: r for n, r in other.items() if r != params.name}
         if other:
-            raise SystemExit(f"book not built: chapters of another run in {book_root / EXECUTED}: {other}")
+            raise SystemExit(f"book not built: chapters of another run in {book_root / EXECUTED}: {other}. Run this "
+                             f"one's: {again} (without --book-root, each run has a book folder of its own)")
         record = _read_record(params.run_dir / RECORD)
         changed = [nb.name for nb in chapters if (record.get(nb.name) or {}).get("executed")
                    != artifacts.file_digest(book_root / EXECUTED / nb.name)]
         if changed:
             raise SystemExit(f"book not built: {', '.join(changed)} in {book_root / EXECUTED} differ from what this "
-                             "run executed (edited, or executed by another command): run the book again "
-                             "(python -m rlvr_utils run --params ...), which re-executes them")
+                             f"run executed (edited, or executed by another command): run the book again ({again}), "
+                             "which re-executes them")
     _stage_book(book_root, chapters)
     pages_dir = book_root / "book"
     (pages_dir / "params.md").write_text(pages.params_reference())

@@ -57,15 +57,20 @@ def sft_steps(cfg, steps: int, out: Path) -> dict:
             "n_params": sum(p.numel() for p in model.parameters())}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rlvr_utils.resources.measure", description=__doc__)
+    parser.add_argument("params", help="params YAML file whose SFT stage is measured, e.g. params/default.yaml")
+    parser.add_argument("--steps", type=int, default=4, help="SFT steps to run (default: %(default)s; two checkpoints "
+                        "are saved, whose size is measured)")
+    parser.add_argument("--out", type=Path, required=True, help="scratch folder (the checkpoints go there)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     from rlvr_utils.core.config import load
     from rlvr_utils.resources import architecture, machine, memory, plan
 
-    parser = argparse.ArgumentParser(prog="python -m rlvr_utils.resources.measure", description=__doc__)
-    parser.add_argument("params")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--out", type=Path, required=True, help="scratch folder (the checkpoints go there)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     cfg = load(args.params, machine=False)
     measured = sft_steps(cfg, args.steps, args.out)
     here = machine.detect(args.out)

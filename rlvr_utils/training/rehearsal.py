@@ -133,14 +133,20 @@ def build(out: str | Path, pretrain_steps: int = 60, vocab_size: int = 2048, see
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlvr_utils.training.rehearsal", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/rehearsal-base", help="checkpoint folder (params/rehearsal.yaml's "
                         "model.base)")
-    parser.add_argument("--pretrain-steps", type=int, default=60)
-    parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--pretrain-steps", type=int, default=60, help="steps of next-token pretraining on the "
+                        "GSM8K text (default: %(default)s; the rehearsal needs a model that runs, not one that knows)")
+    parser.add_argument("--vocab-size", type=int, default=2048, help="size of the BPE vocabulary trained on that "
+                        "text (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and data order (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     summary = build(args.out, args.pretrain_steps, args.vocab_size, args.seed)
     print(f"rehearsal base model -> {resolve(args.out)}: {json.dumps(summary)}")
     return 0
