@@ -1,0 +1,86 @@
+"""Chapter summaries in the verdict's words. Each chapter that feeds the evidence table closes with what its rows
+read on RLVR, on the controls and on the references (placebos, random-direction nulls, the identical copy), and
+whether each row counts: the same rules as the verdict (rlvr_utils.evidence.verdict), read from the same metrics,
+so that no chapter reads a hypothesis where the verdict reads "no evidence", or from a row the verdict does not
+count."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import pandas as pd
+
+from rlvr_utils.core import fmt
+from rlvr_utils.evidence import verdict
+from rlvr_utils.treatments import registry
+
+PARAMS = ("verdict",)  # params sections read here (rlvr_utils.core.deps)
+
+# how the prose names each kind of treatment, in the order a reader checks them
+KIND_NAMES = {"control": "controls", "placebo": "placebos", "null": "random-direction nulls",
+              "identical": "the identical copy", "user": "other treatments"}
+
+
+def _signal(s: Mapping) -> str:
+    """'attn_change 0.0012 [0.0010, 0.0014] (references 0.0003 to 0.0006)': a signal against its references."""
+    if s.get("value") is None:
+        return f"`{s['key']}` not measured"
+    text = f"`{s['key']}` {fmt.interval(s['value'], s.get('ci'))}"
+    env = s.get("null_envelope")
+    if env:
+        text += f" (references' intervals span {fmt.interval(env[0])} to {fmt.interval(env[1])})"
+    return text
+
+
+def _by_reading(names: list[str], readings: Mapping[str, str]) -> str:
+    """'Routing on attn_only and routing_hybrid; no evidence on mlp_only': treatments grouped by reading."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(readings.get(name, verdict.NOT_MEASURED), []).append(f"`{name}`")
+    return "; ".join(f"{reading} on {', '.join(members)}" for reading, members in groups.items())
+
+
+def row_summary(row: Mapping, kinds: Mapping[str, str]) -> str:
+    """One evidence row as a paragraph: RLVR's reading with its values against the references, the readings of
+    the controls and of the references by kind, and whether the row counts (and why not). A reading of RLVR on a
+    row that does not count is said to be no evidence for either hypothesis."""
+    readings = row["readings"]
+    rlvr = readings.get(registry.STUDY, verdict.NOT_MEASURED)
+    signals = "; ".join(_signal(s) for s in row.get("signals") or [])
+    parts = [f"**{row['measurement']}.** RLVR reads **{rlvr}**" + (f": {signals}." if signals else ".")]
+    for kind in KIND_NAMES:
+        names = [t for t, k in kinds.items() if k == kind and t in readings]
+        if names:
+            parts.append(f"The {KIND_NAMES[kind]} read {_by_reading(names, readings)}.")
+    if row["calibration"] == "counts":
+        parts.append("The row **counts** toward the verdict.")
+    else:
+        parts.append(f"The row **does not count** toward the verdict ({row['calibration']})"
+                     + (f", so RLVR's reading here is no evidence for either hypothesis."
+                        if rlvr in verdict.DECIDED else "."))
+    if row.get("note"):
+        parts.append(f"Note: {row['note']}.")
+    return " ".join(parts)
+
+
+def chapter_table(cfg, *files: str) -> pd.DataFrame:
+    """The evidence rows read from `files` (metrics file names, e.g. "cka.json"), computed from the run's
+    metrics as the verdict computes them (this seed only: replicate seeds enter in the verdict chapter)."""
+    unknown = set(files) - {rule.file for rule in verdict.RULES}
+    if unknown:
+        raise ValueError(f"no evidence row reads {sorted(unknown)}; rows read "
+                         f"{sorted({rule.file for rule in verdict.RULES})}")
+    metrics = verdict.load_metrics(cfg.path("metrics"))
+    table = verdict.evidence(metrics, verdict.Design.from_registry(cfg), cfg.verdict)
+    return table[table["file"].isin(files)].reset_index(drop=True)
+
+
+def chapter_summary(cfg, *files: str) -> str:
+    """Markdown for a chapter's close: what the verdict's rules read from this chapter's metrics files, row by
+    row (row_summary)."""
+    table = chapter_table(cfg, *files)
+    kinds = registry.kinds(cfg)
+    head = ("**What the verdict reads from this chapter** (chapter 10's rules on this run's metrics; a row "
+            "reads a hypothesis for a treatment only when its whole interval lies beyond every reference's, by "
+            "the row's effect size, and counts only when it reads every control right and every reference as "
+            "no evidence):")
+    return "\n\n".join([head, *(f"- {row_summary(row, kinds)}" for row in table.to_dict("records"))])
