@@ -15,9 +15,10 @@ from rlvr_utils.treatments import registry
 
 PARAMS = ("verdict",)  # params sections read here (rlvr_utils.core.deps)
 
-# how the prose names each kind of treatment, in the order a reader checks them
-KIND_NAMES = {"control": "controls", "placebo": "placebos", "null": "random-direction nulls",
-              "identical": "the identical copy", "user": "other treatments"}
+# how the prose names each kind of treatment (subject and verb); the identical kind is "The identical copy reads"
+KIND_NAMES = {"control": "The controls read", "placebo": "The placebos read",
+              "null": "The random-direction nulls read", "user": "Other treatments read"}
+ORDER = ("control", *registry.REFERENCE_KINDS, "user")  # the order a reader checks them in
 
 
 def _signal(s: Mapping) -> str:
@@ -39,18 +40,21 @@ def _by_reading(names: list[str], readings: Mapping[str, str]) -> str:
     return "; ".join(f"{reading} on {', '.join(members)}" for reading, members in groups.items())
 
 
-def row_summary(row: Mapping, kinds: Mapping[str, str]) -> str:
-    """One evidence row as a paragraph: RLVR's reading with its values against the references, the readings of
-    the controls and of the references by kind, and whether the row counts (and why not). A reading of RLVR on a
-    row that does not count is said to be no evidence for either hypothesis."""
-    readings = row["readings"]
+def row_summary(row: Mapping, kinds: Mapping[str, str], scope: Mapping[str, tuple[str, ...]] | None = None) -> str:
+    """One evidence row (a record of verdict.evidence) as a paragraph: RLVR's reading with its values against the
+    references, the readings of the controls and of the references by kind, and whether the row counts (and why
+    not). A reading of RLVR on a row that does not count is said to be no evidence for either hypothesis.
+    `kinds`: treatment -> kind (registry.kinds); `scope`: control -> the row groups it calibrates (Design.scope),
+    so that a planted feature is not listed under rows it does not calibrate."""
+    scope = scope or {}
+    readings = {t: r for t, r in row["readings"].items() if row["group"] in scope.get(t, (row["group"],))}
     rlvr = readings.get(registry.STUDY, verdict.NOT_MEASURED)
     signals = "; ".join(_signal(s) for s in row.get("signals") or [])
     parts = [f"**{row['measurement']}.** RLVR reads **{rlvr}**" + (f": {signals}." if signals else ".")]
-    for kind in KIND_NAMES:
+    for kind in ORDER:
         names = [t for t, k in kinds.items() if k == kind and t in readings]
         if names:
-            parts.append(f"The {KIND_NAMES[kind]} read {_by_reading(names, readings)}.")
+            parts.append(f"{KIND_NAMES.get(kind, f'The {kind} copy reads')} {_by_reading(names, readings)}.")
     if row["calibration"] == "counts":
         parts.append("The row **counts** toward the verdict.")
     else:
@@ -78,9 +82,9 @@ def chapter_summary(cfg, *files: str) -> str:
     """Markdown for a chapter's close: what the verdict's rules read from this chapter's metrics files, row by
     row (row_summary)."""
     table = chapter_table(cfg, *files)
-    kinds = registry.kinds(cfg)
-    head = ("**What the verdict reads from this chapter** (chapter 10's rules on this run's metrics; a row "
+    design = verdict.Design.from_registry(cfg)
+    head = ("**What the verdict reads from this chapter** (the verdict chapter's rules on this run's metrics; a row "
             "reads a hypothesis for a treatment only when its whole interval lies beyond every reference's, by "
             "the row's effect size, and counts only when it reads every control right and every reference as "
             "no evidence):")
-    return "\n\n".join([head, *(f"- {row_summary(row, kinds)}" for row in table.to_dict("records"))])
+    return "\n\n".join([head, *(f"- {row_summary(row, design.kinds, design.scope)}" for row in table.to_dict("records"))])
