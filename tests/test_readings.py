@@ -100,3 +100,12 @@ def test_the_caveats_become_a_warning_box_in_the_abstract(tmp_path):
     text = pages.abstract(cfg)
     assert "```{admonition} Limitations" in text and ":class: warning" in text
     assert all(c in text for c in result["caveats"]) and result["caveats"]
+
+
+def test_problems_every_row_of_a_chapter_shares_are_said_once(tmp_path):
+    cfg = config.from_dict({"name": "r", "runs_dir": str(tmp_path), "variants": {"placebos": 0}})
+    cfg.path("metrics").mkdir(parents=True)
+    (cfg.path("metrics") / "same_input.json").write_text(json.dumps(calibrated_metrics()["same_input.json"]))
+    text = readings.chapter_summary(cfg, "same_input.json")
+    assert text.count("fewer than 2 placebo runs") == 1  # in the head, not in each row
+    assert "No row of this chapter counts on this run, for reasons they share" in text

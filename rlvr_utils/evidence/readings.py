@@ -40,16 +40,24 @@ def _by_reading(names: list[str], readings: Mapping[str, str]) -> str:
     return "; ".join(f"{reading} on {', '.join(members)}" for reading, members in groups.items())
 
 
-def row_summary(row: Mapping, kinds: Mapping[str, str], scope: Mapping[str, tuple[str, ...]] | None = None) -> str:
+def problems(calibration: str) -> list[str]:
+    """A row's calibration as its list of problems (empty when it counts)."""
+    return [] if calibration == "counts" else calibration.split("; ")
+
+
+def row_summary(row: Mapping, kinds: Mapping[str, str], scope: Mapping[str, tuple[str, ...]] | None = None,
+                said: tuple[str, ...] = ()) -> str:
     """One evidence row (a record of verdict.evidence) as a paragraph: RLVR's reading with its values against the
     references, the readings of the controls and of the references by kind, and whether the row counts (and why
     not). A reading of RLVR on a row that does not count is said to be no evidence for either hypothesis.
     `kinds`: treatment -> kind (registry.kinds); `scope`: control -> the row groups it calibrates (Design.scope),
-    so that a planted feature is not listed under rows it does not calibrate."""
+    so that a planted feature is not listed under rows it does not calibrate; `said`: calibration problems the
+    reader has already been told (shared by every row of a chapter), left out here."""
     scope = scope or {}
     readings = {t: r for t, r in row["readings"].items() if row["group"] in scope.get(t, (row["group"],))}
     rlvr = readings.get(registry.STUDY, verdict.NOT_MEASURED)
-    signals = "; ".join(_signal(s) for s in row.get("signals") or [])
+    keys = {s["key"]: s for s in row.get("signals") or []}  # a two-sided row reads one key twice: show it once
+    signals = "; ".join(_signal(s) for s in keys.values())
     parts = [f"**{row['measurement']}.** RLVR reads **{rlvr}**" + (f": {signals}." if signals else ".")]
     for kind in ORDER:
         names = [t for t, k in kinds.items() if k == kind and t in readings]
@@ -58,7 +66,8 @@ def row_summary(row: Mapping, kinds: Mapping[str, str], scope: Mapping[str, tupl
     if row["calibration"] == "counts":
         parts.append("The row **counts** toward the verdict.")
     else:
-        parts.append(f"The row **does not count** toward the verdict ({row['calibration']})"
+        own = [p for p in problems(row["calibration"]) if p not in said]
+        parts.append("The row **does not count** toward the verdict" + (f" ({'; '.join(own)})" if own else "")
                      + (f", so RLVR's reading here is no evidence for either hypothesis."
                         if rlvr in verdict.DECIDED else "."))
     if row.get("note"):
@@ -83,8 +92,14 @@ def chapter_summary(cfg, *files: str) -> str:
     row (row_summary)."""
     table = chapter_table(cfg, *files)
     design = verdict.Design.from_registry(cfg)
+    # problems of the run rather than of a row (no placebos, no full-parameter control) are said once
+    lists = [problems(c) for c in table["calibration"]]
+    shared = tuple(p for p in lists[0] if all(p in other for other in lists[1:])) if len(lists) > 1 else ()
     head = ("**What the verdict reads from this chapter** (the verdict chapter's rules on this run's metrics; a row "
             "reads a hypothesis for a treatment only when its whole interval lies beyond every reference's, by "
             "the row's effect size, and counts only when it reads every control right and every reference as "
             "no evidence):")
-    return "\n\n".join([head, *(f"- {row_summary(row, design.kinds, design.scope)}" for row in table.to_dict("records"))])
+    if shared:
+        head += f"\n\nNo row of this chapter counts on this run, for reasons they share: {'; '.join(shared)}."
+    rows = [f"- {row_summary(row, design.kinds, design.scope, shared)}" for row in table.to_dict("records")]
+    return "\n\n".join([head, *rows])
