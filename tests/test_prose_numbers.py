@@ -1,6 +1,6 @@
 """No hand-written results number in the book's prose. The introduction promises that every number in the book
-was computed by the run that built it, so the static text (book/*.md and the notebooks' Markdown cells) may hold
-no number that a run measures: those come from the metrics, as notebook output, glued values or generated pages
+was computed by the run that built it, so the static text (book/*.md, the notebooks' Markdown cells and the
+text their code cells write by hand into Markdown(...)) may hold no number that a run measures: those come from the metrics, as notebook output, glued values or generated pages
 (the abstract, the Parameters page, the Data page).
 
 The rule, on the text a reader sees (code, inline code, roles such as {glue:text}`key` or {cite}`key`, math,
@@ -15,6 +15,7 @@ The few numbers that are neither results nor params (a cited paper's own figure,
 are listed in ALLOWED with the reason."""
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -33,6 +34,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("book/methods.md", "(0.5 = equal)"): "the MLP share's midpoint: a definition",
     ("book/methods.md", "of exactly 0.5"): "the relative norm's midpoint: a definition",
     ("book/methods.md", "Δnorm > 0.9"): "Minder et al. (2025)'s published cut, cited",
+    ("notebooks/09_spectra.ipynb", "0.5 = as much per"): "the MLP share's midpoint: a definition",
 }
 
 _FENCE = re.compile(r"^(`{3,}|~{3,})(.*?)$(.*?)^\1\s*$", re.MULTILINE | re.DOTALL)
@@ -71,11 +73,29 @@ def results_numbers(markdown: str) -> list[str]:
     return [" ".join(text[max(0, m.start() - 30):m.end() + 20].split()) for m in _RESULTS.finditer(text)]
 
 
+def markdown_literals(code: str) -> str:
+    """The text a code cell writes by hand into `Markdown(...)`: its string literals, without the f-strings'
+    replacement fields and format specs (those are the run's values)."""
+    skip = set()
+    tree = ast.parse(code)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FormattedValue):
+            skip.update(id(n) for n in ast.walk(node))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", getattr(n.func, "attr", None)) == "Markdown"]
+    return " ".join(n.value for call in calls for n in ast.walk(call)
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip)
+
+
 def _sources() -> list[tuple[str, str]]:
+    """(file, text) of every page and of every notebook's Markdown: its Markdown cells and what its code cells
+    write by hand into Markdown(...)."""
     out = [(p.relative_to(ROOT).as_posix(), p.read_text()) for p in sorted((ROOT / "book").glob("*.md"))]
     for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(nb_path, as_version=4)
-        out += [(nb_path.relative_to(ROOT).as_posix(), c.source) for c in nb.cells if c.cell_type == "markdown"]
+        name = nb_path.relative_to(ROOT).as_posix()
+        out += [(name, c.source) for c in nb.cells if c.cell_type == "markdown"]
+        out += [(name, markdown_literals(c.source)) for c in nb.cells if c.cell_type == "code"]
     return out
 
 
@@ -114,3 +134,9 @@ def test_the_rule_catches_results_and_params_counts(text):
     "{glue:text}`rlvr_gain:.1f` points", "```python\nx = 0.5\n```", "1 − CKA", "a rank-1 update", "seeds 0 and 1"])
 def test_the_rule_leaves_structure_and_generated_values(text):
     assert not results_numbers(text), text
+
+
+def test_a_code_cells_hand_written_markdown_is_read_and_its_values_are_not():
+    code = 'display(Markdown(f"gain {g:.1%} (noise-like updates give 0.8-0.98)"))\nprint("0.5")'
+    assert results_numbers(markdown_literals(code)) and "0.8" in markdown_literals(code)
+    assert ".1%" not in markdown_literals(code) and "0.5" not in markdown_literals(code)
