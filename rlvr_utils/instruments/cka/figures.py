@@ -104,9 +104,11 @@ def summary_markdown(result: dict) -> str:
             lo, hi = s[key]["ci"]
             # described, not read as a hypothesis: end-to-end outputs mix in upstream changes, and the
             # verdict reads components only against placebos (rlvr_utils.evidence.readings says what it reads)
-            verdict = ("MLP outputs moved less than attention outputs, end to end" if lo > 0 else
-                       "MLP outputs moved more than attention outputs, end to end" if hi < 0 else
-                       "the interval contains 0: no difference between MLP and attention outputs detected")
+            verdict = ("MLP outputs changed **less** than attention outputs, end to end"
+                       if lo > 0 else
+                       "MLP outputs changed **more** than attention outputs, end to "
+                       "end" if hi < 0 else
+                       "the data cannot tell whether MLP or attention outputs changed more")
             lines.append(f"- {pair.replace('_', ' → ')}: MLP minus attention CKA = {fmt(key)}: {verdict}.")
     inflation = _smallest_n_inflation(result)
     if inflation:
