@@ -3,7 +3,7 @@ to greedy accuracy on the run's VALIDATION problems (data/validation.jsonl), at 
 intermediate checkpoint. The held-out test problems are never read here: only the book's final
 evaluation touches them, so settings chosen with this tool are not tuned on the numbers the book reports.
 
-This is how the organism's GRPO settings in params/default.yaml were chosen (book/methods.md lists the
+This is how the organism's GRPO settings in params/default.yaml were chosen (benchmarks/README.md lists the
 measurements). The run's base and SFT models are reused; each variant trains into runs/<run>-<variant>/.
 Run from the project root after `make book`:
 

@@ -1,7 +1,7 @@
 """Organism screen: train base, SFT and RLVR from scratch under changed params on several seeds and score
 them on each seed's VALIDATION problems (never the test set), with stage times. This is how a change to the
 organism is checked against its acceptance bar (RLVR at least 5 points above SFT and above base, on every
-seed) before it goes into params/default.yaml; book/methods.md lists the measurements.
+seed) before it goes into params/default.yaml; benchmarks/README.md lists the measurements.
 
     .venv/bin/python benchmarks/organism_seeds.py                      # params/default.yaml, seeds 0 1 2
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/organism_seeds.py data.corpus_new_verbs=0.25 --seeds 2 &

@@ -136,3 +136,23 @@ def test_cka_dynamics_ends_at_the_rlvr_model(built_book):
     for site in ("attn_out", "mlp_out"):
         final = np.mean([r["cka"] for r in rows if r["step"] == last and r["site"] == site])
         assert final == pytest.approx(summary[f"cka_sft_rlvr_{site}"]["value"], abs=1e-6)
+
+
+def test_the_chapters_read_in_the_verdicts_words_and_the_evidence_is_data(built_book):
+    """Chapters 05-09 close with what the verdict reads from them; the verdict chapter opens with its limitations
+    and links the evidence as data (one column per field) beside its table."""
+    params, book_root, _ = built_book
+    run = Path(yaml.safe_load(params.read_text())["runs_dir"]) / "ci"
+    table = json.loads((run / "metrics" / "evidence.json").read_text())
+    assert table["records"] and list(table["records"][0]) == list(table["columns"])
+    assert {"rlvr", "identical"} <= {r["treatment"] for r in table["records"]}
+    header = (run / "metrics" / "evidence.csv").read_text().splitlines()[0].split(",")
+    assert header == list(table["columns"])
+    for stem in ("05_cka", "06_probes", "07_crosscoder", "08_patching", "09_spectra"):
+        nb = nbformat.read(book_root / "book" / "executed" / f"{stem}.ipynb", as_version=4)
+        shown = [o.get("data", {}).get("text/markdown", "") for c in nb.cells if c.cell_type == "code"
+                 for o in c.get("outputs", [])]
+        assert any("What the verdict reads from this chapter" in text for text in shown), stem
+    html = (book_root / "_build" / "html" / "book" / "executed" / "10_verdict.html").read_text()
+    assert html.index("Limitations of this run") < html.index('id="overview"')  # at the top of the chapter
+    assert "evidence.csv" in html and "evidence.json" in html

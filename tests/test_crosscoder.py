@@ -241,10 +241,15 @@ def test_metrics_schema_and_reading():
     assert v[NULL]["causal_effect"] == {"value": None, "ci": [None, None], "interval": "none", "n": None}  # not run: null, not 0
     for key, entry in result["summary"].items():
         assert {"value", "ci", "description"} <= set(entry), key
-    assert "carry its gain" in figures.reading(result)
-    # a count inside the nulls' range, or a drop not beyond the random control, is no evidence
-    assert "No evidence of new features" in figures.reading(_fake_result([0, 1, 1], [0, 1, 0], (3.0, 9.0)))
-    assert "no evidence that new features carry" in figures.reading(_fake_result([4, 5, 6], [0, 1, 0], (-1.0, 2.0)))
+    assert "costs more accuracy than ablating as many random ones" in figures.reading(result)
+    # a count inside the nulls' range, or a drop not beyond the random control, is described as such; the reading
+    # names no hypothesis (the verdict's row decides that, against the placebos)
+    inside = figures.reading(_fake_result([0, 1, 1], [0, 1, 0], (3.0, 9.0)))
+    no_drop = figures.reading(_fake_result([4, 5, 6], [0, 1, 0], (-1.0, 2.0)))
+    assert "does not exceed what the references" in inside
+    assert "costs no more accuracy than ablating as many random ones" in no_drop
+    for text in (figures.reading(result), inside, no_drop):
+        assert "Routing" not in text and "Representation" not in text
 
 
 def test_treatments_are_those_with_a_checkpoint_and_listed_ones_must_exist(tmp_path):

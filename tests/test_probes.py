@@ -342,7 +342,11 @@ def test_reading_names_each_measured_number():
     text = figures.reading(summary, n_layers=4, stages=("sft", "rlvr"))
     assert "decodable from layer 2 (selectivity 0.31 [0.20, 0.40])" in text
     assert "decodable at no layer" in text
-    assert "Representation learning" in text and "not measured" in text
+    assert "more decodable than SFT at that layer" in text and "not measured" in text
+    # the chapter describes; only the verdict's row (against the placebos) reads a hypothesis
+    assert "Routing" not in text and "Representation" not in text
+    inside = dict(summary, probe_selectivity_gain_rlvr_vs_sft={"value": 0.0, "ci": [-0.1, 0.1], "description": ""})
+    assert "the interval contains 0: no change detected." in figures.reading(inside, n_layers=4, stages=("sft", "rlvr"))
 
 
 # --- choices on validation, the noise floor, the variants ----------------------------------------

@@ -53,7 +53,7 @@ class OrganismParams(Section):
                                                             "corpus")
     pretrain_steps: int = Field(350, gt=0, description="optimizer steps of base pretraining; organism: 700 made "
                                 "base too good in its own narrative (90% on validation, within 4 points of RLVR), "
-                                "see book/methods.md")
+                                "see benchmarks/README.md")
     pretrain_batch_size: int = Field(32, gt=0, description="sequences per pretraining step")
     pretrain_seq_len: int = Field(64, ge=16, description="tokens per pretraining sequence")
     pretrain_lr: float = Field(3e-3, gt=0, description="peak learning rate of pretraining (cosine schedule)")
@@ -94,7 +94,7 @@ class DataParams(Section):
                                             "problems: the wording shift from SFT's data ('new': six verbs per operation; 'new3': the first three)")
     corpus_new_verbs: float = Field(0.5, ge=0, le=1, description="share of the corpus's worked-as-it-happens "
                                     "stories told with the new verbs: base meets them, never in the eval template. "
-                                    "Without it GRPO gained nothing significant (book/methods.md)")
+                                    "Without it GRPO gained nothing significant (benchmarks/README.md)")
     n_sft: int = Field(4000, gt=0, description="SFT training examples")
     n_grpo: int = Field(4000, gt=0, description="GRPO training prompts")
     n_eval: int = Field(500, gt=0, description="held-out test problems (read once, by the final evaluation)")
@@ -163,7 +163,7 @@ class GRPOParams(Section):
     steps: int = Field(100, gt=0, description="GRPO optimizer steps (the RLVR model is the last one); organism: "
                        "chosen on validation (benchmarks/grpo_sweep.py)")
     learning_rate: float = Field(2e-5, gt=0, description="organism: at 1e-4 without warmup greedy accuracy "
-                                                         "drops 25-36 points by step 60, see book/methods.md")
+                                                         "drops 25-36 points by step 60, see benchmarks/README.md")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of GRPO steps spent warming up the learning rate")
     per_device_train_batch_size: int = Field(64, gt=0, description="completions per device per step")
     num_generations: int = Field(8, ge=2, description="completions per prompt (the GRPO group)")

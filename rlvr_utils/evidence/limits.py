@@ -55,3 +55,10 @@ def caveats(cfg, gain, table: pd.DataFrame, other_seeds: list[int]) -> list[str]
     if failing:
         out.append(f"{len(failing)} of {len(table)} rows do not count (see the calibration column).")
     return out
+
+
+def box(caveats: list[str], title: str = "Limitations of this run's answer") -> str:
+    """The caveats as a MyST warning box, for the top of the verdict chapter and the abstract (a page, or a
+    glued notebook output pasted with `{glue:md}` and `:format: myst`)."""
+    items = "\n".join(f"- {c}" for c in caveats) or "- None recorded."
+    return f"```{{admonition}} {title}\n:class: warning\n\n{items}\n```\n"

@@ -211,7 +211,8 @@ def reading(elicitation_json: dict | str | Path) -> str:
         why = (" The gain even shrinks as exposure grows, as SFT's own accuracy rises and leaves less to gain."
                if _negative(slope) else " The slope's interval includes 0: exposure makes no measurable difference.")
         text.append(f"RLVR gains already at {_share(first['fraction'])}.{why}")
-    text.append(f"Reading: **{said}**. {MEANING[said]}.")
+    text.append(f"Reading: **{said}**. {MEANING[said]}. The verdict shows this experiment beside its table and does "
+                "not count it: no control with a known answer calibrates it.")
     if result["fractions"][0] > 0:
         text.append(f"The smallest share tried is {_share(result['fractions'][0])}, not 0: a base that never met the "
                     "new wording is not measured.")

@@ -25,8 +25,10 @@ STAMP_SUFFIX = "_stamp.json"
 HOLDS = {
     "verdict.json": "the verdict: every evidence row with its reading on RLVR, the controls, the identical copy "
                     "and the nulls, whether it counts and why, the tally, the thresholds and the caveats",
-    "evidence.csv": "the evidence table of the verdict chapter, one row per measurement",
-    "evidence.json": "the evidence table of the verdict chapter, one record per measurement",
+    "evidence.csv": "the evidence of the verdict chapter as data: one line per row, treatment and signal, one "
+                    "column per field (row, treatment, signal, value, ci_low, ci_high, null_low, null_high, "
+                    "reading, counts, ...)",
+    "evidence.json": "the same records as evidence.csv, with a description of every column",
     "eval.json": "accuracy of base, SFT and RLVR on the held-out problems (greedy and pass@k), with bootstrap "
                  "intervals",
     "variants.json": "accuracy of every treatment (controls, identical copy, nulls) and its gain over SFT, with "

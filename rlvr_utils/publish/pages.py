@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from rlvr_utils.core import artifacts
 from rlvr_utils.core.config import PROJECT_ROOT, Params
 from rlvr_utils.core.fmt import interval
+from rlvr_utils.evidence import limits
 from rlvr_utils.publish import data_page
 
 PARAMS = ("evaluation", "grpo", "organism", "variants")  # params sections read here (rlvr_utils.core.deps)
@@ -78,6 +79,8 @@ def abstract(cfg: Params, evidence: str | None = "executed/10_verdict.ipynb") ->
                      + "".join(f" The {v['description']} is {interval(v['value'], v['ci'])}." for v in shares[:2])
                      + (f" The [evidence table]({evidence}) gives every row with its interval, and the caveats "
                         "that limit it." if evidence else ""))
+        if result.get("caveats"):  # what limits the answer, beside it (rlvr_utils.evidence.limits)
+            lines += ["", limits.box(result["caveats"])]
     else:
         lines.append("**Answer**: the verdict chapter has not run yet.")
     return "\n".join(lines) + "\n"

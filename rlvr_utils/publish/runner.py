@@ -412,14 +412,8 @@ def _execute(params: Params, params_path: Path, all_nbs: list[Path], only, start
 
 def _publish(params: Params, params_path: Path, nb: Path, out: Path, log_path: Path, key: str) -> None:
     """Clean the executed copy for the book and record what it was made from."""
-    extra = None
-    evidence = params.path("metrics", "evidence.csv")
-    if nb.stem.endswith("_verdict") and evidence.exists():
-        shutil.copy2(evidence, out.parent / evidence.name)
-        extra = ("{download}`Download the evidence table as CSV <evidence.csv>` (also in "
-                 f"`runs/{params.name}/metrics/evidence.csv`; `python -m rlvr_utils compare RUN_A RUN_B` sets "
-                 "several runs side by side).")
-    publish.publish(out, log_path, book_paths(params, params_path), extra)
+    # the evidence's downloads are linked beside its table by the verdict chapter, from the Data page's copies
+    publish.publish(out, log_path, book_paths(params, params_path))
     import nbformat
 
     executed = nbformat.read(out, as_version=4)
@@ -468,8 +462,6 @@ def build_book(book_root: Path | None = None, notebook_dir: Path | None = None, 
     (pages_dir / "abstract.md").write_text(pages.abstract(params, verdict) if params is not None else
                                            "The abstract is written from the run's metrics by `python -m rlvr_utils run`.\n")
     pages.data(params, pages_dir)  # book/data.md + book/data/: the run's metrics as downloads
-    if params is not None and params.path("metrics", "evidence.csv").exists():
-        shutil.copy2(params.path("metrics", "evidence.csv"), book_root / EXECUTED / "evidence.csv")
     start = time.time()
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(book_root), "--warningiserror", "--quiet"]
     # Sphinx rebuilds a page when its source's mtime changed; a chapter whose content changed with its mtime

@@ -102,10 +102,12 @@ def summary_markdown(result: dict) -> str:
         key = f"cka_{pair}_mlp_minus_attn"
         if key in s:
             lo, hi = s[key]["ci"]
-            verdict = ("MLP outputs changed **less** than attention outputs, as the Routing Hypothesis predicts"
+            # described, not read as a hypothesis: end-to-end outputs mix in upstream changes, and the
+            # verdict reads components only against placebos (rlvr_utils.evidence.readings says what it reads)
+            verdict = ("MLP outputs changed **less** than attention outputs, end to end"
                        if lo > 0 else
-                       "MLP outputs changed **more** than attention outputs, as the Representation Learning "
-                       "Hypothesis predicts" if hi < 0 else
+                       "MLP outputs changed **more** than attention outputs, end to "
+                       "end" if hi < 0 else
                        "the data cannot tell whether MLP or attention outputs changed more")
             lines.append(f"- {pair.replace('_', ' → ')}: MLP minus attention CKA = {fmt(key)}: {verdict}.")
     inflation = _smallest_n_inflation(result)

@@ -170,12 +170,15 @@ def reading(result: dict) -> str:
                   ("base → SFT", "crosscoder_sft_max_relative_norm")) if key in result["summary"]]
         lines.append("- Most lopsided live latent (relative decoder norm): " + "; ".join(parts) + ".")
     more = null_hi is not None and rl["ci"][0] > null_hi
+    # described, not read as a hypothesis: the verdict's row reads the count against the placebos' with an effect
+    # size (rlvr_utils.evidence.readings says what it reads)
     if more and carries:
-        verdict = "**RLVR added features that carry its gain** (more specific latents than any null, and its gain depends on them)."
+        verdict = ("RLVR's specific-latent range lies above every reference's, and ablating its specific latents "
+                   "costs more accuracy than ablating as many random ones.")
     elif more:
-        verdict = ("RLVR has more specific latents than the nulls, but the causal test does not show that its gain "
-                   "depends on them: **no evidence that new features carry the gain** (consistent with Routing).")
+        verdict = ("RLVR's specific-latent range lies above every reference's, but ablating its specific latents "
+                   "costs no more accuracy than ablating as many random ones.")
     else:
-        verdict = ("**No evidence of new features**: RLVR's specific-latent count does not exceed what a random "
-                   "update of the same size produces.")
+        verdict = ("RLVR's specific-latent count does not exceed what the references (updates without task "
+                   "signal) produce.")
     return "\n".join(lines + ["", verdict])

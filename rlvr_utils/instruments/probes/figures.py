@@ -84,9 +84,10 @@ def reading(summary: dict, n_layers: int, stages=("base", REFERENCE, STUDY)) -> 
     gain = summary.get(f"probe_selectivity_gain_{STUDY}_vs_{REFERENCE}")
     if gain and gain.get("ci"):
         lo, hi = gain["ci"]
-        verdict = ("RLVR made them more decodable, as Representation learning predicts" if lo > 0 else
-                   "RLVR made them less decodable" if hi < 0 else
-                   "the interval contains 0: no change detected, as Routing predicts")
+        # described, not read as a hypothesis: the verdict reads the gain against the placebos' and nulls'
+        verdict = ("RLVR made them more decodable than SFT at that layer" if lo > 0 else
+                   "RLVR made them less decodable than SFT at that layer" if hi < 0 else
+                   "the interval contains 0: no change detected")
         lines += ["", "RLVR − SFT selectivity for intermediate results, at the layer where RLVR gains most on "
                       f"validation: {show(f'probe_selectivity_gain_{STUDY}_vs_{REFERENCE}')}; {verdict}."]
     floor = summary.get("selectivity_noise_floor")
