@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rlvr_utils.core.params import ORGANISM, Params, ParamsError  # noqa: F401 (the API of params files)
+from rlvr_utils.core import hub
 from rlvr_utils.core.lock import run_folder_problem
 from rlvr_utils.core.paths import PROJECT_ROOT, looks_local, resolve  # noqa: F401
 
@@ -87,6 +88,12 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
         problems.append(f"variants.planted_layer (got {p.variants.planted_layer}): the planted features go to block "
                         f"{planted_at}, but crosscoder.layer={p.crosscoder.layer} looks for them elsewhere; set "
                         "variants.planted_layer to the crosscoder's block")
+    if machine:  # runs never download: a hub id must be in this machine's cache before any work
+        named = [(key, getattr(p.model, key.split(".")[1])) for key in ("model.base", "model.sft", "model.rlvr")]
+        for key, value in named + [(f"variants.user.{n}", v) for n, v in p.variants.user.items()]:
+            missing = value and value != ORGANISM and not looks_local(value) and _HUB_ID.fullmatch(value) \
+                and hub.problem(key, value)
+            problems += [missing] if missing else []
     for name, value in p.variants.user.items():
         if looks_local(value) and not (resolve(value) / "config.json").is_file():
             problems.append(f"variants.user.{name} (got {value!r}): no checkpoint folder with a config.json at "

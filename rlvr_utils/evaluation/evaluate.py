@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlvr_utils.core import artifacts, deps, stats
+from rlvr_utils.models import chat
 from rlvr_utils.training import data
 from rlvr_utils.treatments import registry
 from rlvr_utils.training.rewards import extract_answer, is_correct, is_formatted
@@ -149,7 +150,7 @@ def evaluate_stage(cfg, stage: str, model, tokenizer, problems: list[dict], shot
     """Greedy and sampled evaluation of one stage; per-problem rows go to eval/<stage>_*.jsonl."""
     ev, start = cfg.evaluation, time.time()
     held_out = problems[: ev.n_problems]
-    prompts = stage_prompts(held_out, stage, shots)
+    prompts = chat.format_prompts(cfg, tokenizer, stage_prompts(held_out, stage, shots))
     stop = FEW_SHOT_SEPARATOR if stage == "base" and shots else None
     rows = greedy_eval(model, tokenizer, held_out, ev.max_new_tokens, ev.batch_size, prompts, stop)
     data.write_jsonl(cfg.path("eval", f"{stage}_greedy.jsonl"), rows)
@@ -273,7 +274,8 @@ def run_variant(cfg, name: str, force: bool = False) -> str:
     problems = data.prepare_eval_set(cfg)[: cfg.evaluation.n_problems]
     model, tokenizer = load_for_generation(cfg, cfg.model_ref(name))
     ev = cfg.evaluation
-    data.write_jsonl(path, greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size))
+    prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in problems])
+    data.write_jsonl(path, greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size, prompts))
     artifacts.stamp(path, fingerprint, inputs, seconds=time.time() - start)
     return f"{name}: evaluated in {time.time() - start:.0f} s"
 

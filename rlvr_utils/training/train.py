@@ -19,6 +19,7 @@ import torch
 from rlvr_utils.core import artifacts
 from rlvr_utils.training import data, organism, rewards
 from rlvr_utils.core.config import Params, resolve
+from rlvr_utils.models import chat
 from rlvr_utils.training.launch import launch_command, needs_launcher
 
 PARAMS = ("organism", "data", "sft", "grpo")
@@ -231,8 +232,9 @@ def train_sft(cfg: Params) -> list[dict]:
     held_out = data.eval_problems(cfg)
     problems = data.sft_problems(cfg, held_out=held_out)
 
-    def pairs(rows):
-        return Dataset.from_list([{"prompt": p["prompt"], "completion": p["answer"]} for p in rows])
+    def pairs(rows):  # prompts as the model is asked them (its chat template with model.chat_template: auto)
+        prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in rows])
+        return Dataset.from_list([{"prompt": q, "completion": p["answer"]} for q, p in zip(prompts, rows)])
 
     model, tokenizer = load(cfg.model_ref("base"), cfg)
     model.train()
@@ -291,8 +293,9 @@ def grpo(cfg: Params, stage: str, model, reward_funcs=None) -> list[dict]:
     from trl import GRPOTrainer
 
     problems = data.grpo_problems(cfg, held_out=data.eval_problems(cfg))
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "final": p["final"]} for p in problems])
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_ref("sft"), trust_remote_code=cfg.model.trust_remote_code)
+    prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in problems])  # as evaluation asks them
+    dataset = Dataset.from_list([{"prompt": q, "final": p["final"]} for q, p in zip(prompts, problems)])
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs or rewards.REWARD_FUNCS, args=grpo_config(cfg, stage),
                           callbacks=[log_at_checkpoints()],
                           train_dataset=dataset, processing_class=tokenizer)

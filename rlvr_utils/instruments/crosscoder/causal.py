@@ -19,7 +19,7 @@ from transformers import DynamicCache
 from rlvr_utils.core import stats
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.instruments.crosscoder.model import PairFit, leaning_latents
-from rlvr_utils.models import hooks
+from rlvr_utils.models import chat, hooks
 from rlvr_utils.models.loading import load
 from rlvr_utils.training.rewards import extract_answer, is_correct
 from rlvr_utils.treatments.registry import REFERENCE
@@ -132,7 +132,7 @@ def causal_test(cfg, target: str, fits: list[PairFit], problems: list[dict], lay
     c, ev = cfg.crosscoder, cfg.evaluation
     ref_model, tokenizer = load(cfg.model_ref(REFERENCE), cfg)
     tgt_model, _ = load(cfg.model_ref(target), cfg)
-    prompts = [p["prompt"] for p in problems]
+    prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in problems])  # as evaluation asks them
 
     def correct(completions):
         return np.array([is_correct(extract_answer(t), p["final"]) for t, p in zip(completions, problems)], dtype=float)
