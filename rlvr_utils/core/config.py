@@ -94,6 +94,8 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
             missing = value and value != ORGANISM and not looks_local(value) and _HUB_ID.fullmatch(value) \
                 and hub.problem(key, value)
             problems += [missing] if missing else []
+    if machine and p.model.analyze_only:
+        problems += _reference_problems(p)
     for name, value in p.variants.user.items():
         if looks_local(value) and not (resolve(value) / "config.json").is_file():
             problems.append(f"variants.user.{name} (got {value!r}): no checkpoint folder with a config.json at "
@@ -218,6 +220,18 @@ def _limits(p: "Params", machine: bool) -> list[str]:
             problems.append(f"weights.device (got {p.weights.device!r}): no CUDA device on this machine (use 'cpu', "
                             "or check-params --other-machine for a file meant for a GPU machine)")
     return problems
+
+
+def _reference_problems(p: "Params") -> list[str]:
+    """Every treatment is read against model.sft, so with given checkpoints it must be the one RL started from: a
+    model.rlvr whose model card names its base_model (hub cards do) must name model.sft."""
+    rlvr, sft = p.model.rlvr, p.model.sft
+    folder = resolve(rlvr) if looks_local(rlvr) else hub.snapshot(rlvr)
+    declared = hub.declared_bases(folder) if folder is not None and folder.is_dir() else []
+    if not declared or looks_local(sft) or sft in declared:
+        return []
+    return [f"model.sft (got {sft!r}): the reference must be the checkpoint RL started from, and model.rlvr's model "
+            f"card ({folder / 'README.md'}) names base_model {declared}; set model.sft to it"]
 
 
 def _how_to_make(folder: Path) -> str:

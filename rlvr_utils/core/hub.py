@@ -48,9 +48,23 @@ def problem(key: str, repo_id: str) -> str | None:
         folder = Path(snapshot_download(repo_id, local_files_only=True))
     except (FileNotFoundError, ValueError, OSError):
         return (f"{key} (got {repo_id!r}): not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); runs never "
-                f"download models. Download it first: {download_command(repo_id)}")
+                f"download models: run `{download_command(repo_id)}` first")
     missing = missing_files(folder)
     if missing:
         return (f"{key} (got {repo_id!r}): the cached snapshot {folder} lacks {', '.join(missing)} (an interrupted "
-                f"download?); complete it: {download_command(repo_id)}")
+                f"download?): run `{download_command(repo_id)}` again to complete it")
     return None
+
+
+def declared_bases(folder: Path) -> list[str]:
+    """The `base_model` ids a checkpoint's model card (README.md metadata) says it was trained from; [] when it
+    has no card or names none."""
+    from huggingface_hub import metadata_load
+
+    readme = Path(folder) / "README.md"
+    try:
+        meta = metadata_load(readme) if readme.is_file() else None
+    except (ValueError, OSError):  # a card whose metadata is not YAML says nothing about its base
+        return []
+    base = (meta or {}).get("base_model") or []
+    return [base] if isinstance(base, str) else [str(b) for b in base]
