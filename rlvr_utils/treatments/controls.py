@@ -20,13 +20,16 @@ CONTROLS = {  # name: (component trained, the reading it must get, description)
 
 def train_control(cfg, name: str) -> list[dict]:
     """GRPO with RLVR's recipe from the SFT model, training only the control's component."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     from rlvr_utils.training import train
 
     trained = CONTROLS[name][0]
     sft_ref = cfg.model_ref("sft")
-    model = AutoModelForCausalLM.from_pretrained(sft_ref, use_safetensors=True,
+    # float32 master weights, as TRL loads RLVR's model from a folder: a bf16 checkpoint (every published one)
+    # would otherwise train in bf16, where an update of lr 5e-7 rounds away
+    model = AutoModelForCausalLM.from_pretrained(sft_ref, use_safetensors=True, dtype=torch.float32,
                                                  trust_remote_code=cfg.model.trust_remote_code)
     components = component_map(model)
     n_trained = 0
