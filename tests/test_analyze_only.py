@@ -4,11 +4,13 @@ import json
 import pytest
 import torch
 import yaml
+from huggingface_hub import constants
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import hub_cache, run_book
 from rlvr_utils.activations.tokens import TokenCache
 from rlvr_utils.core import config, params
+from rlvr_utils.instruments.weights import checkpoints
 from rlvr_utils.training import data, organism
 from rlvr_utils.models import loading as models
 
@@ -78,13 +80,16 @@ def test_analyze_only_runs_on_sharded_bf16_hub_checkpoints_with_nulls_and_contro
     assert all(len(list(f.glob("model-*.safetensors"))) >= 2 for f in folders.values())
     ids = {stage: f"tiny-org/{stage}" for stage in folders}
     (folders["rlvr"] / "README.md").write_text("---\nbase_model: tiny-org/sft\n---\nRL from tiny-org/sft\n")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache(tmp_path / "hub", {ids[s]: f for s, f in folders.items()})))
+    cache = hub_cache(tmp_path / "hub", {ids[s]: f for s, f in folders.items()})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # the run's processes
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # this one (huggingface_hub read it at import)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched
     raw = yaml.safe_load((config.PROJECT_ROOT / "params" / "ci.yaml").read_text())
     raw.update(name="hub", runs_dir=str(tmp_path / "runs"),
                model={**ids, "dtype": "bfloat16", "chat_template": "auto"},
                variants={"controls": ["attn_only", "mlp_only"], "nulls": 2, "planted": False})
     raw["grpo"].update(steps=4, save_steps=2)  # the controls' GRPO: the recipe, at a few steps
+    raw["crosscoder"] = {"seeds": 1, "steps": 200}  # ci's 3 x 1000 steps took 218 of this run's 649 s
     params = tmp_path / "hub.yaml"
     params.write_text(yaml.safe_dump(raw))
     result = run_book(params, tmp_path / "site", "--no-book")
@@ -96,12 +101,12 @@ def test_analyze_only_runs_on_sharded_bf16_hub_checkpoints_with_nulls_and_contro
     for name in ("identical", "null_0", "null_1"):  # SFT's shard layout, bf16 kept
         assert sorted(p.name for p in (run / "models" / name).glob("*.safetensors")) == \
             sorted(p.name for p in sft.glob("*.safetensors"))
-        assert json.loads((run / "models" / name / "config.json").read_text())["dtype"] == "bfloat16"
+        files = checkpoints.tensor_files(run / "models" / name)
+        assert {checkpoints.tensor_dtype(f, t) for t, f in files.items()} == {"BF16"}
     executed = {p.name[:2] for p in (tmp_path / "site").rglob("*.ipynb")}
     assert {f"{n:02d}" for n in range(3, 11)} <= executed
     assert {"train_attn_only.json", "train_mlp_only.json", "weights.json", "verdict.json"} <= \
         {p.name for p in (run / "metrics").iterdir()}
-    cache = TokenCache.load(run / "tokens")  # SFT's chat-formatted prompts, the same tokens for every model
-    tokenizer = AutoTokenizer.from_pretrained(sft)
-    assert tokenizer.decode(cache.sequences[0][: cache.prompt_lengths[0]]).startswith("User: ")
-    assert tokenizer.decode(cache.sequences[0][: cache.prompt_lengths[0]]).endswith("Assistant:")
+    tokens = TokenCache.load(run / "tokens")  # SFT's chat-formatted prompts, the same tokens for every model
+    prompt = AutoTokenizer.from_pretrained(sft).decode(tokens.sequences[0][: tokens.prompt_lengths[0]])
+    assert prompt.startswith("User: ") and prompt.endswith("Assistant:")
