@@ -189,7 +189,7 @@ def test_a_hub_model_not_downloaded_is_refused_here_and_unchecked_for_another_ma
     assert main(["check-params", str(path)]) == 2  # a run never downloads: named with the command that does
     err = capsys.readouterr().err
     assert "model.base (got 'someorg/somemodel'): not in the local Hugging Face cache" in err
-    assert "hf download someorg/somemodel" in err
+    assert "run `hf download someorg/somemodel` first" in err
     assert main(["check-params", "--other-machine", str(path)]) == 0
     out = capsys.readouterr().out
     assert "could not be checked" in out and "someorg/somemodel" in out
