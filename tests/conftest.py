@@ -35,6 +35,28 @@ def run_book(params: Path, book_root: Path, *extra: str) -> subprocess.Completed
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
 
 
+def hub_cache(cache: Path, folders: dict[str, Path]) -> Path:
+    """A Hugging Face cache in huggingface_hub's layout (HF_HUB_CACHE) holding each local checkpoint folder as the
+    'main' snapshot of a hub id: models--org--name/{blobs/<sha256>, snapshots/<commit>/<file> -> blob, refs/main},
+    as `hf download` leaves it. Nothing is downloaded: tests name local folders as if they were hub ids."""
+    import hashlib
+    import os
+
+    for repo_id, folder in folders.items():
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        commit = hashlib.sha1(repo_id.encode()).hexdigest()
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        (repo / "blobs").mkdir(exist_ok=True)
+        for file in sorted(Path(folder).iterdir()):
+            blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+            blob.write_bytes(file.read_bytes())
+            (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+    return cache
+
+
 def assert_models_learn(run: Path) -> None:
     """A ci-sized run is small, but its models must learn: a run whose SFT writes '1111...' and whose GRPO is
     paid nothing (RLVR = SFT) exercises code, not behaviour, and must fail here."""

@@ -181,10 +181,16 @@ def test_layers_checked_against_a_local_checkpoint_config(tmp_path, capsys):
     assert not runs.exists()
 
 
-def test_layers_of_an_unreachable_hub_model_are_reported_unchecked(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+def test_a_hub_model_not_downloaded_is_refused_here_and_unchecked_for_another_machine(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     path, runs = _bad_file(tmp_path, "model:\n  base: someorg/somemodel\nextract:\n  layers: [40]\n")
-    assert main(["check-params", str(path)]) == 0
+    assert main(["check-params", str(path)]) == 2  # a run never downloads: named with the command that does
+    err = capsys.readouterr().err
+    assert "model.base (got 'someorg/somemodel'): not in the local Hugging Face cache" in err
+    assert "run `hf download someorg/somemodel` first" in err
+    assert main(["check-params", "--other-machine", str(path)]) == 0
     out = capsys.readouterr().out
     assert "could not be checked" in out and "someorg/somemodel" in out
     assert not runs.exists()

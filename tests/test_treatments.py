@@ -143,7 +143,8 @@ def test_bad_user_treatments_are_refused_by_name(tmp_path):
         with pytest.raises(config.ParamsError, match="not folder names"):
             config.from_dict({"variants": {"user": {bad: "org/model"}}})
     with pytest.raises(ValueError, match="used twice"):
-        registry.names(config.from_dict({"variants": {"user": {"null_0": "org/model"}}}))
+        # machine=False: this hub id is not downloaded here, which `run` refuses first (core.hub)
+        registry.names(config.from_dict({"variants": {"user": {"null_0": "org/model"}}}, machine=False))
 
 
 def test_given_checkpoints_have_no_placebos_nor_hybrids(tmp_path):

@@ -93,3 +93,12 @@ def test_an_engine_is_closed_when_its_block_fails(run, engines):
         with evaluate.generation_model(run, run.model_ref("sft")):
             raise ValueError("a failing evaluation")
     assert engines["alive"] == 0 and evaluate.VLLMModel.open_engines == []
+
+
+def test_shutdown_closes_an_engine_this_module_did_not_open(engines):
+    """GRPO's colocated engine belongs to TRL's trainer; train.grpo hands it to `shutdown` after training."""
+    llm = sys.modules["vllm"].LLM("rlvr")
+    assert engines["alive"] == 1
+    evaluate.shutdown(llm)
+    evaluate.shutdown(None)  # no engine: nothing to do
+    assert engines["alive"] == 0 and engines["shutdowns"] == 1 and engines["cleanups"] == 1

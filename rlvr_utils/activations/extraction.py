@@ -26,6 +26,7 @@ from rlvr_utils.activations.store import (STORE_DTYPES, ActivationStore, file_ke
 from rlvr_utils.activations.tokens import TokenCache, build_token_cache, check_selection, iter_batches, select_positions
 from rlvr_utils.core import artifacts, deps, lock
 from rlvr_utils.core.device import run_device
+from rlvr_utils.models import chat
 from rlvr_utils.models.families import SITES, site_name
 from rlvr_utils.models.hooks import capture, check_sites_layers
 from rlvr_utils.training.data import read_jsonl
@@ -204,6 +205,9 @@ def run_token_cache(cfg) -> TokenCache:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=cfg.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # the prompts as the source model was asked them (its chat template with model.chat_template: auto)
+    prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in problems])
+    problems = [{**p, "prompt": q} for p, q in zip(problems, prompts)]
     cache = build_token_cache(tokenizer, problems, completions, source)
     cache.save(folder)
     artifacts.stamp(folder, fingerprint, inputs, token_cache=cache.fingerprint, n_sequences=len(cache))

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rlvr_utils.core.params import ORGANISM, Params, ParamsError  # noqa: F401 (the API of params files)
+from rlvr_utils.core import hub
 from rlvr_utils.core.lock import run_folder_problem
 from rlvr_utils.core.paths import PROJECT_ROOT, looks_local, resolve  # noqa: F401
 
@@ -87,6 +88,14 @@ def consistency_problems(p: "Params", machine: bool = True) -> list[str]:
         problems.append(f"variants.planted_layer (got {p.variants.planted_layer}): the planted features go to block "
                         f"{planted_at}, but crosscoder.layer={p.crosscoder.layer} looks for them elsewhere; set "
                         "variants.planted_layer to the crosscoder's block")
+    if machine:  # runs never download: a hub id must be in this machine's cache before any work
+        named = [(key, getattr(p.model, key.split(".")[1])) for key in ("model.base", "model.sft", "model.rlvr")]
+        for key, value in named + [(f"variants.user.{n}", v) for n, v in p.variants.user.items()]:
+            missing = value and value != ORGANISM and not looks_local(value) and _HUB_ID.fullmatch(value) \
+                and hub.problem(key, value)
+            problems += [missing] if missing else []
+    if machine and p.model.analyze_only:
+        problems += _reference_problems(p)
     for name, value in p.variants.user.items():
         if looks_local(value) and not (resolve(value) / "config.json").is_file():
             problems.append(f"variants.user.{name} (got {value!r}): no checkpoint folder with a config.json at "
@@ -220,6 +229,18 @@ def _limits(p: "Params", machine: bool) -> list[str]:
             if wrong:
                 problems.append(wrong.replace("device (got", f"{key} (got", 1))
     return problems
+
+
+def _reference_problems(p: "Params") -> list[str]:
+    """Every treatment is read against model.sft, so with given checkpoints it must be the one RL started from: a
+    model.rlvr whose model card names its base_model (hub cards do) must name model.sft."""
+    rlvr, sft = p.model.rlvr, p.model.sft
+    folder = resolve(rlvr) if looks_local(rlvr) else hub.snapshot(rlvr)
+    declared = hub.declared_bases(folder) if folder is not None and folder.is_dir() else []
+    if not declared or looks_local(sft) or sft in declared:
+        return []
+    return [f"model.sft (got {sft!r}): the reference must be the checkpoint RL started from, and model.rlvr's model "
+            f"card ({folder / 'README.md'}) names base_model {declared}; set model.sft to it"]
 
 
 def _how_to_make(folder: Path) -> str:

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from rlvr_utils.core import hub
 from rlvr_utils.core.paths import looks_local, resolve
 from rlvr_utils.core.params_evidence import ElicitationParams, Section, VariantParams, VerdictParams
 from rlvr_utils.core.params_launch import LaunchParams
@@ -28,12 +29,19 @@ class ParamsError(ValueError):
 
 class ModelParams(Section):
     base: str = Field(ORGANISM, description="'organism' builds the embedded model; else a hub id or local folder")
-    sft: str | None = Field(None, description="existing SFT checkpoint (hub id or folder): skips SFT training")
+    sft: str | None = Field(None, description="existing SFT checkpoint (hub id or folder): skips SFT training. It is "
+                            "the reference every treatment is read against, so with given checkpoints it must be "
+                            "the one RL started from (e.g. a DPO checkpoint when RL followed DPO)")
     rlvr: str | None = Field(None, description="existing RL-trained checkpoint: skips GRPO training")
     trust_remote_code: bool = Field(False, description="let from_pretrained run a hub model's own Python code (off: "
                                                        "safetensors and known architectures only)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the checkpoints are "
                                                                                     "loaded in for evaluation and analysis")
+    chat_template: Literal["none", "auto"] = Field("none", description="'auto': where a checkpoint's tokenizer has a "
+                                                   "chat template, every prompt it is given (evaluation, SFT, GRPO, "
+                                                   "the extraction's token cache) is the question as one user turn "
+                                                   "through tokenizer.apply_chat_template(add_generation_prompt=True); "
+                                                   "'none': the prompt_template text as it is (the organism)")
 
     @property
     def analyze_only(self) -> bool:
@@ -462,15 +470,19 @@ class Params(Section):
         named = {"base": self.model.base if self.model.base != ORGANISM else None,
                  "sft": self.model.sft, "rlvr": self.model.rlvr, **self.variants.user}.get(stage)
         if named is not None and stage != "base":
-            return resolve(named) if looks_local(named) else Path(named)
+            return Path(self.model_ref(stage))
         return self.run_dir / "models" / stage
 
     def model_ref(self, stage: str) -> str:
-        """What `from_pretrained` should load for a stage: a local folder or a hub id."""
+        """What `from_pretrained` should load for a stage: a local folder; a hub id is its snapshot folder in the
+        local Hugging Face cache (rlvr_utils.core.hub), or the id itself while it is not downloaded (the params
+        check refuses that before any work)."""
         named = {"base": self.model.base, "sft": self.model.sft, "rlvr": self.model.rlvr, **self.variants.user}.get(stage)
         if named is None or named == ORGANISM:
             return str(self.run_dir / "models" / stage)
-        return str(resolve(named)) if looks_local(named) else named
+        if looks_local(named):
+            return str(resolve(named))
+        return str(hub.snapshot(named) or named)
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)

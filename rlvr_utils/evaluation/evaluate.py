@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from rlvr_utils.core import artifacts, deps, stats
 from rlvr_utils.core.device import run_device
+from rlvr_utils.models import chat
 from rlvr_utils.training import data
 from rlvr_utils.treatments import registry
 from rlvr_utils.training.rewards import extract_answer, is_correct, is_formatted
@@ -97,19 +98,25 @@ class VLLMModel:
         llm, self.llm = self.llm, None
         if self in VLLMModel.open_engines:
             VLLMModel.open_engines.remove(self)
-        if llm is None:
-            return
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if hasattr(core, "shutdown"):  # vLLM's V1 engine runs in its own process, which holds the KV cache
-            core.shutdown()
-        del llm, core
-        release_gpu_memory()
+        shutdown(llm)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def shutdown(llm) -> None:
+    """Shut a vLLM `LLM` down (this module's engines, or TRL's colocated one after GRPO) and give its GPU memory
+    back; None does nothing."""
+    if llm is None:
+        return
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if hasattr(core, "shutdown"):  # vLLM's V1 engine runs in its own process, which holds the KV cache
+        core.shutdown()
+    del llm, core
+    release_gpu_memory()
 
 
 def close_engines() -> None:
@@ -218,7 +225,7 @@ def evaluate_stage(cfg, stage: str, model, tokenizer, problems: list[dict], shot
     """Greedy and sampled evaluation of one stage; per-problem rows go to eval/<stage>_*.jsonl."""
     ev, start = cfg.evaluation, time.time()
     held_out = problems[: ev.n_problems]
-    prompts = stage_prompts(held_out, stage, shots)
+    prompts = chat.format_prompts(cfg, tokenizer, stage_prompts(held_out, stage, shots))
     stop = FEW_SHOT_SEPARATOR if stage == "base" and shots else None
     rows = greedy_eval(model, tokenizer, held_out, ev.max_new_tokens, ev.batch_size, prompts, stop)
     data.write_jsonl(cfg.path("eval", f"{stage}_greedy.jsonl"), rows)
@@ -342,7 +349,8 @@ def run_variant(cfg, name: str, force: bool = False) -> str:
     problems = data.prepare_eval_set(cfg)[: cfg.evaluation.n_problems]
     ev = cfg.evaluation
     with generation_model(cfg, cfg.model_ref(name)) as (model, tokenizer):
-        data.write_jsonl(path, greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size))
+        prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in problems])
+        data.write_jsonl(path, greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size, prompts))
     artifacts.stamp(path, fingerprint, inputs, seconds=time.time() - start)
     return f"{name}: evaluated in {time.time() - start:.0f} s"
 

@@ -20,6 +20,7 @@ import torch
 from rlvr_utils.core import artifacts
 from rlvr_utils.training import data, organism, rewards
 from rlvr_utils.core.config import Params, resolve
+from rlvr_utils.models import chat
 from rlvr_utils.training.launch import launch_command, launched_here, needs_launcher
 
 PARAMS = ("organism", "data", "sft", "grpo", "launch")
@@ -260,8 +261,9 @@ def train_sft(cfg: Params) -> list[dict]:
     held_out = data.eval_problems(cfg)
     problems = data.sft_problems(cfg, held_out=held_out)
 
-    def pairs(rows):
-        return Dataset.from_list([{"prompt": p["prompt"], "completion": p["answer"]} for p in rows])
+    def pairs(rows):  # prompts as the model is asked them (its chat template with model.chat_template: auto)
+        prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in rows])
+        return Dataset.from_list([{"prompt": q, "completion": p["answer"]} for q, p in zip(prompts, rows)])
 
     # The config first: with a ZeRO-3 DeepSpeed file it registers DeepSpeed's config (transformers' HfDeepSpeedConfig,
     # alive as long as `args`), so from_pretrained loads each weight partitioned across the ranks (zero.Init)
@@ -325,15 +327,24 @@ def grpo(cfg: Params, stage: str, model, reward_funcs=None, args=None) -> list[d
     from trl import GRPOTrainer
 
     problems = data.grpo_problems(cfg, held_out=data.eval_problems(cfg))
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "final": p["final"]} for p in problems])
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_ref("sft"), trust_remote_code=cfg.model.trust_remote_code)
+    prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in problems])  # as evaluation asks them
+    dataset = Dataset.from_list([{"prompt": q, "final": p["final"]} for q, p in zip(prompts, problems)])
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs or rewards.REWARD_FUNCS,
                           args=args if args is not None else grpo_config(cfg, stage),
                           callbacks=[log_at_checkpoints()],
                           train_dataset=dataset, processing_class=tokenizer)
     start = time.time()
     trainer.train(resume_from_checkpoint=_last_checkpoint(trainer.args.output_dir))
-    return _finish(cfg, stage, trainer, tokenizer, time.time() - start)
+    history = _finish(cfg, stage, trainer, tokenizer, time.time() - start)
+    # TRL's colocated vLLM engine (grpo.vllm_mode: colocate) lives as long as the trainer: in a notebook kernel it
+    # would keep its share of the GPU through the evaluations that follow
+    if getattr(trainer, "llm", None) is not None:
+        from rlvr_utils.evaluation.evaluate import shutdown
+
+        llm, trainer.llm = trainer.llm, None
+        shutdown(llm)
+    return history
 
 
 def _keep_intermediate_checkpoints(cfg: Params, tokenizer) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from rlvr_utils.models.families import family_of
 from rlvr_utils.treatments.placebos import runs as placebo_runs
 from rlvr_utils.treatments.registry import REPRESENTATION, ROUTING, Family, Treatment, register
-from rlvr_utils.treatments.weights import build_from_checkpoints, rescaled
+from rlvr_utils.treatments.weights import build_from_checkpoints, rescaled_tensor
 
 PARAMS = ("variants",)
 HYBRIDS = {"routing_hybrid": ("attn", "attn_only", ROUTING), "representation_hybrid": ("mlp", "mlp_only", REPRESENTATION)}
@@ -33,9 +33,9 @@ def build(cfg, name: str) -> str:
     model_type = json.loads((Path(cfg.model_ref("sft")) / "config.json").read_text())["model_type"]
     component_of = family_of(model_type).component_of
 
-    def make(load):
-        mixed = hybrid(load("sft"), load(carrier), load(PLACEBO), component, component_of)
-        return rescaled(load("sft"), mixed, load("rlvr")) if name.endswith("_matched") else mixed
+    def make(tensor, get):  # hybrid() and rescaled(), one tensor at a time
+        mixed = get(carrier if component_of(tensor)[0] == component else PLACEBO)
+        return rescaled_tensor(get("sft"), mixed, get("rlvr")) if name.endswith("_matched") else mixed
     sources = ("sft", carrier, PLACEBO, *(("rlvr",) if name.endswith("_matched") else ()))
     return build_from_checkpoints(cfg, name, make, sources)
 

@@ -6,4 +6,5 @@ PARAMS = ("variants",)
 
 register(Family("identical", lambda cfg: [Treatment("identical", "identical", NO_EVIDENCE, "identical",
                                                     "a copy of SFT")] if cfg.variants.identical else [],
-                build=lambda cfg, name: build_from_checkpoints(cfg, name, lambda load: load("sft"), ("sft",)), order=30))
+                build=lambda cfg, name: build_from_checkpoints(cfg, name, lambda tensor, get: get("sft"), ("sft",)),
+                order=30))

@@ -2,14 +2,14 @@
 a row cannot tell RLVR from a placebo by size alone (`variants.norm_matched`)."""
 from rlvr_utils.treatments.placebos import runs as placebo_runs
 from rlvr_utils.treatments.registry import NO_EVIDENCE, Family, Treatment, register
-from rlvr_utils.treatments.weights import build_from_checkpoints, rescaled
+from rlvr_utils.treatments.weights import build_from_checkpoints, rescaled_tensor
 
 PARAMS = ("variants",)
 
 
 def build(cfg, name: str) -> str:
     placebo = name.removesuffix("_matched")
-    return build_from_checkpoints(cfg, name, lambda load: rescaled(load("sft"), load(placebo), load("rlvr")),
+    return build_from_checkpoints(cfg, name, lambda tensor, get: rescaled_tensor(get("sft"), get(placebo), get("rlvr")),
                                   ("sft", placebo, "rlvr"))
 
 

@@ -174,14 +174,16 @@ def remove(down: np.ndarray, acts: dict) -> tuple[np.ndarray, dict]:
 
 # --- the family ---------------------------------------------------------------------------------------------------
 def build(cfg, name: str) -> str:
+    from rlvr_utils.instruments.weights import checkpoints
     from rlvr_utils.models import families
     from rlvr_utils.models.loading import load
     from rlvr_utils.training.data import read_jsonl
 
     record: dict = {}
+    edited: dict = {}  # the few MLP tensors of one block that change, computed on the first call
 
-    def make(load_tensors):
-        tensors = dict(load_tensors("sft"))
+    def edits() -> dict:
+        files = checkpoints.tensor_files(cfg.model_ref("sft"))
         model, tokenizer = load(cfg.model_ref("sft"), cfg)
         layer = layer_of(cfg, len(families.blocks(model)))
         parts = mlp_parts(model, layer)
@@ -190,16 +192,21 @@ def build(cfg, name: str) -> str:
             raise FileNotFoundError(f"{path}: the planted controls choose their neurons on the validation problems")
         acts = activations(model, tokenizer, read_jsonl(path)[:N_PROBLEMS], layer)
         names = parts["names"]
-        current = {short: tensors[names[short]].double().numpy() for short in ("gate", "up", "down")}
+        stored = {short: checkpoints.read_tensor(files[names[short]], names[short], dtype=None)
+                  for short in ("gate", "up", "down")}
+        current = {short: tensor.double().numpy() for short, tensor in stored.items()}
         if name == PLANTED:
             new, info = plant(current["gate"], current["up"], current["down"], acts)
         else:
             down, info = remove(current["down"], acts)
             new = {"down": down}
-        for short, value in new.items():
-            tensors[names[short]] = torch.from_numpy(value).to(tensors[names[short]].dtype).contiguous()
         record.update(layer=layer, **info)
-        return tensors
+        return {names[short]: torch.from_numpy(value).to(stored[short].dtype).contiguous() for short, value in new.items()}
+
+    def make(tensor, get):
+        if not edited:
+            edited.update(edits())
+        return edited[tensor] if tensor in edited else get("sft")
     done = build_from_checkpoints(cfg, name, make, ("sft",))
     return done + (f" ({json.dumps(record)})" if record else "")
 

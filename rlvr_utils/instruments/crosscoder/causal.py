@@ -21,7 +21,7 @@ from rlvr_utils.core import stats
 from rlvr_utils.core.device import run_device
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.instruments.crosscoder.model import PairFit, leaning_latents
-from rlvr_utils.models import hooks
+from rlvr_utils.models import chat, hooks
 from rlvr_utils.models.loading import load
 from rlvr_utils.training.rewards import extract_answer, is_correct
 from rlvr_utils.treatments.registry import REFERENCE
@@ -142,7 +142,7 @@ def causal_test(cfg, target: str, fits: list[PairFit], problems: list[dict], lay
     device = run_device(cfg)  # the greedy passes are most of the test's time: on the run's GPU when it has one
     ref_model, tokenizer = load(cfg.model_ref(REFERENCE), cfg, device)
     tgt_model, _ = load(cfg.model_ref(target), cfg, device)
-    prompts = [p["prompt"] for p in problems]
+    prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in problems])  # as evaluation asks them
 
     def correct(completions):
         return np.array([is_correct(extract_answer(t), p["final"]) for t, p in zip(completions, problems)], dtype=float)

@@ -24,7 +24,7 @@ from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.evaluation.evaluate import greedy_eval, stored_correct
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.patching.swap import graft
-from rlvr_utils.models import families, loading
+from rlvr_utils.models import chat, families, loading
 from rlvr_utils.models.families import COMPONENTS
 from rlvr_utils.training import data
 from rlvr_utils.treatments.registry import REFERENCE, STUDY
@@ -177,8 +177,11 @@ class Grafting(base.Instrument):
         if evaluate is None:
             ev = cfg.evaluation
 
+            prompts = chat.format_prompts(cfg, tokenizer, [p["prompt"] for p in problems])  # as evaluation asks them
+
             def evaluate(model):
-                return [r["correct"] for r in greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size)]
+                return [r["correct"] for r in greedy_eval(model, tokenizer, problems, ev.max_new_tokens, ev.batch_size,
+                                                          prompts)]
         # the reference is evaluated once: every treatment's gains are paired with the same answers
         receiver_correct = self._stored(cfg, REFERENCE)
         return {"device": device, "receiver": receiver, "problems": problems, "evaluate": evaluate, "tables": {},

@@ -14,19 +14,22 @@ from typing import Iterator, Mapping
 import torch
 from safetensors import safe_open
 
+from rlvr_utils.core import hub
+
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^(?:step|checkpoint)-(\d+)$")
 
 
 def local_folder(ref: str | Path) -> Path:
-    """A checkpoint folder on disk: `ref` itself, or the hub snapshot (safetensors and json only)."""
+    """A checkpoint folder on disk: `ref` itself, or a hub id's snapshot in the local cache (never downloaded)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return path
-    from huggingface_hub import snapshot_download  # only real-scale runs name hub ids
-
-    return Path(snapshot_download(str(ref), allow_patterns=["*.safetensors", "*.json"]))
+    folder = hub.snapshot(str(ref))
+    if folder is None:
+        raise FileNotFoundError(hub.problem("checkpoint", str(ref)) or f"no checkpoint folder at {ref}")
+    return folder
 
 
 def model_type(folder: str | Path) -> str:
@@ -55,12 +58,12 @@ def tensor_files(folder: str | Path) -> dict[str, Path]:
     return out
 
 
-def read_tensor(file: Path, name: str, device: str = "cpu") -> torch.Tensor:
-    """One tensor as float32. The file is closed again at once: safetensors hands out memory-mapped
-    views, and a handle kept open would keep every page read so far mapped into this process."""
+def read_tensor(file: Path, name: str, device: str = "cpu", dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """One tensor as `dtype` (None: as stored, e.g. bf16). The file is closed again at once: safetensors hands out
+    memory-mapped views, and a handle kept open would keep every page read so far mapped into this process."""
     with safe_open(file, framework="pt") as f:
         tensor = f.get_tensor(name)
-    return tensor.to(device=device, dtype=torch.float32)
+    return tensor.to(device=device, dtype=dtype or tensor.dtype)
 
 
 def tensor_shape(file: Path, name: str) -> list[int]:
