@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from rlvr_utils.core import config
+from rlvr_utils.core import config, device
 from rlvr_utils.evaluation import evaluate
 from rlvr_utils.training import data
 
@@ -99,6 +99,6 @@ def test_shutdown_closes_an_engine_this_module_did_not_open(engines):
     """GRPO's colocated engine belongs to TRL's trainer; train.grpo hands it to `shutdown` after training."""
     llm = sys.modules["vllm"].LLM("rlvr")
     assert engines["alive"] == 1
-    evaluate.shutdown(llm)
-    evaluate.shutdown(None)  # no engine: nothing to do
+    device.shutdown(llm)
+    device.shutdown(None)  # no engine: nothing to do
     assert engines["alive"] == 0 and engines["shutdowns"] == 1 and engines["cleanups"] == 1

@@ -41,3 +41,31 @@ def problem(value: str) -> str | None:
     if value.startswith("cuda:") and int(value[5:]) >= torch.cuda.device_count():
         return f"device (got {value!r}): this machine has {torch.cuda.device_count()} CUDA device(s)"
     return None
+
+
+def release_gpu_memory() -> None:
+    """Give freed GPU memory back: vLLM's documented cleanup when vLLM is installed (model-parallel groups, the
+    process group, garbage, the CUDA cache), else garbage collection and the CUDA cache."""
+    import gc
+
+    try:
+        from vllm.distributed import cleanup_dist_env_and_memory
+    except ImportError:
+        cleanup_dist_env_and_memory = None
+    gc.collect()
+    if cleanup_dist_env_and_memory is not None:
+        cleanup_dist_env_and_memory()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def shutdown(llm) -> None:
+    """Shut a vLLM `LLM` down (evaluation's engines, or TRL's colocated one after GRPO) and give its GPU memory
+    back; None does nothing."""
+    if llm is None:
+        return
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if hasattr(core, "shutdown"):  # vLLM's V1 engine runs in its own process, which holds the KV cache
+        core.shutdown()
+    del llm, core
+    release_gpu_memory()

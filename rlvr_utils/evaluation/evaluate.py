@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlvr_utils.core import artifacts, deps, stats
-from rlvr_utils.core.device import run_device
+from rlvr_utils.core.device import release_gpu_memory, run_device, shutdown
 from rlvr_utils.models import chat
 from rlvr_utils.training import data
 from rlvr_utils.treatments import registry
@@ -107,38 +107,12 @@ class VLLMModel:
         self.close()
 
 
-def shutdown(llm) -> None:
-    """Shut a vLLM `LLM` down (this module's engines, or TRL's colocated one after GRPO) and give its GPU memory
-    back; None does nothing."""
-    if llm is None:
-        return
-    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if hasattr(core, "shutdown"):  # vLLM's V1 engine runs in its own process, which holds the KV cache
-        core.shutdown()
-    del llm, core
-    release_gpu_memory()
-
 
 def close_engines() -> None:
     """Close every vLLM engine this process still has open."""
     for engine in list(VLLMModel.open_engines):
         engine.close()
 
-
-def release_gpu_memory() -> None:
-    """Give freed GPU memory back: vLLM's documented cleanup when vLLM is installed (model-parallel groups, the
-    process group, garbage, the CUDA cache), else garbage collection and the CUDA cache."""
-    import gc
-
-    try:
-        from vllm.distributed import cleanup_dist_env_and_memory
-    except ImportError:
-        cleanup_dist_env_and_memory = None
-    gc.collect()
-    if cleanup_dist_env_and_memory is not None:
-        cleanup_dist_env_and_memory()
-    elif torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager

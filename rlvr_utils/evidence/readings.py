@@ -68,7 +68,7 @@ def row_summary(row: Mapping, kinds: Mapping[str, str], scope: Mapping[str, tupl
     else:
         own = [p for p in problems(row["calibration"]) if p not in said]
         parts.append("The row **does not count** toward the verdict" + (f" ({'; '.join(own)})" if own else "")
-                     + (f", so RLVR's reading here is no evidence for either hypothesis."
+                     + (", so RLVR's reading here is no evidence for either hypothesis."
                         if rlvr in verdict.DECIDED else "."))
     if row.get("note"):
         parts.append(f"Note: {row['note']}.")

@@ -340,7 +340,7 @@ def grpo(cfg: Params, stage: str, model, reward_funcs=None, args=None) -> list[d
     # TRL's colocated vLLM engine (grpo.vllm_mode: colocate) lives as long as the trainer: in a notebook kernel it
     # would keep its share of the GPU through the evaluations that follow
     if getattr(trainer, "llm", None) is not None:
-        from rlvr_utils.evaluation.evaluate import shutdown
+        from rlvr_utils.core.device import shutdown
 
         llm, trainer.llm = trainer.llm, None
         shutdown(llm)
