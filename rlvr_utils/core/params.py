@@ -59,9 +59,8 @@ class OrganismParams(Section):
     vocab_size: int = Field(400, ge=64, description="byte-level BPE size; digits are always single tokens")
     corpus_documents: int = Field(40_000, gt=0, description="synthetic arithmetic documents in the pretraining "
                                                             "corpus")
-    pretrain_steps: int = Field(350, gt=0, description="optimizer steps of base pretraining; organism: 700 made "
-                                "base too good in its own narrative (90% on validation, within 4 points of RLVR), "
-                                "see benchmarks/README.md")
+    pretrain_steps: int = Field(350, gt=0, description="optimizer steps of base pretraining; organism: twice as many "
+                                "made base nearly as good as RLVR in an earlier run (benchmarks/README.md)")
     pretrain_batch_size: int = Field(32, gt=0, description="sequences per pretraining step")
     pretrain_seq_len: int = Field(64, ge=16, description="tokens per pretraining sequence")
     pretrain_lr: float = Field(3e-3, gt=0, description="peak learning rate of pretraining (cosine schedule)")
@@ -170,8 +169,8 @@ class RewardWeights(Section):
 class GRPOParams(Section):
     steps: int = Field(100, gt=0, description="GRPO optimizer steps (the RLVR model is the last one); organism: "
                        "chosen on validation (benchmarks/grpo_sweep.py)")
-    learning_rate: float = Field(2e-5, gt=0, description="organism: at 1e-4 without warmup greedy accuracy "
-                                                         "drops 25-36 points by step 60, see benchmarks/README.md")
+    learning_rate: float = Field(2e-5, gt=0, description="organism: five times higher without warmup lowered "
+                                                         "greedy accuracy in an earlier sweep (benchmarks/README.md)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of GRPO steps spent warming up the learning rate")
     per_device_train_batch_size: int = Field(64, gt=0, description="completions per device per step")
     num_generations: int = Field(8, ge=2, description="completions per prompt (the GRPO group)")
@@ -300,8 +299,8 @@ class ProbeParams(Section):
         description="sites probed (must be extracted); resid_pre of layer l is resid_post of layer l-1")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="share of problems in each cross-fitting test fold: "
                                  "round(1 / test_fraction) folds, each the test set once, so every example is scored "
-                                 "by probes that never saw its problem (one held-out 30% scored 63 examples of seen "
-                                 "types on the default run; 5 folds score 264)")
+                                 "by probes that never saw its problem (a single held-out split scores a fraction of "
+                                 "the examples that the folds score together)")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of problems on which each fold chooses "
                                        "the L2 strengths and the layer, before its probes are refitted on train + "
                                        "validation and its test problems are scored once")
@@ -386,10 +385,9 @@ class CrosscoderParams(Section):
     site: Literal["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"] = Field(
         "hook_resid_post", description="site diffed (must be extracted)")
     position: str = Field("completion", description="extracted position selection the crosscoder trains on")
-    expansion: int = Field(2, gt=0, description="latents per model dimension (hidden 128 -> 256 latents; at 4, more "
-                           "than half stay dead on ~7k tokens)")
+    expansion: int = Field(2, gt=0, description="latents per model dimension (hidden 128 -> 256 latents)")
     k: int = Field(8, gt=0, description="active latents per token on average (BatchTopK over the batch)")
-    steps: int = Field(1000, gt=0, description="Adam steps per crosscoder (~10-25 s each on 2 CPU cores)")
+    steps: int = Field(1000, gt=0, description="Adam steps per crosscoder (its cost: the Reproducibility page)")
     batch_size: int = Field(256, gt=0, description="tokens per step (BatchTopK keeps k x batch_size activations)")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of the crosscoder")
     seeds: int = Field(2, ge=1, description="crosscoders per pair (seeds seed, seed+1, ...): intervals over seeds")
