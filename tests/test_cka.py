@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.stats import ortho_group
 
+from rlvr_utils.core import fmt
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.cka import figures, instrument, maths
 
@@ -322,7 +323,8 @@ def test_compare_stages(store):
     assert np.mean([p["cka"] for p in shuffled if p["estimator"] == "biased"]) > \
         np.mean([p["cka"] for p in shuffled if p["estimator"] == "debiased"])
     text = figures.summary_markdown(result)
-    assert "base vs rlvr" in text and f"{summary['cka_sft_rlvr_mlp_out']['value']:.4f}" in text
+    shown = fmt.interval(summary["cka_sft_rlvr_mlp_out"]["value"], summary["cka_sft_rlvr_mlp_out"]["ci"])
+    assert "base vs rlvr" in text and shown in text
 
 
 def test_figures_have_titles_and_labels(store):
