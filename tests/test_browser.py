@@ -14,6 +14,8 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 
+import page_audit
+
 pytestmark = pytest.mark.slow  # end-to-end: minutes (make test-fast leaves it out)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -158,3 +160,18 @@ def test_pages_show_no_clutter_and_numbered_figures(browser, site, built_book):
         problems += [f"{rel}: figure without a number and caption {src}" for src in unnumbered]
         page.close()
     assert not problems, "\n".join(problems)
+
+
+def test_every_page_fits_a_laptop_and_a_phone(browser, site):
+    """At 1280 px and 400 px: no table wider than the text column, no figure text below 8 px as rendered, no
+    blank figure or empty panel, no value outside its printed interval, no interval rounded to no width, no
+    over-long float, no pandas index column. The measurements per page go to tests/output/page_audit.md."""
+    html, base = site
+    results = page_audit.audit(browser, html, base, shots=SHOTS)
+    (SHOTS.parent / "page_audit.md").write_text(page_audit.report(results) + "\n")
+    problems = [f"{rel} @{width}: {p}" for rel, by_width in results.items() for width, r in by_width.items()
+                for p in r["problems"]]
+    unrecorded = [f"{rel} @{width}: {r['summary']['unchecked_figures']} figure(s) without a font record"
+                  for rel, by_width in results.items() for width, r in by_width.items()
+                  if r["summary"]["unchecked_figures"] and "executed/" in rel]
+    assert not problems + unrecorded, "\n".join(problems + unrecorded)

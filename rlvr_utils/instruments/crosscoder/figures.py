@@ -98,10 +98,12 @@ def plot_causal(result: dict, target: str = STUDY):
         ax.set_xticks(range(len(labels)), labels, fontsize=plots.MIN_FONT)
         ax.set_xlim(-0.6, len(labels) - 0.4)
     axes[0][0].set_ylabel("accuracy points")
-    for color, label in (("tab:red", "chosen latents"), ("tab:gray", "as many random latents"),
-                         ("tab:blue", "chosen latents ablated in sft")):
-        axes[0][0].plot([], [], "o", color=color, label=label)
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=plots.MIN_FONT)
+    from matplotlib.lines import Line2D
+
+    keys = (("tab:red", "chosen latents"), ("tab:gray", "as many random latents"),
+            ("tab:blue", "chosen latents ablated in sft"))
+    fig.legend([Line2D([], [], marker="o", ls="", color=c) for c, _ in keys], [label for _, label in keys],
+               loc="lower center", ncol=2, fontsize=plots.MIN_FONT)
     fig.suptitle(f"Causal test on {cz['n_problems']} held-out problems (paired 95% intervals)")
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
