@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -203,6 +204,7 @@ def test_the_books_own_pages_build_with_warnings_as_errors(tmp_path):
     (root / "book" / "executed").mkdir(parents=True)
     for page in PAGES + [BIB]:
         (root / "book" / page.name).write_text(page.read_text())
+    shutil.copytree(ROOT / "book" / "_static", root / "book" / "_static")  # the book's CSS, as the runner stages it
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc["parts"]:
         for chapter in part["chapters"]:
@@ -223,6 +225,7 @@ def test_the_books_own_pages_build_with_warnings_as_errors(tmp_path):
     assert references.count('role="doc-biblioentry"') == len(parse_file(str(BIB)).entries)  # :all:
     methods = (html / "methods.html").read_text()
     assert 'href="bibliography.html#' in methods  # citations link to their entry
+    assert '_static/book.css' in methods  # the CSS that wraps table cells to the column's width
     data = (html / "data.html").read_text()
     downloads = re.findall(r'href="\.\./(_downloads/[^"]+/([^"/]+))"', data)
     sums = _listed_sums(page)
