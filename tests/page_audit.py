@@ -129,8 +129,11 @@ def pages(html: Path) -> list[str]:
 
 def serve(html: Path):
     """(server, base URL) of a local HTTP server of the built book (stop it with server.shutdown())."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
-    handler.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # one line per request would bury the report
+            pass
+
+    handler = functools.partial(Quiet, directory=str(html))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"

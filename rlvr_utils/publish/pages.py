@@ -9,6 +9,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -100,6 +101,10 @@ def _default(field) -> str:
     value = field.default
     if isinstance(value, BaseModel):
         return "(section)"
+    if isinstance(value, float) and len(repr(value)) > 10:  # 5/6, not 0.8333333333333334
+        fraction = Fraction(value).limit_denominator(1000)
+        if float(fraction) == value:
+            return f"`{fraction}` (≈ {value:.4g})"
     return f"`{json.dumps(value)}`" if value is not None else "`null`"
 
 
