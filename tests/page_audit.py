@@ -84,8 +84,10 @@ def intervals_problems(text: str) -> list[str]:
     return problems
 
 
-def page_problems(measured: dict, html: Path, page_url: str) -> tuple[list[str], dict]:
-    """(problems, summary) of one page measured at one width."""
+def page_problems(measured: dict, html: Path, page_url: str, assume: tuple[float, float] | None = None
+                  ) -> tuple[list[str], dict]:
+    """(problems, summary) of one page measured at one width. `assume`: (points, dpi) taken as the smallest
+    text of a figure that recorded none (a book built before plots.save recorded it), as an estimate."""
     problems, summary = [], {"column": measured["column"]}
     widest = max(measured["tables"], key=lambda t: t["width"] - t["box"], default=None)
     summary["widest_table"] = f"{widest['width']}/{widest['box']}" if widest else "—"
@@ -106,10 +108,11 @@ def page_problems(measured: dict, html: Path, page_url: str) -> tuple[list[str],
         if EMPTY_KEY in record and int(record[EMPTY_KEY]):
             empty += 1
             problems.append(f"figure {name} has {record[EMPTY_KEY]} empty panel(s)")
-        if MIN_FONT_KEY not in record:
+        if MIN_FONT_KEY not in record and assume is None:
             unchecked += 1
             continue
-        px = float(record[MIN_FONT_KEY]) * image["rendered"] / image["natural"]
+        natural_px = float(record[MIN_FONT_KEY]) if MIN_FONT_KEY in record else assume[0] * assume[1] / 72
+        px = natural_px * image["rendered"] / image["natural"]
         smallest = px if smallest is None else min(smallest, px)
         if px < MIN_TEXT_PX:
             problems.append(f"figure {name}: smallest text {px:.1f} px at {image['rendered']:.0f} of "
@@ -139,7 +142,7 @@ def serve(html: Path):
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-def audit(browser, html: Path, base: str, widths=WIDTHS, shots: Path | None = None) -> dict:
+def audit(browser, html: Path, base: str, widths=WIDTHS, shots: Path | None = None, assume=None) -> dict:
     """{page: {width: {"problems": [...], "summary": {...}}}} of every page of the book at every width."""
     out = {}
     for rel in pages(html):
@@ -148,7 +151,7 @@ def audit(browser, html: Path, base: str, widths=WIDTHS, shots: Path | None = No
             page = browser.new_page(viewport={"width": width, "height": 900})
             page.goto(base + rel, wait_until="load")
             measured = page.evaluate(MEASURE)
-            problems, summary = page_problems(measured, html, base + rel)
+            problems, summary = page_problems(measured, html, base + rel, assume)
             if shots is not None:
                 shots.mkdir(parents=True, exist_ok=True)
                 name = rel.replace("/", "__").removesuffix(".html")
@@ -180,6 +183,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write every measurement and problem to this file")
     parser.add_argument("--shots", type=Path, help="save a full-page screenshot per page and width here")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
+    parser.add_argument("--assume", type=float, nargs=2, metavar=("POINTS", "DPI"),
+                        help="estimate the smallest text of figures that recorded none as POINTS at DPI")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--headless", "--no-sandbox"])
-            results = audit(browser, args.html.resolve(), base, shots=args.shots)
+            results = audit(browser, args.html.resolve(), base, shots=args.shots, assume=args.assume)
             browser.close()
     finally:
         server.shutdown()
