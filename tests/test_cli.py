@@ -48,7 +48,7 @@ def test_every_params_field_is_documented_on_the_reference_page():
         sub = field.annotation.model_fields if pages._is_section(field) else {None: field}
         for key, f in sub.items():
             name = section if key is None else f"{section}.{key}"
-            assert f"| `{name}` |" in page, name
+            assert f"\n- `{name}` (" in page, name
             if not f.description:
                 missing.append(name)
     assert not missing, f"fields without a description: {missing}"

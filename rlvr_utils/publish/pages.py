@@ -123,17 +123,19 @@ def params_reference() -> str:
            "effective config with these defaults filled in; `check-params FILE` validates it. Generated from "
            "`rlvr_utils/core/params.py`.", ""]
     top = [(k, f) for k, f in Params.model_fields.items() if k != "source" and not _is_section(f)]
-    out += ["## Top level", "", "| key | type | default | description |", "| --- | --- | --- | --- |"]
-    out += [f"| `{k}` | {_type(f.annotation)} | {_default(f)} | {_cell(f.description)} |" for k, f in top]
+    # a list, not a four-column table: a key's description stays whole at any width, a phone's included
+    out += ["## Top level", "", *(_entry(k, f) for k, f in top)]
     for name, field in Params.model_fields.items():
         if not _is_section(field):
             continue
         cls = field.annotation
         out += ["", f"## `{name}`", "", _cell((cls.__doc__ or "").strip().split("\n\n")[0]), "",
-                "| key | type | default | description |", "| --- | --- | --- | --- |"]
-        out += [f"| `{name}.{k}` | {_type(f.annotation)} | {_default(f)} | {_cell(f.description)} |"
-                for k, f in cls.model_fields.items()]
+                *(_entry(f"{name}.{k}", f) for k, f in cls.model_fields.items())]
     return "\n".join(out) + "\n"
+
+
+def _entry(key: str, field) -> str:
+    return f"- `{key}` ({_type(field.annotation)}, default {_default(field)}): {_cell(field.description)}"
 
 
 def _is_section(field) -> bool:
@@ -141,7 +143,8 @@ def _is_section(field) -> bool:
 
 
 def _cell(text: str | None) -> str:
-    return " ".join((text or "").split()).replace("|", "\\|")
+    """One line of Markdown: '|' and '<' escaped ('runs/<name>/' would otherwise lose '<name>' as an HTML tag)."""
+    return " ".join((text or "").split()).replace("|", "\\|").replace("<", "\\<")
 
 
 def git_version() -> str:
