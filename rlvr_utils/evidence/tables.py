@@ -79,12 +79,13 @@ def calibration_table(table: pd.DataFrame, design) -> pd.DataFrame:
     return pd.DataFrame({
         "#": range(1, len(table) + 1),
         "Controls reading their side": [_tally(r, w) for r, w in zip(table["readings"], controls)],
-        "References reading no evidence": [_tally({t: NO_EVIDENCE if r.get(t) not in (ROUTING, REPRESENTATION, BOTH,
-                                                                                      REDUNDANT) else r[t] for t in w},
-                                                  w) for r, w in zip(table["readings"], references)],
+        # a reference fails only by reading a side (not measured is no evidence, as verdict.calibration reads it)
+        "References reading no evidence": [_tally({t: r[t] if r.get(t) in DECIDED else NO_EVIDENCE for t in w}, w)
+                                           for r, w in zip(table["readings"], references)],
         "Counts?": ["yes" if c == "counts" else f"no: {c}" for c in table["calibration"]]})
 
 
+DECIDED = (ROUTING, REPRESENTATION, BOTH, REDUNDANT)
 _COLORS = {ROUTING: "#d8e8f7", REPRESENTATION: "#f9dcc4", BOTH: "#e3d7ef", REDUNDANT: "#d9ecd5",
            NO_EVIDENCE: "#eeeeee", NOT_MEASURED: "#ffffff"}
 SHORT = {ROUTING: "R", REPRESENTATION: "RL", BOTH: "B", REDUNDANT: "=", NO_EVIDENCE: "–", NOT_MEASURED: "n/m"}
