@@ -54,7 +54,7 @@ def plot_cross_layer(result: dict):
     spanning every matrix's values."""
     sites, pairs = result["sites"], result["pairs"]
     size = plots.PAGE_WIDTH / len(sites)
-    fig, axes = plt.subplots(len(pairs), len(sites), figsize=(plots.PAGE_WIDTH + 0.6, size * len(pairs) + 0.9),
+    fig, axes = plt.subplots(len(pairs), len(sites), figsize=(plots.PAGE_WIDTH, 0.9 * size * len(pairs) + 0.9),
                              squeeze=False, sharex=True, sharey=True)
     matrices = [np.array(e["matrix"]) for e in result["cross_layer"]]
     low = float(min(m.min() for m in matrices)) if matrices else 0.0
