@@ -60,3 +60,30 @@ def test_a_missing_panel_is_said_in_words():
     assert len(fig.axes) == 3 and plots.empty_panels(fig) == 0
     assert plots.grid(9) == (5, 2) and plots.grid(1) == (1, 1)
     plt.close(fig)
+
+
+def test_the_instruments_figures_are_grids_that_fit_the_page():
+    """The probe, lens and activation figures draw a grid of at most two panels per row (not a strip), a page
+    wide, and a target a site never measured is said in words."""
+    from rlvr_utils.activations import figures as activation_figures
+    from rlvr_utils.instruments.probes import figures as probe_figures
+
+    probe_rows = [{"model": m, "target": t, "layer": layer, "site": s, "metric": metric, "value": 0.5 + 0.1 * layer,
+                   "ci_low": 0.4, "ci_high": 0.8}
+                  for m in ("sft", "rlvr") for t in ("intermediate", "answer") for s in ("hook_resid_post", "hook_mlp_out")
+                  for layer in range(3) for metric in ("accuracy", "control_accuracy", "majority_accuracy")
+                  if not (t == "answer" and s == "hook_mlp_out")]  # one target x site never measured
+    fig = probe_figures.figure(pd.DataFrame(probe_rows), "accuracy")
+    fits_the_page(fig)
+    assert len(fig.axes) == 4 and any("not measured" in t.get_text() for ax in fig.axes for t in ax.texts)
+    lens = pd.DataFrame([{"model": m, "read_out": r, "metric": metric, "layer": layer, "value": 1.0 / (layer + 1),
+                          "ci_low": 0.1, "ci_high": 1.2}
+                         for m in ("base", "sft", "rlvr") for r in (m, *(f"stitch:{o}" for o in ("sft", "rlvr") if o != m))
+                         for metric in ("kl", "top1_agreement", "answer_prob", "answer_rank") for layer in range(3)])
+    fits_the_page(probe_figures.lens_figure(lens))
+    fits_the_page(probe_figures.cross_figure(lens))
+    norms = pd.DataFrame([{"model": m, "site": s, "layer": layer, "norm": 1.0 + layer}
+                          for m in ("base", "sft", "rlvr") for s in ("attn_out", "mlp_out", "resid_post")
+                          for layer in range(3)])
+    fits_the_page(activation_figures.plot_norms(norms))
+    plt.close("all")
