@@ -333,8 +333,12 @@ def test_figures_have_titles_and_labels(store):
     matplotlib.use("Agg")  # tests only; notebooks show figures inline
     result = instrument.compare_stages(store, "completion", sites=["hook_mlp_out", "hook_resid_post"], n_bootstrap=5,
                                 n_permutations=2)
+    from rlvr_utils.core import plots
+
     for fig in (figures.plot_components(result), figures.plot_cross_layer(result), figures.plot_inflation(result)):
         assert fig._suptitle is not None or fig.axes[0].get_title()
+        # drawn for the page: a page wide at most, no text smaller than a phone can show once scaled to it
+        assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH and min(plots.text_sizes(fig)) >= plots.MIN_FONT
         for ax in fig.axes:
             if ax.get_label() != "<colorbar>":
                 assert ax.get_xlabel() and ax.get_title()

@@ -446,7 +446,10 @@ def test_run_writes_every_variant_and_summary_key(tmp_path, problems_and_tokeniz
     assert re.search(r"recovers a share \*\*\+1(\.0+)?[ *]", figures.reading(out, grafts))
     import matplotlib.pyplot as plt
 
+    from rlvr_utils.core import plots
+
     for fig in (figures.plot_layers(report, "RLVR into SFT"), figures.plot_variants(out),
                 figures.plot_heatmaps(out["within_model"], {"sft": "SFT"}), figures.plot_shares(grafts)):
         assert fig.axes
+        assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH and min(plots.text_sizes(fig)) >= plots.MIN_FONT
         plt.close(fig)
