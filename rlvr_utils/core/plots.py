@@ -131,8 +131,7 @@ def training_curves(history: list[dict], panels: dict[str, str], title: str) -> 
     cols = min(2, max(1, len(keys)))
     rows = max(1, -(-len(keys) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.9 * rows + 0.6), squeeze=False)
-    for ax in axes.flat[len(keys):]:
-        ax.set_visible(False)
+    drop_unused(axes, len(keys))  # removed, not hidden: fig.axes[-1] is then the last panel drawn
     for ax, key in zip(axes.flat, keys):
         rows = frame[["step", key]].dropna().astype(float)
         sns.lineplot(data=rows, x="step", y=key, ax=ax, marker="o", markersize=3)
