@@ -20,33 +20,41 @@ from rlvr_utils.treatments.registry import REFERENCE, STUDY
 
 # --- the stage comparisons ---------------------------------------------------------------------------------
 def plot_components(result: dict):
-    """Heatmaps in a grid, one per model pair: CKA per layer (rows) and component (columns), each cell annotated
-    with its estimate at the precision its bootstrap interval supports (the intervals are in the chapter's
-    table). Each pair has its own colour scale spanning its values: CKA between SFT and RLVR sits within a few
-    thousandths of 1, which a shared 0-1 scale would paint in one colour."""
+    """Heatmaps, one per model pair, one above the other: CKA per layer (rows) and component (columns), each cell
+    annotated with its estimate (at most four decimals; the intervals are in the chapter's table). Each pair has
+    its own colour scale spanning its values: CKA between SFT and RLVR sits within a few thousandths of 1, which
+    a shared 0-1 scale would paint in one colour."""
     cells = pd.DataFrame(result["cells"])
     cells["component"] = cells["site"].map(short)
-    rows, cols = plots.grid(len(result["pairs"]))
-    n_layers = len(result["layers"])
-    fig, axes = plt.subplots(rows, cols, figsize=(plots.PAGE_WIDTH, rows * (1.3 + 0.42 * min(n_layers, 12))),
-                             squeeze=False)
-    plots.drop_unused(axes, len(result["pairs"]))
-    for ax, pair in zip(axes.flat, result["pairs"]):
+    pairs, n_layers = result["pairs"], len(result["layers"])
+    annotate = n_layers <= 8
+    height = 1.0 + (0.36 if annotate else 0.12) * n_layers
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(plots.PAGE_WIDTH, height * len(pairs) + 0.6), squeeze=False)
+    for ax, pair in zip(axes[:, 0], pairs):
         sub = cells[cells["pair"] == pair]
         values = sub.pivot(index="layer", columns="component", values="value")
-        text = sub.assign(t=[fmt.value(v, ci) for v, ci in zip(sub["value"], sub["ci"])]) \
+        text = sub.assign(t=[_cell_text(v, ci) for v, ci in zip(sub["value"], sub["ci"])]) \
             .pivot(index="layer", columns="component", values="t")
         low, high = float(values.min().min()), float(values.max().max())
-        sns.heatmap(values, annot=text.loc[values.index, values.columns].values if n_layers <= 8 else False, fmt="",
-                    vmin=low, vmax=high if high > low else low + 1e-9, cmap="viridis", ax=ax,
-                    annot_kws={"fontsize": plots.MIN_FONT}, cbar_kws={"format": "%.3g"})
+        high = high if high > low else low + 1e-9
+        sns.heatmap(values, annot=text.loc[values.index, values.columns].values if annotate else False, fmt="",
+                    vmin=low, vmax=high, cmap="viridis", ax=ax, annot_kws={"fontsize": plots.MIN_FONT},
+                    cbar_kws={"ticks": [low, high], "format": "%.4g", "pad": 0.02})
         ax.set_title(pair.replace("_", " vs "))
         ax.set_xlabel("component")
         ax.set_ylabel("layer")
+        ax.tick_params(axis="x", rotation=0)
+        ax.tick_params(axis="y", rotation=0)
     kind = "debiased" if result["debiased"] else "biased"
     fig.suptitle(f"Linear CKA ({kind}) per layer and component\n(each pair on its own colour scale)")
     fig.tight_layout()
     return fig
+
+
+def _cell_text(value: float, ci) -> str:
+    """A heatmap cell's number: the precision its interval supports, at most four decimals (it must fit)."""
+    text = fmt.value(value, ci)
+    return f"{value:.4f}" if len(text) > 6 and "×" not in text else text
 
 
 def plot_cross_layer(result: dict):
@@ -212,8 +220,9 @@ def plot_comparison(cfg, same_input: dict, cka_result: dict | None = None):
     the controls are lines; the nulls are a grey band (their range) with thin lines."""
     table = per_layer_table(same_input, cka_result)
     measures = [m for m in (SAME_INPUT, END_TO_END) if m in set(table["measure"])] if len(table) else [SAME_INPUT]
-    fig, axes = plt.subplots(len(measures), 2, figsize=(plots.PAGE_WIDTH, 2.9 * len(measures) + 1.6), squeeze=False,
-                             sharex=True)
+    n_named = len({v for v in table["variant"]} - set(registry.names(cfg, "null"))) + 1 if len(table) else 1
+    fig, axes = plt.subplots(len(measures), 2, figsize=(plots.PAGE_WIDTH, 2.9 * len(measures) + 1.0 + 0.22 * -(-n_named // 2)),
+                             squeeze=False, sharex=True)
     colors, null_names = _colors(cfg), set(registry.names(cfg, "null"))
     for i, measure_name in enumerate(measures):
         for j, component in enumerate(COMPONENT_SITES):
@@ -242,8 +251,9 @@ def plot_comparison(cfg, same_input: dict, cka_result: dict | None = None):
                 ax.set_xticks(sorted(sub["layer"].unique()))
     handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
     if handles:
-        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=3, title="vs SFT",
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, title="vs SFT",
                    fontsize=plots.MIN_FONT, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle("Did the component change? Same input (its own change)\nvs end to end (mixing upstream changes)")
-    fig.tight_layout(rect=(0, 0.05 + 0.03 * -(-len(handles) // 3), 1, 1))
+    # the legend's rows (two names each) take the bottom of the figure, in inches of its height
+    fig.tight_layout(rect=(0, min(0.6, (0.5 + 0.22 * -(-len(handles) // 2)) / fig.get_size_inches()[1]), 1, 1))
     return fig
