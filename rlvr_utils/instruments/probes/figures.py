@@ -28,7 +28,7 @@ def figure(table: pd.DataFrame, metric: str = "accuracy", models=None) -> plt.Fi
     targets, sites = list(dict.fromkeys(table.target)), list(dict.fromkeys(table.site))
     panels = list(itertools.product(targets, sites))
     rows, cols = plots.grid(len(panels))
-    fig, axes = plt.subplots(rows, cols, figsize=(plots.PAGE_WIDTH, 2.7 * rows + 1.0), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(plots.PAGE_WIDTH, 2.8 * rows + 1.0), squeeze=False)
     plots.drop_unused(axes, len(panels))
     for ax, (target, site) in zip(axes.flat, panels):
         here = table[(table.target == target) & (table.site == site)]
@@ -53,8 +53,9 @@ def figure(table: pd.DataFrame, metric: str = "accuracy", models=None) -> plt.Fi
             ax.get_legend().remove()
         elif ax.get_legend():
             ax.legend(fontsize=plots.MIN_FONT)
+    key = "; dashed: control task, dotted: majority class" if metric == "accuracy" else ""
     fig.suptitle(f"Probe {PROBE_LABELS.get(metric, metric)} per layer\n(cross-fitted; 95% bootstrap interval "
-                 "over problems)")
+                 f"over problems{key})")
     fig.tight_layout()
     return fig
 
