@@ -74,14 +74,17 @@ def plot_cross_layer(result: dict):
         mesh = ax.imshow(np.array(entry["matrix"]), vmin=low, vmax=1.0, cmap="viridis")
         if small:
             for (i, j), v in np.ndenumerate(np.array(entry["matrix"])):
-                ax.text(j, i, f"{v:.2f}"[1:] if 0 <= v < 1 else f"{v:.1f}", ha="center", va="center",
+                ax.text(j, i, f"{v:.2f}".replace("0.", ".", 1) if f"{v:.2f}".startswith("0.") else f"{v:.2f}",
+                        ha="center", va="center",
                         fontsize=plots.MIN_FONT, color="white" if v < (low + 1) / 2 else "black")
         ax.set_xticks(range(len(entry["layers"])), entry["layers"])
         ax.set_yticks(range(len(entry["layers"])), entry["layers"])
         ax.grid(False)
         ax.set_title(f"{first}–{second}\n{short(entry['site'])}", fontsize=plots.MIN_FONT)
-        ax.set_ylabel(f"layer ({first})", fontsize=plots.MIN_FONT)
-        ax.set_xlabel(f"layer ({second})", fontsize=plots.MIN_FONT)
+        if entry["site"] == sites[0]:  # shared axes: the outer panels carry the labels
+            ax.set_ylabel(f"layer ({first})", fontsize=plots.MIN_FONT)
+        if entry["pair"] == pairs[-1]:
+            ax.set_xlabel(f"layer ({second})", fontsize=plots.MIN_FONT)
     if mesh is not None:
         fig.colorbar(mesh, ax=axes, shrink=0.6, label="CKA")
     fig.suptitle("Cross-layer CKA: does a layer of one model\nmatch the same layer of the other?")
