@@ -221,13 +221,16 @@ def plot_shares(result: dict):
                 xerr=np.abs(np.vstack([frame["share"] - frame["lo"], frame["hi"] - frame["share"]])))
     ax.axvline(0, color="black", lw=0.8)
     ax.axvline(1, color="#d62728", lw=1, ls="--", label="RLVR's full gain")
-    ax.set_xlabel("share of the RLVR - SFT accuracy gain recovered (95% bootstrap CI)")
-    ax.set_ylabel("RLVR weights grafted into SFT")
+    ax.set_xlabel("share of RLVR's gain over SFT recovered\n(95% bootstrap CI)")
+    ax.set_ylabel("RLVR weights\ngrafted into SFT")
     gain, n = result["gain"], len(result["donor"]["correct"])
     note = "" if gain.get("ci") and (gain["ci"][0] > 0 or gain["ci"][1] < 0) else f": {GAIN_NOTE}, no share is reported"
     ax.set_title(f"Grafting RLVR components into SFT\n(RLVR - SFT accuracy gain {100 * gain['value']:+.1f} points on "
                  f"{n} problems{note})")
-    ax.legend(loc="best", fontsize=plots.MIN_FONT)
+    if frame["share"].isna().all():  # nothing measured: say so rather than show empty bars
+        ax.text(0.5, 0.5, "no share measured on this run", transform=ax.transAxes, ha="center", va="center",
+                color="0.35", bbox={"facecolor": "white", "edgecolor": "none"})
+    ax.legend(loc="lower right", fontsize=plots.MIN_FONT)
     fig.tight_layout()
     return fig
 
@@ -257,7 +260,7 @@ def plot_graft_gains(result: dict, kinds: dict[str, str]):
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
-    ax.set_xlabel("greedy accuracy gain over SFT, points (paired 95% CI)")
+    ax.set_xlabel("greedy accuracy gain over SFT,\npoints (paired 95% CI)")
     ax.set_title("One component's update alone, grafted into SFT")
     ax.legend(loc="best", fontsize=plots.MIN_FONT)
     fig.tight_layout()
