@@ -75,7 +75,8 @@ def plot_causal(result: dict, target: str = STUDY):
     if not cz:
         return None
     sets = ("specific", "leaning")
-    fig, axes = plt.subplots(1, len(sets), figsize=(plots.PAGE_WIDTH, 3.6), sharey=True, squeeze=False)
+    # not sharing y: a panel that says "nothing measured" has no ticks, which a shared axis would take from all
+    fig, axes = plt.subplots(1, len(sets), figsize=(plots.PAGE_WIDTH, 3.6), squeeze=False)
     for ax, set_name in zip(axes[0], sets):
         n = cz[set_name]["latents_per_seed"]
         ax.set_title(f"{set_name} latents (n = {', '.join(map(str, dict.fromkeys(n)))})", fontsize=plots.MIN_FONT)
@@ -97,7 +98,7 @@ def plot_causal(result: dict, target: str = STUDY):
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(labels)), labels, fontsize=plots.MIN_FONT)
         ax.set_xlim(-0.6, len(labels) - 0.4)
-    axes[0][0].set_ylabel("accuracy points")
+        ax.set_ylabel("accuracy points")
     from matplotlib.lines import Line2D
 
     keys = (("tab:red", "chosen latents"), ("tab:gray", "as many random latents"),
