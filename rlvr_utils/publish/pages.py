@@ -124,17 +124,17 @@ def params_reference() -> str:
            "`rlvr_utils/core/params.py`.", ""]
     top = [(k, f) for k, f in Params.model_fields.items() if k != "source" and not _is_section(f)]
     # a list, not a four-column table: a key's description stays whole at any width, a phone's included
-    out += ["## Top level", "", *(_entry(k, f) for k, f in top)]
+    out += ["## Top level", "", *(_param_line(k, f) for k, f in top)]
     for name, field in Params.model_fields.items():
         if not _is_section(field):
             continue
         cls = field.annotation
         out += ["", f"## `{name}`", "", _cell((cls.__doc__ or "").strip().split("\n\n")[0]), "",
-                *(_entry(f"{name}.{k}", f) for k, f in cls.model_fields.items())]
+                *(_param_line(f"{name}.{k}", f) for k, f in cls.model_fields.items())]
     return "\n".join(out) + "\n"
 
 
-def _entry(key: str, field) -> str:
+def _param_line(key: str, field) -> str:
     return f"- `{key}` ({_type(field.annotation)}, default {_default(field)}): {_cell(field.description)}"
 
 
