@@ -34,7 +34,7 @@ def test_compare_prints_and_writes_markdown_and_csv(tmp_path, capsys):
     out = tmp_path / "side"
     assert main(["compare", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("| measurement | s0 | s1 |") and "0.06 [0.04, 0.08]" in printed
+    assert printed.startswith("| measurement | s0 | s1 |") and "0.060 [0.040, 0.080]" in printed
     assert (tmp_path / "side.md").exists() and "s1" in (tmp_path / "side.csv").read_text()
     assert main(["compare", str(tmp_path / "nope")]) == 2
 
