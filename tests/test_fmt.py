@@ -64,10 +64,17 @@ def test_scientific_notation_only_for_very_small_or_large_numbers():
     assert fmt.interval(0.16, [0.12, 0.2]) == "0.16 [0.12, 0.20]"
     assert fmt.interval(0.0018, [0.0005, 0.003]) == "0.0018 [0.0005, 0.0030]"
     assert fmt.interval(1234.5, [1200, 1300]) == "1234 [1200, 1300]"
+    assert fmt.interval(0.002998, [0.002988, 0.003011]) == "2.998 [2.988, 3.011] ×10⁻³"  # not six decimals
+    assert fmt.interval(0.99977, [0.99971, 0.99983]) == "0.99977 [0.99971, 0.99983]"  # near 1: decimals, not ×10⁻¹
     for value, ci in random_pairs(seed=3):
         text = fmt.interval(value, ci)
         big = max(abs(value), *map(abs, ci))
-        assert ("×10" in text) == (big < fmt.SMALL or big >= fmt.LARGE), (value, ci, text)
+        if big < fmt.SMALL or big >= fmt.LARGE:
+            assert "×10" in text, (value, ci, text)
+        elif big >= 0.1:
+            assert "×10" not in text, (value, ci, text)
+        if "×10" not in text and big < 0.1:  # small numbers: no run of decimals, a power of ten instead
+            assert not re.search(r"\.\d{5,}", text), (value, ci, text)
 
 
 def test_what_the_book_printed_before():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 SMALL, LARGE = 1e-3, 1e5  # magnitudes below / from which a power of ten is factored out
+MAX_PLACES = 4  # more decimals than this below 0.1: a power of ten instead of a run of leading zeros
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
@@ -43,10 +44,12 @@ def decimals(ci) -> int | None:
     return significant - 1 - exponent
 
 
-def _power(*values: float) -> int:
-    """The power of ten to factor out of numbers printed together (0: print them as they are)."""
+def _power(*values: float, places: int = 0) -> int:
+    """The power of ten to factor out of numbers printed together (0: print them as they are): below 1e-3 or
+    from 1e5, and below 0.1 when they need more than MAX_PLACES decimals (0.002998 [0.002988, 0.003011] reads
+    better as 2.998 [2.988, 3.011] ×10⁻³)."""
     big = max(abs(v) for v in values)
-    if big == 0 or SMALL <= big < LARGE:
+    if big == 0 or (SMALL <= big < LARGE and not (big < 0.1 and places > MAX_PLACES)):
         return 0
     return _exponent(big)
 
@@ -72,6 +75,15 @@ def number(value, digits: int = 3, sign: bool = False) -> str:
     return text + _times(power)
 
 
+def _places(v: float, lo: float, hi: float) -> int:
+    """Decimals of a value and its interval: what the interval supports, and two significant digits at least
+    for a value clearly away from zero."""
+    places = decimals((lo, hi))
+    if v != 0 and abs(v) >= abs(hi - lo) / 2:
+        places = max(places, 1 - _exponent(v))
+    return places
+
+
 def interval(value, ci=None, scale: float = 1.0, unit: str = "", sign: bool = False) -> str:
     """'0.16 [0.12, 0.20]' at the precision the interval supports; `scale=100, unit=' points'` for shares shown
     in percent; `sign=True` for differences (+/-). A value without an interval keeps three significant digits;
@@ -84,11 +96,9 @@ def interval(value, ci=None, scale: float = 1.0, unit: str = "", sign: bool = Fa
     if places is None:
         return number(v, sign=sign) + unit
     lo, hi = bounds
-    power = _power(v, lo, hi)
+    power = _power(v, lo, hi, places=_places(v, lo, hi))
     v, lo, hi = (x / 10 ** power for x in (v, lo, hi))
-    places = decimals((lo, hi))
-    if v != 0 and abs(v) >= abs(hi - lo) / 2:  # clearly away from zero: two significant digits at least
-        places = max(places, 1 - _exponent(v))
+    places = _places(v, lo, hi)
     return (f"{_fixed(v, places, sign)} [{_fixed(lo, places, sign)}, {_fixed(hi, places, sign)}]"
             f"{_times(power)}{unit}")
 
