@@ -159,3 +159,14 @@ def cross_figure(lens_table: pd.DataFrame, metric: str = "kl") -> plt.Figure:
     fig.suptitle(f"Stitched cross-model lens and plain logit lens:\n{LENS_LABELS[metric]}")
     fig.tight_layout(rect=(0, 0.06 * -(-len(handles) // 2) / n_rows, 1, 1))
     return fig
+
+
+def targets_tables(targets: list[dict]) -> dict[str, pd.DataFrame]:
+    """probes.json's 'targets' (one record per model and target, ten counts and shares each) as one narrow
+    table per target: a row per quantity, a column per model, so it fits a phone's width."""
+    frame = pd.DataFrame(targets)
+    out = {}
+    for target, rows in frame.groupby("target", sort=False):
+        table = rows.drop(columns="target").set_index("model").T.rename_axis(index="quantity", columns=None)
+        out[target] = table.reset_index()
+    return out
