@@ -117,7 +117,7 @@ def frame(table, caption: str | None = None, **formats):
 
     def cell(x):
         if isinstance(x, str) or x is None:
-            return "—" if x is None else x
+            return "—" if x is None else breakable(x)
         if isinstance(x, (bool,)):
             return "yes" if x else "no"
         if isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x)):
@@ -125,11 +125,19 @@ def frame(table, caption: str | None = None, **formats):
         return "—" if isinstance(x, float) else str(x)
 
     styler = (table.reset_index(drop=not _named_index(table)) if isinstance(table, pd.DataFrame) else table).style
-    styler = styler.format(cell)
+    styler = styler.format(cell).format_index(lambda c: breakable(str(c)), axis=1)
     if formats:
         styler = styler.format(formats)
     styler = styler.hide(axis="index").set_properties(**{"text-align": "left"})
     return styler.set_caption(caption) if caption else styler
+
+
+def breakable(text: str) -> str:
+    """Text for an HTML table cell: escaped, with a line-break opportunity after each '_' and '/', so that an
+    identifier such as representation_hybrid_matched wraps at its parts in a narrow column."""
+    import html
+
+    return html.escape(text, quote=False).replace("_", "_<wbr>").replace("/", "/<wbr>")
 
 
 def _named_index(table) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rlvr_utils.core.fmt import interval, number, observed
+from rlvr_utils.core.fmt import breakable, interval, number, observed
 from rlvr_utils.treatments.registry import BOTH, NO_EVIDENCE, NOT_MEASURED, REDUNDANT, REPRESENTATION, ROUTING
 
 
@@ -92,8 +92,11 @@ SHORT = {ROUTING: "R", REPRESENTATION: "RL", BOTH: "B", REDUNDANT: "=", NO_EVIDE
 
 
 def styled(shown: pd.DataFrame):
-    """The displayed table as a pandas Styler, readings coloured by side."""
+    """The displayed table as a pandas Styler, readings coloured by side; identifiers may wrap at '_' and a
+    cell's lines stay lines (rlvr_table joins its signals with '<br>')."""
     return (shown.style.hide(axis="index")
+            .format(lambda v: "<br>".join(breakable(part) for part in v.split("<br>")) if isinstance(v, str) else v)
+            .format_index(lambda c: breakable(str(c)), axis=1)
             .map(lambda v: f"background-color: {_COLORS.get(v, '#ffffff')}")
             .set_properties(**{"text-align": "left"}))
 
