@@ -185,6 +185,13 @@ def _gpu() -> str:
     return "none found (nvidia-smi absent or silent)"
 
 
+def _short_commit(code: str) -> str:
+    """A commit as git abbreviates it (12 hex digits), so the wall-time table fits a phone; the code table above
+    gives the whole hash."""
+    head, _, rest = code.partition(" ")
+    return (head[:12] if len(head) == 40 else head) + (f" {rest}" if rest else "")
+
+
 def machine() -> dict[str, str]:
     return {"code (git commit) at this build": git_version(), "Python": sys.version.split()[0],
             "OS": platform.platform(), "CPU": _cpu(), "GPU": _gpu()}
@@ -195,7 +202,7 @@ def reproducibility(cfg: Params, shown_params: str, params_text: str, record: di
     rows = "\n".join(f"| {k} | {v} |" for k, v in machine().items())
     versions = "\n".join(f"| {name} | {version} |" for name, version in artifacts.versions().items())
     times = "\n".join(f"| {name.removesuffix('.ipynb')} | {entry.get('seconds', 0):.1f} | {entry.get('finished', '')} "
-                      f"| {entry.get('code', 'not recorded')} |" for name, entry in sorted(record.items()))
+                      f"| {_short_commit(entry.get('code', 'not recorded'))} |" for name, entry in sorted(record.items()))
     return f"""# Reproducibility record
 
 This book was built from the params file `{shown_params}`
