@@ -66,7 +66,7 @@ def fit_titles(fig: plt.Figure) -> bool:
 
     def wrap(text_artist, width_in: float) -> bool:
         text = text_artist.get_text()
-        chars = max(12, int(width_in * 72 / (0.55 * text_artist.get_fontsize())))  # ~0.55 em per character
+        chars = max(12, int(width_in * 72 / (0.6 * text_artist.get_fontsize())))  # ~0.6 em per character
         if text and any(len(line) > chars for line in text.split("\n")):
             text_artist.set_text("\n".join(textwrap.fill(line, chars) for line in text.split("\n")))
             return True
