@@ -1,7 +1,9 @@
 """The rendered book in a real browser: every page loads with its images, working internal links, no error
 output and no console error; no raw-pipe table, warning, progress bar or absolute path of the building machine
-in what a reader sees, and every figure numbered with a caption. Screenshots of every page land in
-tests/output/screenshots/."""
+in what a reader sees, and every figure numbered with a caption. At a laptop's 1280 px and a phone's 400 px
+(tests/page_audit.py): no table wider than the text column, no figure text under 8 px as rendered, no empty
+figure or panel, no value outside its printed interval. Screenshots of every page and width land in
+tests/output/screenshots/, the measurements per page in tests/output/page_audit.md."""
 import functools
 import http.server
 import os
