@@ -60,8 +60,13 @@ def plot_counts(result: dict):
         ax.scatter(n, [i] * len(n), color=color, alpha=0.4, s=12)
     ax.set_yticks(range(len(keys)), [pair_label(k) for k in keys])
     ax.invert_yaxis()
+    # counts: an integer axis from 0 (all zeros would otherwise sit mid-way on matplotlib's default ±0.05)
+    most = max((max(counts(result["pairs"][k]), default=0) for k in keys), default=0)
+    ax.set_xlim(-0.05 * max(most, 1) - 0.3, most * 1.05 + 1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("model-specific latents")
-    ax.set_title("Target-only + reference-only latents (mean, range over seeds)")
+    title = "Target-only + reference-only latents (mean, range over seeds)"
+    ax.set_title(title if most else title + ": no pair has any on this run")
     fig.tight_layout()
     return fig
 
