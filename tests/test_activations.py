@@ -10,6 +10,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlvr_utils import activations as act
+from rlvr_utils.activations import figures as act_figures
 from rlvr_utils.activations import extraction
 from rlvr_utils.models import hooks
 from rlvr_utils.models.families import SITES, final_norm, site_name
@@ -193,7 +194,7 @@ def test_extract_matches_unbatched_reference(tmp_path):
     meta = store.meta("sft")
     assert meta["token_cache"] == cache.fingerprint and meta["counts"]["last_prompt"] == len(cache)
     assert not (tmp_path / "sft" / "shards").exists()
-    norms = act.describe_store(store, "completion")
+    norms = act_figures.describe_store(store, "completion")
     assert len(norms) == 2 * 4
     data, _ = store.read("sft", "blocks.1.hook_mlp_out", "completion")
     row = norms[(norms.layer == 1) & (norms.site == "mlp_out")].iloc[0]

@@ -11,6 +11,7 @@ import hashlib
 import html as html_lib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -211,6 +212,7 @@ def test_the_books_own_pages_build_with_warnings_as_errors(tmp_path):
     (root / "book" / "executed").mkdir(parents=True)
     for page in PAGES + [BIB]:
         (root / "book" / page.name).write_text(page.read_text())
+    shutil.copytree(ROOT / "book" / "_static", root / "book" / "_static")  # the book's CSS, as the runner stages it
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc["parts"]:
         for chapter in part["chapters"]:
@@ -244,6 +246,7 @@ def test_the_books_own_pages_build_with_warnings_as_errors(tmp_path):
     square = re.findall(rf"\[[^\[\]]{{0,60}}?,? \[?{year}\]", text)
     assert len(parenthetical) >= 10 and several and len(textual) >= 3, (parenthetical, several, textual)
     assert not square, f"citations in square brackets: {square}"
+    assert '_static/book.css' in methods  # the CSS that wraps table cells to the column's width
     data = (html / "data.html").read_text()
     downloads = re.findall(r'href="\.\./(_downloads/[^"]+/([^"/]+))"', data)
     sums = _listed_sums(page)

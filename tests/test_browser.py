@@ -1,7 +1,9 @@
 """The rendered book in a real browser: every page loads with its images, working internal links, no error
 output and no console error; no raw-pipe table, warning, progress bar or absolute path of the building machine
-in what a reader sees, and every figure numbered with a caption. Screenshots of every page land in
-tests/output/screenshots/."""
+in what a reader sees, and every figure numbered with a caption. At a laptop's 1280 px and a phone's 400 px
+(tests/page_audit.py): no table wider than the text column, no figure text under 8 px as rendered, no empty
+figure or panel, no value outside its printed interval. Screenshots of every page and width land in
+tests/output/screenshots/, the measurements per page in tests/output/page_audit.md."""
 import functools
 import http.server
 import os
@@ -13,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
 import pytest
+
+import page_audit
 
 pytestmark = pytest.mark.slow  # end-to-end: minutes (make test-fast leaves it out)
 
@@ -158,3 +162,18 @@ def test_pages_show_no_clutter_and_numbered_figures(browser, site, built_book):
         problems += [f"{rel}: figure without a number and caption {src}" for src in unnumbered]
         page.close()
     assert not problems, "\n".join(problems)
+
+
+def test_every_page_fits_a_laptop_and_a_phone(browser, site):
+    """At 1280 px and 400 px: no table wider than the text column, no figure text below 8 px as rendered, no
+    blank figure or empty panel, no value outside its printed interval, no interval rounded to no width, no
+    over-long float, no pandas index column. The measurements per page go to tests/output/page_audit.md."""
+    html, base = site
+    results = page_audit.audit(browser, html, base, shots=SHOTS)
+    (SHOTS.parent / "page_audit.md").write_text(page_audit.report(results) + "\n")
+    problems = [f"{rel} @{width}: {p}" for rel, by_width in results.items() for width, r in by_width.items()
+                for p in r["problems"]]
+    unrecorded = [f"{rel} @{width}: {r['summary']['unchecked_figures']} figure(s) without a font record"
+                  for rel, by_width in results.items() for width, r in by_width.items()
+                  if r["summary"]["unchecked_figures"] and "executed/" in rel]
+    assert not problems + unrecorded, "\n".join(problems + unrecorded)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.stats import ortho_group
 
+from rlvr_utils.core import fmt
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.cka import figures, instrument, maths
 
@@ -347,7 +348,8 @@ def test_compare_stages(store):
     assert not {"Routing", "Representation"} & set(figures.summary_markdown(result).split())
 
     text = figures.summary_markdown(result)
-    assert "base vs rlvr" in text and f"{summary['cka_sft_rlvr_mlp_out']['value']:.4f}" in text
+    shown = fmt.interval(summary["cka_sft_rlvr_mlp_out"]["value"], summary["cka_sft_rlvr_mlp_out"]["ci"])
+    assert "base vs rlvr" in text and shown in text
 
 
 def test_figures_have_titles_and_labels(store):
@@ -356,11 +358,15 @@ def test_figures_have_titles_and_labels(store):
     matplotlib.use("Agg")  # tests only; notebooks show figures inline
     result = instrument.compare_stages(store, "completion", sites=["hook_mlp_out", "hook_resid_post"], n_bootstrap=5,
                                 n_permutations=2)
+    from rlvr_utils.core import plots
+
     for fig in (figures.plot_components(result), figures.plot_cross_layer(result), figures.plot_inflation(result)):
         assert fig._suptitle is not None or fig.axes[0].get_title()
-        for ax in fig.axes:
-            if ax.get_label() != "<colorbar>":
-                assert ax.get_xlabel() and ax.get_title()
+        # drawn for the page: a page wide at most, no text smaller than a phone can show once scaled to it
+        assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH and min(plots.text_sizes(fig)) >= plots.MIN_FONT
+        panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        assert all(ax.get_title() for ax in panels)
+        assert any(ax.get_xlabel() for ax in panels) and any(ax.get_ylabel() for ax in panels)  # outer panels of a grid
     with pytest.raises(ValueError, match="not extracted"):
         instrument.compare_stages(store, "last_prompt", n_bootstrap=5, n_permutations=2)
 

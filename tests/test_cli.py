@@ -78,7 +78,7 @@ def test_compare_prints_and_writes_markdown_and_csv(tmp_path, capsys):
     out = tmp_path / "side"
     assert main(["compare", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("| measurement | s0 | s1 |") and "0.06 [0.04, 0.08]" in printed
+    assert printed.startswith("| measurement | s0 | s1 |") and "0.060 [0.040, 0.080]" in printed
     assert (tmp_path / "side.md").exists() and "s1" in (tmp_path / "side.csv").read_text()
     assert main(["compare", str(tmp_path / "nope")]) == 2
 
@@ -92,7 +92,7 @@ def test_every_params_field_is_documented_on_the_reference_page():
         sub = field.annotation.model_fields if pages._is_section(field) else {None: field}
         for key, f in sub.items():
             name = section if key is None else f"{section}.{key}"
-            assert f"| `{name}` |" in page, name
+            assert f"\n- `{name}` (" in page, name
             if not f.description:
                 missing.append(name)
     assert not missing, f"fields without a description: {missing}"

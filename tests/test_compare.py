@@ -22,7 +22,7 @@ def test_two_runs_side_by_side_as_markdown_and_csv(tmp_path):
     frame = compare.table([a, b])
     assert list(frame.columns) == ["measurement", "seed0", "seed1"]
     row = frame.set_index("measurement")
-    assert row.loc["rlvr_minus_sft_accuracy", "seed0"] == "0.1 [0.08, 0.12]"
+    assert row.loc["rlvr_minus_sft_accuracy", "seed0"] == "0.100 [0.080, 0.120]"  # at its interval's precision
     assert row.loc["same-input change", "seed1"] == "no evidence (counts)"
     assert row.loc["verdict", "seed0"] == "Routing"
     md, csv = compare.write(frame, tmp_path / "out" / "compare")

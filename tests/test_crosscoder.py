@@ -262,3 +262,21 @@ def test_treatments_are_those_with_a_checkpoint_and_listed_ones_must_exist(tmp_p
     assert instrument.CrosscoderInstrument().treatments(cfg) == ["rlvr"]  # the study; not the identical copy
     with pytest.raises(FileNotFoundError, match=NULL):
         instrument.CrosscoderInstrument().treatments(listed)
+
+
+def test_figures_fit_the_page_and_say_when_a_latent_set_is_empty():
+    import matplotlib
+
+    matplotlib.use("Agg")  # tests only; notebooks show figures inline
+    import matplotlib.pyplot as plt
+
+    from rlvr_utils.core import plots
+
+    result = _fake_result([4, 5, 6], [0, 1, 0], (3.0, 9.0))
+    result["causal"]["rlvr"]["specific"]["latents_per_seed"] = [0]  # no specific latent: nothing was measured
+    fig = figures.plot_causal(result)
+    specific = fig.axes[0]
+    assert not specific.lines and not specific.collections  # no 'n=0' drawn as measured zeros
+    assert "no specific latent" in " ".join(t.get_text() for t in specific.texts)
+    assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH and min(plots.text_sizes(fig)) >= plots.MIN_FONT
+    plt.close(fig)

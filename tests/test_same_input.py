@@ -276,7 +276,11 @@ def test_figure_and_table_show_both_measures(sft, cache):
     assert any("same input" in t for t in titles) and any("end to end" in t for t in titles)
     for ax in fig.axes:
         assert ax.get_xlabel() and ax.get_ylabel()
-    table = figures.summary_table(result, cka_result)
-    assert list(table.index) == ["rlvr", "identical", "null_0", "null_1"]
-    assert table.loc["rlvr", "attn change, end to end"].startswith("5.00e-01")
-    assert table.loc["rlvr", "MLP change, same input"].startswith("0.00e+00")
+    table = figures.summary_table(result, cka_result)  # long: a row per measure and treatment, four columns
+    assert list(table.columns) == ["measure", "treatment", "attention [95% CI]", "MLP [95% CI]"]
+    same = table[table.measure == figures.SUMMARY_MEASURES[0][0]]
+    assert list(same.treatment) == ["rlvr", "identical", "null_0", "null_1"]
+    end_row = table[(table.measure == figures.SUMMARY_MEASURES[2][0]) & (table.treatment == "rlvr")].iloc[0]
+    assert end_row["attention [95% CI]"] == "0.50 [0.40, 0.60]" and end_row["MLP [95% CI]"] == "not measured"
+    assert same[same.treatment == "identical"].iloc[0]["MLP [95% CI]"] == "0"  # exactly unchanged, not '0.00e+00 [...]'
+    assert not any("e+" in v or "e-" in v for v in table.stack().astype(str))

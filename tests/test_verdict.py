@@ -273,3 +273,25 @@ def test_a_planted_feature_calibrates_the_feature_rows_only():
     assert row(table, "crosscoder.json")["calibration"] == "counts"
     # its own verdict reads its scope only (the same-input row, where it moved like a placebo, has no say)
     assert verdict.overall(verdict.tally(table, "planted_feature", groups=("crosscoder",)), PARAMS) == REPRESENTATION
+
+
+def test_the_evidence_tables_on_the_page_are_narrow_and_agree_with_the_calibration():
+    """The book shows the evidence as two tables of four columns (a column per treatment made it 1333 px
+    wide): RLVR's value against its references with its reading, and how many treatments with a known answer
+    read right, naming those that did not; both agree with the row's calibration."""
+    from rlvr_utils.evidence import tables
+
+    metrics = calibrated_metrics()
+    metrics["same_input.json"]["variants"]["placebo_0"]["attn_change"] = {"value": 0.9, "ci": [0.85, 0.95]}
+    table = verdict.evidence(metrics, DESIGN, PARAMS)
+    shown, calibration = tables.rlvr_table(table), tables.calibration_table(table, DESIGN)
+    assert len(shown.columns) == 4 and len(calibration.columns) == 4 and len(shown) == len(table)
+    i = list(table["file"]).index("same_input.json")
+    assert "attn_change: " in shown.iloc[i, 2] and "references " in shown.iloc[i, 2]
+    assert shown.iloc[i, 3] == table.iloc[i]["rlvr"]
+    assert "placebo_0 reads" in calibration.iloc[i]["References reading no evidence"]
+    assert calibration.iloc[i]["Counts?"].startswith("no: ") and "placebo_0 reads" in calibration.iloc[i]["Counts?"]
+    counted = [j for j, c in enumerate(table["calibration"]) if c == "counts"]
+    for j in counted:
+        controls, references = calibration.iloc[j, 1], calibration.iloc[j, 2]
+        assert "(" not in controls and "(" not in references  # nothing misread on a counted row

@@ -40,17 +40,24 @@ def plot_norms(table) -> plt.Figure:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from rlvr_utils.core import plots
     from rlvr_utils.core.plots import STAGE_COLORS
 
     sites = list(dict.fromkeys(table["site"]))
-    fig, axes = plt.subplots(1, len(sites), figsize=(3.6 * len(sites), 3.4), squeeze=False, sharex=True)
-    for ax, site in zip(axes[0], sites):
+    rows, cols = plots.grid(len(sites))
+    fig, axes = plt.subplots(rows, cols, figsize=(plots.PAGE_WIDTH, 2.7 * rows + 0.8), squeeze=False, sharex=True)
+    plots.drop_unused(axes, len(sites))
+    for ax, site in zip(axes.flat, sites):
         sns.lineplot(table[table["site"] == site], x="layer", y="norm", hue="model", marker="o",
                      palette={m: STAGE_COLORS.get(m, "black") for m in table["model"].unique()}, ax=ax)
         ax.set_title(site)
         ax.set_xlabel("layer")
-        ax.set_ylabel("mean L2 norm")
+        ax.set_ylabel("mean L2 norm" if ax in axes[:, 0] else "")
         ax.set_xticks(sorted(table["layer"].unique()))
+        if ax is not axes.flat[0] and ax.get_legend():
+            ax.get_legend().remove()
+        elif ax.get_legend():
+            ax.legend(fontsize=plots.MIN_FONT)
     fig.suptitle("Activation norms per layer at the stored positions")
     fig.tight_layout()
     return fig

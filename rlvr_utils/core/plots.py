@@ -1,6 +1,7 @@
 """Seaborn figure helpers shared by the notebooks: one style, and every figure saved under the run."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -9,14 +10,87 @@ import seaborn as sns
 sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
 STAGE_COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "rlvr": "#d62728"}
 
+# The page a figure is made for. A figure is shown at most as wide as the book's text column, 688 px at a 1280 px
+# window and 368 px at a 400 px phone (measured: tests/page_audit.py); text of `pt` points in a figure `w` inches
+# wide then renders at pt * 368 / (72 * w) px on a phone. At PAGE_WIDTH inches and MIN_FONT points that is 8.4 px,
+# above the 8 px the browser test asks for. Figure helpers draw panels in a grid of at most COLUMNS per row.
+PAGE_WIDTH, MIN_FONT, COLUMNS = 6.4, 10.5, 2
+DPI = 120
+# PNG text chunks that plots.save writes and the book's browser test reads (tests/page_audit.py)
+MIN_FONT_KEY, EMPTY_KEY = "rlvr:min_font_px", "rlvr:empty_panels"
+
+
+def grid(n: int, columns: int = COLUMNS) -> tuple[int, int]:
+    """(rows, columns) of a grid of n panels that fits the page."""
+    columns = max(1, min(columns, n))
+    return max(1, -(-n // columns)), columns
+
+
+def drop_unused(axes, used: int) -> None:
+    """Remove the cells of a grid that hold no panel (a grid of 5 panels has a sixth cell)."""
+    for ax in list(axes.flat)[used:]:
+        ax.remove()
+
+
+def say_missing(ax, text: str) -> None:
+    """A panel with nothing measured says so in words instead of showing empty axes or zeros."""
+    ax.set(xticks=[], yticks=[])
+    ax.grid(False)
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes, color="0.35")
+
+
+def text_sizes(fig: plt.Figure) -> list[float]:
+    """Font sizes (points) of every visible, non-empty text the figure draws."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # tick labels exist only once drawn
+    return [t.get_fontsize() for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible())]
+
+
+def empty_panels(fig: plt.Figure) -> int:
+    """Visible axes that draw nothing: no data and no words (colour bars and legends hold data)."""
+    return sum(1 for ax in fig.axes if ax.get_visible() and not ax.has_data() and not ax.texts
+               and not ax.get_legend())
+
+
+def fit_titles(fig: plt.Figure) -> bool:
+    """Wrap every title onto lines no wider than what it titles: a title wider than the figure would widen the
+    saved image (bbox 'tight'), and so shrink all its text on the page."""
+    import textwrap
+
+    def wrap(text_artist, width_in: float) -> bool:
+        text = text_artist.get_text()
+        chars = max(12, int(width_in * 72 / (0.6 * text_artist.get_fontsize())))  # ~0.6 em per character
+        if text and any(len(line) > chars for line in text.split("\n")):
+            text_artist.set_text("\n".join(textwrap.fill(line, chars) for line in text.split("\n")))
+            return True
+        return False
+
+    width = fig.get_size_inches()[0]
+    wrapped = fig._suptitle is not None and wrap(fig._suptitle, width)
+    for ax in fig.axes:
+        if ax.get_visible():
+            wrapped = wrap(ax.title, max(ax.get_position().width * width, 1.5)) or wrapped
+    return wrapped
+
 
 def save(fig: plt.Figure, cfg, name: str, caption: str | None = None) -> Path:
-    """Save `fig` as runs/<name>/figures/<name>.png. In a notebook, show it here with its caption (the book
-    numbers it as a figure: rlvr_utils.publish); the caption defaults to the figure's title."""
+    """Save `fig` as runs/<name>/figures/<name>.png and, in a notebook, show that file with its caption (the
+    book numbers it as a figure: rlvr_utils.publish); the caption defaults to the figure's title. The PNG
+    records its smallest text in pixels and its empty panels, which the book's browser test checks at the size
+    the page renders it."""
     path = cfg.path("figures", f"{name}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _show(fig, caption or figure_title(fig))
+    caption = caption or figure_title(fig)  # before the titles are wrapped
+    if fit_titles(fig) and not fig.get_constrained_layout():
+        with warnings.catch_warnings():  # a layout it cannot improve stays as it was, and says so only here
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+    sizes = text_sizes(fig)
+    metadata = {MIN_FONT_KEY: f"{min(sizes, default=0) * DPI / 72:.2f}", EMPTY_KEY: str(empty_panels(fig))}
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata=metadata)
+    _show(fig, path, caption)
     return path
 
 
@@ -28,17 +102,17 @@ def figure_title(fig: plt.Figure) -> str:
     return "; ".join(dict.fromkeys(titles))
 
 
-def _show(fig: plt.Figure, caption: str) -> None:
-    """Display now, with the caption in the output's metadata, and close (the inline backend would show it
-    a second time, without one)."""
+def _show(fig: plt.Figure, path: Path, caption: str) -> None:
+    """Display the saved file (so the book shows exactly it, with its metadata), with the caption in the
+    output's metadata, and close the figure (the inline backend would show it a second time, without one)."""
     try:
         from IPython import get_ipython
-        from IPython.display import display
+        from IPython.display import Image, display
     except ImportError:
         return
     if get_ipython() is None or "IPKernelApp" not in get_ipython().config:
         return
-    display(fig, metadata={"caption": caption})
+    display(Image(data=path.read_bytes(), format="png"), metadata={"caption": caption})
     plt.close(fig)
 
 
@@ -51,13 +125,12 @@ def training_curves(history: list[dict], panels: dict[str, str], title: str) -> 
     # at most two panels per row: four in one row are too short to read at the book's page width
     cols = min(2, max(1, len(keys)))
     rows = max(1, -(-len(keys) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(keys):]:
-        ax.set_visible(False)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.9 * rows + 0.6), squeeze=False)
+    drop_unused(axes, len(keys))  # removed, not hidden: fig.axes[-1] is then the last panel drawn
     for ax, key in zip(axes.flat, keys):
         rows = frame[["step", key]].dropna().astype(float)
         sns.lineplot(data=rows, x="step", y=key, ax=ax, marker="o", markersize=3)
-        ax.set(title=panels[key], xlabel="training step", ylabel=key)
+        ax.set(title=panels[key], xlabel="training step", ylabel="")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -65,7 +138,7 @@ def training_curves(history: list[dict], panels: dict[str, str], title: str) -> 
 
 def pass_at_k(metrics: dict) -> plt.Figure:
     """pass@k with its bootstrap interval for each stage, k on a log axis."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 4))
     for stage, by_k in metrics["pass_at_k"].items():
         ks = [int(k) for k in by_k]
         values = [by_k[k]["value"] for k in by_k]
@@ -76,7 +149,7 @@ def pass_at_k(metrics: dict) -> plt.Figure:
     ax.set(xscale="log", xlabel="k (samples per problem)", ylabel="pass@k", ylim=(0, 1.02),
            title="pass@k on held-out problems (95% bootstrap CI)")
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.legend(title="model")
+    ax.legend(title="model", fontsize=MIN_FONT)
     return fig
 
 
@@ -89,7 +162,7 @@ def variant_gains(eval_metrics: dict, kinds: dict[str, str]) -> plt.Figure:
     {treatment: kind}, treatments.registry.kinds): RLVR, the controls, the identical model and the nulls, so a
     reader sees at once whether one component alone reaches RLVR's gain."""
     rows = [(name, v["gain"]) for name, v in eval_metrics.get("variants", {}).items()]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(rows), 1) + 1.4))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 0.45 * max(len(rows), 1) + 1.4))
     for i, (name, gain) in enumerate(rows):
         color = KIND_COLORS.get(kinds.get(name), "#555555")
         lo, hi = 100 * gain["ci"][0], 100 * gain["ci"][1]

@@ -231,11 +231,13 @@ def plot(elicitation_json: dict | str | Path):
     with its two-level interval, the fitted line); right: SFT's and RLVR's accuracy (mean and seed range)."""
     import matplotlib.pyplot as plt
 
+    from rlvr_utils.core import fmt, plots
     from rlvr_utils.core.plots import STAGE_COLORS
 
     result = _result(elicitation_json)
     level = f"{result['confidence']:.0%}"
-    fig, (ax, acc) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    # one panel above the other: side by side, each would be half the page's width and its text half as big
+    fig, (ax, acc) = plt.subplots(2, 1, figsize=(plots.PAGE_WIDTH, 8.4))
     x = np.array([100 * b["fraction"] for b in result["by_fraction"]])
     seeds = result["seeds"]
     offsets = {s: (i - (len(seeds) - 1) / 2) * 0.006 * max(x.max(), 1.0) for i, s in enumerate(seeds)}
@@ -255,13 +257,12 @@ def plot(elicitation_json: dict | str | Path):
     slope = result["slope"]
     grid = np.linspace(x.min(), x.max(), 50)
     ax.plot(grid, mean.mean() + slope["value"] * (grid - x.mean()), ls="--", color="0.4",
-            label=f"fit: {10 * slope['value']:+.1f} [{10 * slope['ci'][0]:+.1f}, {10 * slope['ci'][1]:+.1f}] "
-                  "points per 10 pp")
+            label=f"fit: {fmt.interval(slope['value'], slope['ci'], scale=10, sign=True)} points per 10 pp")
     ax.axhline(0, color="0.3", lw=1)
     ax.set(xlabel="pretraining's worked stories in the new wording (%)", ylabel="RLVR − SFT greedy accuracy (points)",
            title="RLVR's gain over SFT")
     ax.set_xticks(x)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=plots.MIN_FONT, loc="best")
     for stage in ("sft", "rlvr"):
         values = np.array([100 * b[stage]["value"] for b in result["by_fraction"]])
         low = [100 * b[stage]["ci"][0] for b in result["by_fraction"]]
@@ -271,7 +272,7 @@ def plot(elicitation_json: dict | str | Path):
     acc.set(xlabel="pretraining's worked stories in the new wording (%)", ylabel="greedy accuracy (%)",
             title="Accuracy of SFT and RLVR", ylim=(0, 100))
     acc.set_xticks(x)
-    acc.legend(fontsize=8)
+    acc.legend(fontsize=plots.MIN_FONT)
     fig.suptitle("Elicitation: RLVR's gain as pretraining sees more of the evaluation's wording")
     fig.tight_layout()
     return fig

@@ -9,6 +9,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -103,6 +104,10 @@ def _default(field) -> str:
     value = field.default
     if isinstance(value, BaseModel):
         return "(section)"
+    if isinstance(value, float) and len(repr(value)) > 10:  # 5/6, not 0.8333333333333334
+        fraction = Fraction(value).limit_denominator(1000)
+        if float(fraction) == value:
+            return f"`{fraction}` (≈ {value:.4g})"
     return f"`{json.dumps(value)}`" if value is not None else "`null`"
 
 
@@ -121,17 +126,19 @@ def params_reference() -> str:
            "effective config with these defaults filled in; `check-params FILE` validates it. Generated from "
            "`rlvr_utils/core/params.py`.", ""]
     top = [(k, f) for k, f in Params.model_fields.items() if k != "source" and not _is_section(f)]
-    out += ["## Top level", "", "| key | type | default | description |", "| --- | --- | --- | --- |"]
-    out += [f"| `{k}` | {_type(f.annotation)} | {_default(f)} | {_cell(f.description)} |" for k, f in top]
+    # a list, not a four-column table: a key's description stays whole at any width, a phone's included
+    out += ["## Top level", "", *(_param_line(k, f) for k, f in top)]
     for name, field in Params.model_fields.items():
         if not _is_section(field):
             continue
         cls = field.annotation
         out += ["", f"## `{name}`", "", _cell((cls.__doc__ or "").strip().split("\n\n")[0]), "",
-                "| key | type | default | description |", "| --- | --- | --- | --- |"]
-        out += [f"| `{name}.{k}` | {_type(f.annotation)} | {_default(f)} | {_cell(f.description)} |"
-                for k, f in cls.model_fields.items()]
+                *(_param_line(f"{name}.{k}", f) for k, f in cls.model_fields.items())]
     return "\n".join(out) + "\n"
+
+
+def _param_line(key: str, field) -> str:
+    return f"- `{key}` ({_type(field.annotation)}, default {_default(field)}): {_cell(field.description)}"
 
 
 def _is_section(field) -> bool:
@@ -139,7 +146,8 @@ def _is_section(field) -> bool:
 
 
 def _cell(text: str | None) -> str:
-    return " ".join((text or "").split()).replace("|", "\\|")
+    """One line of Markdown: '|' and '<' escaped ('runs/<name>/' would otherwise lose '<name>' as an HTML tag)."""
+    return " ".join((text or "").split()).replace("|", "\\|").replace("<", "\\<")
 
 
 def git_version() -> str:
@@ -180,6 +188,13 @@ def _gpu() -> str:
     return "none found (nvidia-smi absent or silent)"
 
 
+def _short_commit(code: str) -> str:
+    """A commit as git abbreviates it (12 hex digits), so the wall-time table fits a phone; the code table above
+    gives the whole hash."""
+    head, _, rest = code.partition(" ")
+    return (head[:12] if len(head) == 40 else head) + (f" {rest}" if rest else "")
+
+
 def machine() -> dict[str, str]:
     return {"code (git commit) at this build": git_version(), "Python": sys.version.split()[0],
             "OS": platform.platform(), "CPU": _cpu(), "GPU": _gpu()}
@@ -190,7 +205,7 @@ def reproducibility(cfg: Params, shown_params: str, params_text: str, record: di
     rows = "\n".join(f"| {k} | {v} |" for k, v in machine().items())
     versions = "\n".join(f"| {name} | {version} |" for name, version in artifacts.versions().items())
     times = "\n".join(f"| {name.removesuffix('.ipynb')} | {entry.get('seconds', 0):.1f} | {entry.get('finished', '')} "
-                      f"| {entry.get('code', 'not recorded')} |" for name, entry in sorted(record.items()))
+                      f"| {_short_commit(entry.get('code', 'not recorded'))} |" for name, entry in sorted(record.items()))
     return f"""# Reproducibility record
 
 This book was built from the params file `{shown_params}`

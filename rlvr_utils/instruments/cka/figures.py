@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from rlvr_utils.core import fmt, plots
 from rlvr_utils.core.plots import STAGE_COLORS
 from rlvr_utils.instruments.cka.instrument import short
 from rlvr_utils.instruments.cka.maths import COMPONENT_SITES
@@ -19,45 +20,74 @@ from rlvr_utils.treatments.registry import REFERENCE, STUDY
 
 # --- the stage comparisons ---------------------------------------------------------------------------------
 def plot_components(result: dict):
-    """Heatmaps, one per model pair: CKA per layer (rows) and component (columns), each cell annotated
-    with its estimate and bootstrap interval."""
+    """Heatmaps, one per model pair, one above the other: CKA per layer (rows) and component (columns), each cell
+    annotated with its estimate (at most four decimals; the intervals are in the chapter's table). Each pair has
+    its own colour scale spanning its values: CKA between SFT and RLVR sits within a few thousandths of 1, which
+    a shared 0-1 scale would paint in one colour."""
     cells = pd.DataFrame(result["cells"])
     cells["component"] = cells["site"].map(short)
-    fig, axes = plt.subplots(1, len(result["pairs"]), figsize=(4.2 * len(result["pairs"]), 1.0 + 0.8 * len(result["layers"])),
-                             sharey=True, squeeze=False)
-    low = min(0.0, float(cells["value"].min()))
-    for ax, pair in zip(axes[0], result["pairs"]):
+    pairs, n_layers = result["pairs"], len(result["layers"])
+    annotate = n_layers <= 8
+    height = 1.0 + (0.36 if annotate else 0.12) * n_layers
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(plots.PAGE_WIDTH, height * len(pairs) + 0.6), squeeze=False)
+    for ax, pair in zip(axes[:, 0], pairs):
         sub = cells[cells["pair"] == pair]
         values = sub.pivot(index="layer", columns="component", values="value")
-        text = sub.assign(t=[f"{v:.3f}\n[{lo:.3f}, {hi:.3f}]" for v, (lo, hi) in zip(sub["value"], sub["ci"])]) \
+        text = sub.assign(t=[_cell_text(v, ci) for v, ci in zip(sub["value"], sub["ci"])]) \
             .pivot(index="layer", columns="component", values="t")
-        sns.heatmap(values, annot=text.loc[values.index, values.columns].values, fmt="", vmin=low, vmax=1.0,
-                    cmap="viridis", cbar=ax is axes[0][-1], ax=ax, annot_kws={"fontsize": 8})
+        low, high = float(values.min().min()), float(values.max().max())
+        high = high if high > low else low + 1e-9
+        sns.heatmap(values, annot=text.loc[values.index, values.columns].values if annotate else False, fmt="",
+                    vmin=low, vmax=high, cmap="viridis", ax=ax, annot_kws={"fontsize": plots.MIN_FONT},
+                    cbar_kws={"ticks": [low, high], "format": "%.4g", "pad": 0.02})
         ax.set_title(pair.replace("_", " vs "))
         ax.set_xlabel("component")
-        ax.set_ylabel("layer" if ax is axes[0][0] else "")
+        ax.set_ylabel("layer")
+        ax.tick_params(axis="x", rotation=0)
+        ax.tick_params(axis="y", rotation=0)
     kind = "debiased" if result["debiased"] else "biased"
-    fig.suptitle(f"Linear CKA ({kind}) per layer and component, {int(result['confidence'] * 100)}% bootstrap "
-                 f"intervals over problems ({result['selection']} positions)")
+    fig.suptitle(f"Linear CKA ({kind}) per layer and component\n(each pair on its own colour scale)")
     fig.tight_layout()
     return fig
 
 
+def _cell_text(value: float, ci) -> str:
+    """A heatmap cell's number: the precision its interval supports, at most four decimals (it must fit)."""
+    text = fmt.value(value, ci)
+    return f"{value:.4f}" if len(text) > 6 and "×" not in text else text
+
+
 def plot_cross_layer(result: dict):
-    """Grid of layer x layer CKA matrices: rows are model pairs, columns are components."""
+    """Layer x layer CKA matrices in a grid: a row per model pair, a column per component, one colour scale
+    spanning every matrix's values."""
     sites, pairs = result["sites"], result["pairs"]
-    fig, axes = plt.subplots(len(pairs), len(sites), figsize=(3.6 * len(sites), 3.2 * len(pairs)), squeeze=False)
+    size = plots.PAGE_WIDTH / len(sites)
+    fig, axes = plt.subplots(len(pairs), len(sites), figsize=(plots.PAGE_WIDTH, 0.9 * size * len(pairs) + 0.9),
+                             squeeze=False, sharex=True, sharey=True)
+    matrices = [np.array(e["matrix"]) for e in result["cross_layer"]]
+    low = float(min(m.min() for m in matrices)) if matrices else 0.0
+    small = all(len(e["layers"]) <= 4 for e in result["cross_layer"])  # annotations fit 4 x 4 cells at most
+    mesh = None
     for entry in result["cross_layer"]:
         ax = axes[pairs.index(entry["pair"])][sites.index(entry["site"])]
         first, second = entry["pair"].split("_")
-        sns.heatmap(np.array(entry["matrix"]), vmin=min(0.0, np.min(entry["matrix"])), vmax=1.0, cmap="viridis",
-                    annot=len(entry["layers"]) <= 6, fmt=".2f", xticklabels=entry["layers"],
-                    yticklabels=entry["layers"], ax=ax, annot_kws={"fontsize": 7})
-        ax.set_title(f"{first} vs {second}: {short(entry['site'])}")
-        ax.set_xlabel(f"layer ({second})")
-        ax.set_ylabel(f"layer ({first})")
-    fig.suptitle("Cross-layer CKA: does a layer of one model match the same layer of the other?")
-    fig.tight_layout()
+        mesh = ax.imshow(np.array(entry["matrix"]), vmin=low, vmax=1.0, cmap="viridis")
+        if small:
+            for (i, j), v in np.ndenumerate(np.array(entry["matrix"])):
+                ax.text(j, i, f"{v:.2f}".replace("0.", ".", 1) if f"{v:.2f}".startswith("0.") else f"{v:.2f}",
+                        ha="center", va="center",
+                        fontsize=plots.MIN_FONT, color="white" if v < (low + 1) / 2 else "black")
+        ax.set_xticks(range(len(entry["layers"])), entry["layers"])
+        ax.set_yticks(range(len(entry["layers"])), entry["layers"])
+        ax.grid(False)
+        ax.set_title(f"{first}–{second}\n{short(entry['site'])}", fontsize=plots.MIN_FONT)
+        if entry["site"] == sites[0]:  # shared axes: the outer panels carry the labels
+            ax.set_ylabel(f"layer ({first})", fontsize=plots.MIN_FONT)
+        if entry["pair"] == pairs[-1]:
+            ax.set_xlabel(f"layer ({second})", fontsize=plots.MIN_FONT)
+    if mesh is not None:
+        fig.colorbar(mesh, ax=axes, shrink=0.6, label="CKA")
+    fig.suptitle("Cross-layer CKA: does a layer of one model\nmatch the same layer of the other?")
     return fig
 
 
@@ -65,7 +95,7 @@ def plot_inflation(result: dict):
     """Biased vs debiased CKA against the number of samples, true and shuffled pairings."""
     info = result["inflation"]
     points = pd.DataFrame(info["points"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 4.2))
     sns.lineplot(points, x="n", y="cka", hue="estimator", style="pairing", markers=True, errorbar=("pi", 100), ax=ax)
     ax.axvline(info["d"], color="grey", linestyle=":", label=f"d = {info['d']}")
     ax.axhline(0.0, color="black", linewidth=0.6)
@@ -75,7 +105,7 @@ def plot_inflation(result: dict):
     first, second = info["pair"].split("_")
     ax.set_title(f"Biased CKA inflates when n is not >> d ({first} vs {second}, layer {info['layer']} "
                  f"{short(info['site'])})")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=plots.MIN_FONT)
     fig.tight_layout()
     return fig
 
@@ -84,9 +114,8 @@ def summary_markdown(result: dict) -> str:
     """A short reading of the run's numbers, in the terms of the two hypotheses."""
     s = result["summary"]
 
-    def fmt(key):  # 4 digits: CKA near 1 differs in the third decimal
-        v = s[key]
-        return f"{v['value']:.4f} [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}]"
+    def shown(key):  # at the precision its interval supports: CKA near 1 differs in the third decimal
+        return fmt.interval(s[key]["value"], s[key]["ci"])
 
     conf = int(result["confidence"] * 100)
     lines = [f"Debiased linear CKA, mean over layers {result['layers'][0]}..{result['layers'][-1]}, at "
@@ -95,9 +124,9 @@ def summary_markdown(result: dict) -> str:
     lines.append("|---|" + "---|" * len(result["sites"]))
     for pair in result["pairs"]:
         lines.append(f"| {pair.replace('_', ' vs ')} | "
-                     + " | ".join(fmt(f"cka_{pair}_{short(x)}") for x in result["sites"]) + " |")
+                     + " | ".join(shown(f"cka_{pair}_{short(x)}") for x in result["sites"]) + " |")
     lines.append("")
-    lines.append(f"Chance level (rows shuffled): {fmt('cka_permutation_baseline')}.")
+    lines.append(f"Chance level (rows shuffled): {shown('cka_permutation_baseline')}.")
     for pair in (f"{REFERENCE}_{STUDY}", f"base_{STUDY}"):
         key = f"cka_{pair}_mlp_minus_attn"
         if key in s:
@@ -109,7 +138,7 @@ def summary_markdown(result: dict) -> str:
                        "MLP outputs changed **more** than attention outputs, end to "
                        "end" if hi < 0 else
                        "the data cannot tell whether MLP or attention outputs changed more")
-            lines.append(f"- {pair.replace('_', ' → ')}: MLP minus attention CKA = {fmt(key)}: {verdict}.")
+            lines.append(f"- {pair.replace('_', ' → ')}: MLP minus attention CKA = {shown(key)}: {verdict}.")
     inflation = _smallest_n_inflation(result)
     if inflation:
         lines.append(f"- Estimator check: on shuffled (unrelated) rows at n = {inflation['n']} < d = "
@@ -134,7 +163,7 @@ def _smallest_n_inflation(result: dict) -> dict | None:
 def plot_dynamics(rows: list[dict]):
     """CKA of SFT with each GRPO checkpoint against the training step, one line per component (mean over
     layers, the band spanning the layers)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 4))
     sns.lineplot(data=pd.DataFrame(rows), x="step", y="cka", hue="site", marker="o", errorbar=("pi", 100), ax=ax)
     ax.set(xlabel="GRPO step", ylabel="debiased CKA with SFT",
            title="How far RLVR's representations move from SFT during training (band: range over layers)")
@@ -160,29 +189,25 @@ def per_layer_table(same_input: dict, cka_result: dict | None = None) -> pd.Data
     return pd.DataFrame(records)
 
 
+SUMMARY_MEASURES = ((SAME_INPUT + ", 1 − CKA", "attn_change", "mlp_change", "same_input"),
+                    (SAME_INPUT + ", relative change", "attn_relative_change", "mlp_relative_change", "same_input"),
+                    ("end to end, 1 − CKA", "attn_change_end_to_end", "mlp_change_end_to_end", "end_to_end"))
+
+
 def summary_table(same_input: dict, cka_result: dict | None = None) -> pd.DataFrame:
-    """Per variant: same-input and end-to-end change of attention and MLP (mean over layers, interval)."""
-    def fmt(entry):
-        if not entry or entry.get("value") is None:
-            return ""
-        lo, hi = entry["ci"]
-        return f"{entry['value']:.2e} [{_e(lo)}, {_e(hi)}]"
-
+    """Per measure and treatment (long, four columns, so it fits a phone's width): the change of attention and of
+    the MLPs against SFT, mean over layers with its interval, at the precision the interval supports."""
     end = (cka_result or {}).get("variants", {})
+    sources = {"same_input": same_input["variants"], "end_to_end": end}
     records = []
-    for name, measures in same_input["variants"].items():
-        records.append({"variant": name,
-                        "attn change, same input": fmt(measures.get("attn_change")),
-                        "MLP change, same input": fmt(measures.get("mlp_change")),
-                        "attn relative change, same input": fmt(measures.get("attn_relative_change")),
-                        "MLP relative change, same input": fmt(measures.get("mlp_relative_change")),
-                        "attn change, end to end": fmt(end.get(name, {}).get("attn_change_end_to_end")),
-                        "MLP change, end to end": fmt(end.get(name, {}).get("mlp_change_end_to_end"))})
-    return pd.DataFrame(records).set_index("variant") if records else pd.DataFrame()
-
-
-def _e(x):
-    return "nan" if x is None else f"{x:.2e}"
+    for label, attn, mlp, source in SUMMARY_MEASURES:
+        for name in same_input["variants"]:
+            measures = sources[source].get(name, {})
+            if attn in measures or mlp in measures:
+                records.append({"measure": label, "treatment": name,
+                                **{f"{side} [95% CI]": fmt.interval(e.get("value"), e.get("ci")) if e else "not measured"
+                                   for side, e in (("attention", measures.get(attn)), ("MLP", measures.get(mlp)))}})
+    return pd.DataFrame(records)
 
 
 def _colors(cfg) -> dict[str, str]:
@@ -200,7 +225,9 @@ def plot_comparison(cfg, same_input: dict, cka_result: dict | None = None):
     the controls are lines; the nulls are a grey band (their range) with thin lines."""
     table = per_layer_table(same_input, cka_result)
     measures = [m for m in (SAME_INPUT, END_TO_END) if m in set(table["measure"])] if len(table) else [SAME_INPUT]
-    fig, axes = plt.subplots(len(measures), 2, figsize=(11, 3.6 * len(measures)), squeeze=False, sharex=True)
+    n_named = len({v for v in table["variant"]} - set(registry.names(cfg, "null"))) + 1 if len(table) else 1
+    fig, axes = plt.subplots(len(measures), 2, figsize=(plots.PAGE_WIDTH, 2.9 * len(measures) + 1.0 + 0.22 * -(-n_named // 2)),
+                             squeeze=False, sharex=True)
     colors, null_names = _colors(cfg), set(registry.names(cfg, "null"))
     for i, measure_name in enumerate(measures):
         for j, component in enumerate(COMPONENT_SITES):
@@ -221,15 +248,17 @@ def plot_comparison(cfg, same_input: dict, cka_result: dict | None = None):
                         linestyle="-" if name == STUDY else "--", markersize=6 if name == STUDY else 4)
                 ax.fill_between(one["layer"], one["lo"], one["hi"], color=color, alpha=0.15)
             ax.set_yscale("symlog", linthresh=1e-6)
-            ax.set_title(f"{'attention' if component == 'attn' else 'MLP'}: {measure_name}")
+            ax.set_title(f"{'attention' if component == 'attn' else 'MLP'}: "
+                         f"{'same input' if measure_name == SAME_INPUT else 'end to end'}")
             ax.set_xlabel("layer")
-            ax.set_ylabel("1 - debiased CKA with SFT")
+            ax.set_ylabel("1 − CKA with SFT")
             if len(sub):
                 ax.set_xticks(sorted(sub["layer"].unique()))
     handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
     if handles:
-        fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), title="vs SFT")
-    fig.suptitle("Did the component change? Same input (the component's own change) vs end to end (its output "
-                 "in each model, mixing upstream changes)")
-    fig.tight_layout()
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, title="vs SFT",
+                   fontsize=plots.MIN_FONT, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("Did the component change? Same input (its own change)\nvs end to end (mixing upstream changes)")
+    # the legend's rows (two names each) take the bottom of the figure, in inches of its height
+    fig.tight_layout(rect=(0, min(0.6, (0.5 + 0.22 * -(-len(handles) // 2)) / fig.get_size_inches()[1]), 1, 1))
     return fig

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rlvr_utils.core import fmt, plots
 from rlvr_utils.instruments.crosscoder.instrument import YARDSTICK, counts, pair_label
 from rlvr_utils.treatments.registry import REFERENCE, STUDY
 
@@ -12,79 +13,105 @@ def _color(pair: dict) -> str:
 
 
 def plot_relative_norms(result: dict, seed: int = 0):
-    """One histogram of live latents' relative decoder norm per pair (first seed), threshold marked."""
+    """One histogram of live latents' relative decoder norm per pair (first seed), thresholds marked; a grid of
+    panels (two per row) so that each stays readable at the page's width."""
     import matplotlib.pyplot as plt
 
     pairs = list(result["pairs"])
-    fig, axes = plt.subplots(1, len(pairs), figsize=(2.6 * len(pairs), 2.8), sharex=True, sharey=True, squeeze=False)
+    rows, cols = plots.grid(len(pairs))
+    fig, axes = plt.subplots(rows, cols, figsize=(plots.PAGE_WIDTH, 2.5 * rows + 0.9), sharex=True, sharey=True,
+                             squeeze=False)
+    plots.drop_unused(axes, len(pairs))
     threshold = result["settings"]["specific_threshold"]
-    for ax, key in zip(axes[0], pairs):
+    for ax, key in zip(axes.flat, pairs):
         rec = result["pairs"][key]["seeds"][seed]
         rel = np.array([r for r, n in zip(rec["rel_norm"], rec["count"]) if n > 0 and r is not None])
         color = "tab:gray" if result["pairs"][key]["kind"] == "null" else "tab:blue"
-        ax.hist(rel, bins=np.linspace(0, 1, 41), color=color)
+        if len(rel):
+            ax.hist(rel, bins=np.linspace(0, 1, 41), color=color)
+            ax.set_yscale("log")
+        else:
+            plots.say_missing(ax, "no live latent")
         ax.axvline(threshold, color="tab:red", ls="--", lw=1)
         ax.axvline(1 - threshold, color="tab:red", ls=":", lw=1)
-        ax.set_yscale("log")
         sides = (f"{rec['n_target_only']} target-only, {rec['n_reference_only']} ref-only" if "n_target_only" in rec
                  else f"{rec['n_specific']} specific")
-        ax.set_title(f"{pair_label(key)}\n{sides}", fontsize=9)
-        ax.set_xlabel("‖d_target‖ / (‖d_ref‖ + ‖d_target‖)", fontsize=8)
-    axes[0][0].set_ylabel("live latents")
-    fig.suptitle(f"Relative decoder norms at {result['site']} (seed {seed})", fontsize=10)
+        ax.set_title(f"{pair_label(key)}\n{sides}", fontsize=plots.MIN_FONT)
+    for ax in axes[-1]:
+        ax.set_xlabel("‖d_target‖ / (‖d_ref‖ + ‖d_target‖)", fontsize=plots.MIN_FONT)
+    for row in axes:
+        row[0].set_ylabel("live latents")
+    fig.suptitle(f"Relative decoder norms at {result['site']} (seed {seed})")
     fig.tight_layout()
     return fig
 
 
 def plot_counts(result: dict):
     """Model-specific latents (target-only + reference-only) per pair: mean and range over crosscoder seeds, each
-    seed as a dot."""
+    seed as a dot; pairs as rows so their names stay horizontal and whole."""
     import matplotlib.pyplot as plt
 
     keys = list(result["pairs"])
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(keys) + 2), 3))
+    fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 0.36 * len(keys) + 1.4))
     for i, key in enumerate(keys):
         n, color = counts(result["pairs"][key]), _color(result["pairs"][key])
-        ax.errorbar(i, np.mean(n), yerr=[[np.mean(n) - min(n)], [max(n) - np.mean(n)]], fmt="o", color=color,
+        ax.errorbar(np.mean(n), i, xerr=[[np.mean(n) - min(n)], [max(n) - np.mean(n)]], fmt="o", color=color,
                     capsize=4)
-        ax.scatter([i] * len(n), n, color=color, alpha=0.4, s=12)
-    ax.set_xticks(range(len(keys)), [pair_label(k) for k in keys], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("model-specific latents")
-    ax.set_title("Target-only + reference-only latents (mean, range over seeds)", fontsize=10)
+        ax.scatter(n, [i] * len(n), color=color, alpha=0.4, s=12)
+    ax.set_yticks(range(len(keys)), [pair_label(k) for k in keys])
+    ax.invert_yaxis()
+    # counts: an integer axis from 0 (all zeros would otherwise sit mid-way on matplotlib's default ±0.05)
+    most = max((max(counts(result["pairs"][k]), default=0) for k in keys), default=0)
+    ax.set_xlim(-0.05 * max(most, 1) - 0.3, most * 1.05 + 1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("model-specific latents")
+    title = "Target-only + reference-only latents (mean, range over seeds)"
+    ax.set_title(title if most else title + ": no pair has any on this run")
     fig.tight_layout()
     return fig
 
 
 def plot_causal(result: dict, target: str = STUDY):
-    """Accuracy change of each latent edit with its paired 95% interval, beside the random-latent control."""
+    """Accuracy change of each latent edit with its paired 95% interval, beside the random-latent control; a set
+    of latents that is empty on this run says so instead of showing zeros that were never measured."""
     import matplotlib.pyplot as plt
 
     cz = result["causal"].get(target)
     if not cz:
         return None
-    rows = []
-    for set_name in ("specific", "leaning"):
+    sets = ("specific", "leaning")
+    # not sharing y: a panel that says "nothing measured" has no ticks, which a shared axis would take from all
+    fig, axes = plt.subplots(1, len(sets), figsize=(plots.PAGE_WIDTH, 3.6), squeeze=False)
+    for ax, set_name in zip(axes[0], sets):
         n = cz[set_name]["latents_per_seed"]
-        for key, label in (("ablate_drop", f"ablate in {target} (drop)"), ("transplant_gain", "transplant into sft (gain)")):
+        ax.set_title(f"{set_name} latents (n = {', '.join(map(str, dict.fromkeys(n)))})", fontsize=plots.MIN_FONT)
+        if not any(n):
+            plots.say_missing(ax, f"no {set_name} latent on this run:\nnothing to ablate or transplant")
+            continue
+        labels = []
+        for i, (key, label) in enumerate((("ablate_drop", f"ablate in\n{target} (drop)"),
+                                          ("transplant_gain", "transplant into\nsft (gain)"))):
             rand = key.replace("_drop", "").replace("_gain", "") + "_random" + key[key.rindex("_"):]
             in_ref = cz[set_name].get("ablate_reference_drop") if key == "ablate_drop" else None
-            rows.append((f"{set_name} (n={n[0]})\n{label}", cz[set_name][key], cz[set_name][rand], in_ref))
-    fig, ax = plt.subplots(figsize=(7, 3))
-    for i, (label, real, rand, in_ref) in enumerate(rows):
-        for dx, est, color in ((-0.2, real, "tab:red"), (0.0, rand, "tab:gray"), (0.2, in_ref, "tab:blue")):
-            if est is None:
-                continue
-            ax.errorbar(i + dx, est["value"], yerr=[[est["value"] - est["ci"][0]], [est["ci"][1] - est["value"]]],
-                        fmt="o", color=color, capsize=4, label=None)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
-    ax.set_ylabel("accuracy points")
-    ax.plot([], [], "o", color="tab:red", label="chosen latents")
-    ax.plot([], [], "o", color="tab:gray", label="as many random latents")
-    ax.plot([], [], "o", color="tab:blue", label="chosen latents ablated in sft")
-    ax.legend(fontsize=8)
-    ax.set_title(f"Causal test on {cz['n_problems']} held-out problems (paired 95% intervals)", fontsize=10)
-    fig.tight_layout()
+            labels.append(label)
+            for dx, est, color in ((-0.2, cz[set_name][key], "tab:red"), (0.0, cz[set_name][rand], "tab:gray"),
+                                   (0.2, in_ref, "tab:blue")):
+                if est is None or est.get("value") is None:
+                    continue
+                ax.errorbar(i + dx, est["value"], yerr=[[est["value"] - est["ci"][0]], [est["ci"][1] - est["value"]]],
+                            fmt="o", color=color, capsize=4)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(labels)), labels, fontsize=plots.MIN_FONT)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        ax.set_ylabel("accuracy points")
+    from matplotlib.lines import Line2D
+
+    keys = (("tab:red", "chosen latents"), ("tab:gray", "as many random latents"),
+            ("tab:blue", "chosen latents ablated in sft"))
+    fig.legend([Line2D([], [], marker="o", ls="", color=c) for c, _ in keys], [label for _, label in keys],
+               loc="lower center", ncol=2, fontsize=plots.MIN_FONT)
+    fig.suptitle(f"Causal test on {cz['n_problems']} held-out problems (paired 95% intervals)")
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 
@@ -92,43 +119,52 @@ def plot_scaling(result: dict, seed: int = 0):
     """Relative decoder norm against Latent Scaling's nu_error for each SFT->treatment pair (first seed)."""
     import matplotlib.pyplot as plt
 
-    keys = [k for k, p in result["pairs"].items() if p["reference"] == REFERENCE][:3]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), sharey=True, squeeze=False)
+    keys = [k for k, p in result["pairs"].items() if p["reference"] == REFERENCE][:4]
+    rows, cols = plots.grid(len(keys))
+    fig, axes = plt.subplots(rows, cols, figsize=(plots.PAGE_WIDTH, 2.7 * rows + 0.4), sharex=True, sharey=True,
+                             squeeze=False)
+    plots.drop_unused(axes, len(keys))
     s = result["settings"]
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes.flat, keys):
         rec = result["pairs"][key]["seeds"][seed]
         pts = [(r, v) for r, v, n in zip(rec["rel_norm"], rec["nu_error"], rec["count"]) if n > 0 and v is not None]
         if pts:
             r, v = np.array(pts).T
             ax.scatter(r, np.clip(v, -0.5, 1.5), s=8, alpha=0.6)
+        else:
+            plots.say_missing(ax, "no live latent with a ν_error")
         ax.axvline(s["specific_threshold"], color="tab:red", ls="--", lw=1)
         ax.axhline(s["presence_threshold"], color="tab:red", ls="--", lw=1)
         ax.set_xlim(0, 1)
-        ax.set_title(pair_label(key), fontsize=9)
+        ax.set_title(pair_label(key), fontsize=plots.MIN_FONT)
+    for ax in axes[-1]:
         ax.set_xlabel("relative decoder norm")
-    axes[0][0].set_ylabel("ν_error (clipped to [-0.5, 1.5])")
+    for row in axes:
+        row[0].set_ylabel("ν_error (clipped)")
     fig.tight_layout()
     return fig
 
 
 def readings_frame(result: dict):
-    """One row per read latent: kind, diagnostics, top contexts and logit-lens tokens."""
+    """One row per read latent, four columns so it fits a phone's width: which latent, its diagnostics, its top
+    contexts and the tokens its decoder promotes and suppresses through the logit lens."""
     import pandas as pd
 
     rows = []
     for kind, latents in result.get("readings", {}).items():
         for r in latents:
             ctx = " | ".join(f"…{c['context']}[{c['token']}]→{c['next']!r}" for c in r["contexts"][:3])
-            rows.append({"kind": kind, "latent": r["latent"], "rel_norm": round(r["rel_norm"], 3),
-                         "nu_error": round(r["nu_error"], 3), "frequency": round(r["frequency"], 4),
-                         "top contexts": ctx, "promotes": " ".join(map(repr, r["promotes"])),
-                         "suppresses": " ".join(map(repr, r["suppresses"]))})
+            rows.append({"latent": f"{kind} #{r['latent']}",
+                         "relative norm · ν_error · frequency": " · ".join(
+                             fmt.number(r[k]) for k in ("rel_norm", "nu_error", "frequency")),
+                         "top contexts": ctx,
+                         "logit lens": f"promotes {' '.join(map(repr, r['promotes']))}; "
+                                       f"suppresses {' '.join(map(repr, r['suppresses']))}"})
     return pd.DataFrame(rows)
 
 
 def _fmt(est: dict) -> str:
-    lo, hi = est["ci"]
-    return f"{est['value']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+    return fmt.interval(est["value"], est["ci"], sign=True)
 
 
 def reading(result: dict) -> str:

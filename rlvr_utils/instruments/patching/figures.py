@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from rlvr_utils.core import fmt, plots
 from rlvr_utils.instruments.patching.grafting import GAIN_NOTE
 from rlvr_utils.treatments.registry import REFERENCE, STUDY
 
@@ -42,7 +43,7 @@ def plot_layers(report: dict, title: str, effects=("total", "direct")):
     """One panel per effect kind: per layer, the attention and MLP effect (nats, 95% interval) on the answer
     tokens' mean log-probability; the donor - receiver gap as a dashed line for scale."""
     frame = layer_frame(report)
-    fig, axes = plt.subplots(1, len(effects), figsize=(4.6 * len(effects), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(effects), figsize=(plots.PAGE_WIDTH, 3.8), squeeze=False, sharey=True)
     gap = report["total_effect"]["value"]
     for ax, kind in zip(axes[0], effects):
         rows = frame[frame.effect == kind]
@@ -53,9 +54,9 @@ def plot_layers(report: dict, title: str, effects=("total", "direct")):
         ax.axhline(0, color="black", lw=0.8)
         if gap is not None:
             ax.axhline(gap, color="#d62728", ls="--", lw=1, label="donor − receiver")
-        ax.set(title=f"{kind} effect", xlabel="layer", ylabel="Δ mean log p(answer tokens) [nats]")
+        ax.set(title=f"{kind} effect", xlabel="layer", ylabel="Δ mean log p(answer) [nats]" if ax is axes[0][0] else "")
         ax.set_xticks(sorted(frame.layer.unique()))
-        ax.legend(fontsize="small")
+    axes[0][0].legend(fontsize=plots.MIN_FONT)
     fig.suptitle(f"{title} ({report['n_problems']} problems)")
     fig.tight_layout()
     return fig
@@ -71,6 +72,28 @@ def variants_frame(results: dict):
     return pd.DataFrame(rows)
 
 
+def _shown(row) -> str:
+    value = None if np.isnan(row["value"]) else row["value"]
+    return fmt.interval(value, None if np.isnan(row["lo"]) else (row["lo"], row["hi"]), sign=True)
+
+
+def variants_table(results: dict):
+    """Per treatment (donor into SFT): attention and MLP direct effects summed over layers and the total effect,
+    each with its 95% interval at the precision the interval supports (nats)."""
+    frame = variants_frame(results)
+    names = {"attn_direct_effect": "attention direct", "mlp_direct_effect": "MLP direct", "total_effect": "total"}
+    frame = frame[frame.measure.isin(names)].assign(shown=lambda f: f.apply(_shown, axis=1))
+    table = frame.pivot(index="treatment", columns="measure", values="shown")
+    table = table.loc[list(dict.fromkeys(frame.treatment)), [m for m in names if m in table.columns]]
+    return table.rename(columns=names).reset_index()
+
+
+def layer_table(report: dict):
+    """Per layer and component: total, direct and own-run direct effects (nats) with their intervals."""
+    frame = layer_frame(report).assign(shown=lambda f: f.apply(_shown, axis=1))
+    return frame.pivot(index=["layer", "component"], columns="effect", values="shown").reset_index()
+
+
 def plot_variants(results: dict):
     """Per treatment (donor into SFT): attention and MLP direct effects summed over layers, and the total
     effect, with 95% intervals."""
@@ -78,7 +101,7 @@ def plot_variants(results: dict):
     names = list(dict.fromkeys(frame.treatment))
     measures = {"attn_direct_effect": ("attention direct", COMPONENT_COLORS["attn"]),
                 "mlp_direct_effect": ("MLP direct", COMPONENT_COLORS["mlp"]), "total_effect": ("total", "#7f7f7f")}
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.8))
+    fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 0.55 * len(names) + 1.8))
     for offset, (key, (label, color)) in zip((-0.25, 0.0, 0.25), measures.items()):
         part = frame[frame.measure == key].set_index("treatment").loc[names]
         y = np.arange(len(names)) + offset
@@ -88,9 +111,9 @@ def plot_variants(results: dict):
     ax.set_yticks(np.arange(len(names)), names)
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("Δ mean log p(answer tokens) in SFT [nats] (95% bootstrap CI)")
+    ax.set_xlabel("Δ mean log p(answer tokens) in SFT [nats]\n(95% bootstrap CI)")
     ax.set_title("Each treatment's components patched into SFT: direct effects summed over layers")
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize=plots.MIN_FONT, loc="best")
     fig.tight_layout()
     return fig
 
@@ -105,12 +128,12 @@ def plot_heatmaps(reports: dict[str, dict], titles: dict[str, str], suptitle: st
         return out.loc[sorted(out.index, key=int), list(dict.fromkeys(frame["column"]))]
 
     tables = {name: table(r) for name, r in reports.items()}
-    width = max(3.0, 0.75 * max(t.shape[1] for t in tables.values())) + 1.5
-    height = 0.45 * max(t.shape[0] for t in tables.values()) + 1.8
-    fig, axes = plt.subplots(1, len(reports), figsize=(width * len(reports), height), squeeze=False)
-    for ax, (name, report) in zip(axes[0], reports.items()):
+    # one model per row: side by side, the cells' numbers would be too small to read at the page's width
+    height = 0.42 * max(t.shape[0] for t in tables.values()) + 2.0
+    fig, axes = plt.subplots(len(reports), 1, figsize=(plots.PAGE_WIDTH, height * len(reports)), squeeze=False)
+    for ax, (name, report) in zip(axes[:, 0], reports.items()):
         sns.heatmap(tables[name].astype(float), ax=ax, annot=True, fmt=".2f", cmap="RdBu_r", center=0, vmin=-1,
-                    vmax=1, annot_kws={"fontsize": 8}, cbar_kws={"label": "normalised effect"})
+                    vmax=1, annot_kws={"fontsize": plots.MIN_FONT}, cbar_kws={"label": "normalised effect"})
         ax.set_title(f"{titles.get(name, name)} ({report['n_problems']} problems)")
         ax.set_xlabel("patched site @ positions")
         ax.set_ylabel("layer")
@@ -122,10 +145,11 @@ def plot_heatmaps(reports: dict[str, dict], titles: dict[str, str], suptitle: st
 
 
 def _fmt(entry: dict | None, digits: int = 2) -> str:
+    """A value with its interval at the precision the interval supports (`digits` is kept for callers; the
+    interval decides): direct effects of 5e-4 nats print as such, not as '+0.00 [0.00, 0.00]'."""
     if not entry or entry.get("value") is None:
         return (entry or {}).get("note", "n/a")
-    ci = "" if not entry.get("ci") else f" [{entry['ci'][0]:.{digits}f}, {entry['ci'][1]:.{digits}f}]"
-    return f"**{entry['value']:+.{digits}f}**{ci}"
+    return f"**{fmt.interval(entry['value'], entry.get('ci'), sign=True)}**"
 
 
 def reading(results: dict, grafts: dict) -> str:
@@ -171,20 +195,14 @@ def _within_reading(within: dict) -> str:
 # --- grafting ---------------------------------------------------------------------------------------
 def table_frame(result: dict):
     """The grafting table (pandas): accuracy and share of the gain per hybrid, with intervals."""
-    def ci(entry):
-        return "" if entry.get("ci") is None else "[{:.2f}, {:.2f}]".format(*entry["ci"])
+    def shown(entry):
+        return entry.get("note") or fmt.interval(entry.get("value"), entry.get("ci"))
 
-    def value(entry):
-        return np.nan if entry["value"] is None else entry["value"]
-
-    rows = [{"model": "SFT (receiver)", "accuracy": value(result["receiver"]), "accuracy CI": ci(result["receiver"]),
-             "share of gain": 0.0, "share CI": ""}]
-    rows += [{"model": f"SFT + RLVR {row['graft']}", "accuracy": value(row["accuracy"]),
-              "accuracy CI": ci(row["accuracy"]), "share of gain": value(row["share"]),
-              "share CI": row["share"].get("note") or ci(row["share"])}
+    accuracy, share = "accuracy [95% CI]", "share of the gain [95% CI]"
+    rows = [{"model": "SFT (receiver)", accuracy: shown(result["receiver"]), share: "0 (by definition)"}]
+    rows += [{"model": f"SFT + RLVR {row['graft']}", accuracy: shown(row["accuracy"]), share: shown(row["share"])}
              for row in result["rows"]]
-    rows.append({"model": "RLVR (donor)", "accuracy": value(result["donor"]), "accuracy CI": ci(result["donor"]),
-                 "share of gain": 1.0, "share CI": ""})
+    rows.append({"model": "RLVR (donor)", accuracy: shown(result["donor"]), share: "1 (by definition)"})
     return pd.DataFrame(rows)
 
 
@@ -196,22 +214,26 @@ def plot_shares(result: dict):
         "share": np.nan if r["share"]["value"] is None else r["share"]["value"],
         "lo": np.nan if r["share"]["ci"] is None else r["share"]["ci"][0],
         "hi": np.nan if r["share"]["ci"] is None else r["share"]["ci"][1]} for r in result["rows"]])
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(frame) + 1.8))
+    fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 0.45 * len(frame) + 1.8))
     sns.barplot(frame, x="share", y="graft", hue="kind", dodge=False, legend=False, ax=ax,
                 palette={"attention": "#1f77b4", "MLP": "#ff7f0e", "attention + MLP": "#7f7f7f"})
     ax.errorbar(frame["share"], np.arange(len(frame)), fmt="none", ecolor="black", capsize=3,
                 xerr=np.abs(np.vstack([frame["share"] - frame["lo"], frame["hi"] - frame["share"]])))
     ax.axvline(0, color="black", lw=0.8)
     ax.axvline(1, color="#d62728", lw=1, ls="--", label="RLVR's full gain")
-    ax.set_xlabel("share of the RLVR - SFT accuracy gain recovered (95% bootstrap CI)")
-    ax.set_ylabel("RLVR weights grafted into SFT")
+    ax.set_xlabel("share of RLVR's gain over SFT recovered\n(95% bootstrap CI)")
+    ax.set_ylabel("RLVR weights\ngrafted into SFT")
     gain, n = result["gain"], len(result["donor"]["correct"])
     note = "" if gain.get("ci") and (gain["ci"][0] > 0 or gain["ci"][1] < 0) else f": {GAIN_NOTE}, no share is reported"
     ax.set_title(f"Grafting RLVR components into SFT\n(RLVR - SFT accuracy gain {100 * gain['value']:+.1f} points on "
                  f"{n} problems{note})")
-    ax.legend(loc="best", fontsize="small")
+    if frame["share"].isna().all():  # nothing measured: say so rather than show empty bars
+        ax.text(0.5, 0.5, "no share measured on this run", transform=ax.transAxes, ha="center", va="center",
+                color="0.35", bbox={"facecolor": "white", "edgecolor": "none"})
+    ax.legend(loc="lower right", fontsize=plots.MIN_FONT)
     fig.tight_layout()
     return fig
+
 
 def plot_graft_gains(result: dict, kinds: dict[str, str]):
     """Every treatment's attention update alone and MLP update alone grafted into SFT: accuracy gain over SFT in
@@ -225,9 +247,9 @@ def plot_graft_gains(result: dict, kinds: dict[str, str]):
                 rows.append({"treatment": f"{name} ({kinds.get(name, '?')})", "graft": side,
                              "gain": 100 * m["value"], "lo": 100 * m["ci"][0], "hi": 100 * m["ci"][1]})
     frame = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(8, 0.42 * max(frame["treatment"].nunique(), 1) + 1.8))
+    fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 0.42 * max(frame["treatment"].nunique(), 1) + 1.8))
     if frame.empty:
-        ax.set_title("no graft measured")
+        plots.say_missing(ax, "no treatment's graft was measured on this run")
         return fig
     order = list(dict.fromkeys(frame["treatment"]))
     for offset, (side, color) in zip((-0.17, 0.17), (("attention alone", "#1f77b4"), ("MLP alone", "#ff7f0e"))):
@@ -236,10 +258,10 @@ def plot_graft_gains(result: dict, kinds: dict[str, str]):
         ax.errorbar(part["gain"], y, xerr=[part["gain"] - part["lo"], part["hi"] - part["gain"]], fmt="o",
                     color=color, capsize=3, label=f"{side} into SFT")
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(order)), order, fontsize=8)
+    ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
-    ax.set_xlabel("greedy accuracy gain over SFT, points (paired 95% CI)")
+    ax.set_xlabel("greedy accuracy gain over SFT,\npoints (paired 95% CI)")
     ax.set_title("One component's update alone, grafted into SFT")
-    ax.legend(loc="best", fontsize="small")
+    ax.legend(loc="best", fontsize=plots.MIN_FONT)
     fig.tight_layout()
     return fig

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from rlvr_utils.core import fmt, plots
 from rlvr_utils.core.plots import STAGE_COLORS
 from rlvr_utils.treatments.registry import REFERENCE, STUDY
 
@@ -22,15 +23,18 @@ def figure(table: pd.DataFrame, metric: str = "accuracy", models=None) -> plt.Fi
         table = table[table.model.isin(list(models))]
     if table.empty:  # e.g. completions that never write an intermediate result or an answer
         fig, ax = plt.subplots(figsize=(5, 1.5))
-        ax.set_axis_off()
-        ax.set_title("No probe targets were found in this run's completions")
+        plots.say_missing(ax, "No probe targets were found in this run's completions")
         return fig
     targets, sites = list(dict.fromkeys(table.target)), list(dict.fromkeys(table.site))
-    fig, axes = plt.subplots(len(targets), len(sites), figsize=(3.6 * len(sites), 2.9 * len(targets)),
-                             squeeze=False, sharex=True)
-    for (i, target), (j, site) in itertools.product(enumerate(targets), enumerate(sites)):
-        ax = axes[i][j]
+    panels = list(itertools.product(targets, sites))
+    rows, cols = plots.grid(len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(plots.PAGE_WIDTH, 2.8 * rows + 1.0), squeeze=False)
+    plots.drop_unused(axes, len(panels))
+    for ax, (target, site) in zip(axes.flat, panels):
         here = table[(table.target == target) & (table.site == site)]
+        if here[here.metric == metric].empty:  # a target this site never measured: say so, draw no empty axes
+            plots.say_missing(ax, f"{target} · {site.removeprefix('hook_')}:\nnot measured on this run")
+            continue
         for model, rows in here.groupby("model", sort=False):
             color = STAGE_COLORS.get(model)
             line = rows[rows.metric == metric].sort_values("layer")
@@ -43,12 +47,15 @@ def figure(table: pd.DataFrame, metric: str = "accuracy", models=None) -> plt.Fi
         if metric != "accuracy":
             ax.axhline(0, color="black", linewidth=0.8)
         ax.set(title=f"{target} · {site.removeprefix('hook_')}", xlabel="layer",
-               ylabel=PROBE_LABELS.get(metric, metric))
+               ylabel=PROBE_LABELS.get(metric, metric) if ax in axes[:, 0] else "")
         ax.set_xticks(sorted(here.layer.unique()))
-        if (i, j) != (0, 0) and ax.get_legend():
+        if ax is not axes.flat[0] and ax.get_legend():
             ax.get_legend().remove()
-    fig.suptitle(f"Probe {PROBE_LABELS.get(metric, metric)} per layer (cross-fitted: every problem a test problem "
-                 "once; 95% bootstrap interval over problems)")
+        elif ax.get_legend():
+            ax.legend(fontsize=plots.MIN_FONT)
+    key = "; dashed: control task, dotted: majority class" if metric == "accuracy" else ""
+    fig.suptitle(f"Probe {PROBE_LABELS.get(metric, metric)} per layer\n(cross-fitted; 95% bootstrap interval "
+                 f"over problems{key})")
     fig.tight_layout()
     return fig
 
@@ -61,9 +68,7 @@ def reading(summary: dict, n_layers: int, stages=("base", REFERENCE, STUDY)) -> 
         v = summary[key]
         if v["value"] is None:
             return "undefined"
-        if v["ci"] is None:
-            return f"{v['value']:.0f}"
-        return f"{v['value']:.{digits}f} [{v['ci'][0]:.{digits}f}, {v['ci'][1]:.{digits}f}]"
+        return fmt.interval(v["value"], v["ci"])  # at the precision its interval supports
 
     lines = []
     for m in stages:
@@ -110,19 +115,23 @@ LENS_LABELS = {"kl": "KL(final ‖ lens) [nats]", "top1_agreement": "top-1 agree
 def lens_figure(lens_table: pd.DataFrame, metrics=("kl", "top1_agreement", "answer_prob", "answer_rank")) -> plt.Figure:
     """The plain logit lens (each model read by its own final norm + unembedding), one panel per metric."""
     own = lens_table[lens_table.model == lens_table.read_out]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    rows, cols = plots.grid(len(metrics))
+    fig, axes = plt.subplots(rows, cols, figsize=(plots.PAGE_WIDTH, 2.9 * rows + 0.8), squeeze=False, sharex=True)
+    plots.drop_unused(axes, len(metrics))
+    for ax, metric in zip(axes.flat, metrics):
         for model, rows in own[own.metric == metric].groupby("model", sort=False):
             rows = rows.sort_values("layer")
             sns.lineplot(data=rows, x="layer", y="value", ax=ax, marker="o", color=STAGE_COLORS.get(model), label=model)
             ax.fill_between(rows.layer, rows.ci_low, rows.ci_high, color=STAGE_COLORS.get(model), alpha=0.2)
-        ax.set(title=LENS_LABELS[metric], xlabel="layer (residual stream after block)", ylabel=metric.replace("_", " "))
+        ax.set(title=LENS_LABELS[metric], xlabel="layer (after block)", ylabel="")
         ax.set_xticks(sorted(own.layer.unique()))
         if metric == "answer_rank":
             ax.set_yscale("symlog")
-        if ax is not axes[0][0] and ax.get_legend():
+        if ax is not axes.flat[0] and ax.get_legend():
             ax.get_legend().remove()
-    fig.suptitle("Logit lens on the shared token cache (95% bootstrap interval over problems)")
+        elif ax.get_legend():
+            ax.legend(fontsize=plots.MIN_FONT)
+    fig.suptitle("Logit lens on the shared token cache\n(95% bootstrap interval over problems)")
     fig.tight_layout()
     return fig
 
@@ -132,19 +141,33 @@ def cross_figure(lens_table: pd.DataFrame, metric: str = "kl") -> plt.Figure:
     model's later blocks and read-out (dashed, colour = that model; against that model's own output), beside
     the model's plain logit lens (solid)."""
     models = list(dict.fromkeys(lens_table.model))
-    fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.4), squeeze=False, sharey=True)
-    for ax, model in zip(axes[0], models):
+    n_rows, cols = plots.grid(len(models))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(plots.PAGE_WIDTH, 2.9 * n_rows + 1.4), squeeze=False, sharey=True)
+    plots.drop_unused(axes, len(models))
+    for ax, model in zip(axes.flat, models):
         rows = lens_table[(lens_table.model == model) & (lens_table.metric == metric)]
         for read_out, line in rows.groupby("read_out", sort=False):
             line = line.sort_values("layer")
             other = read_out.removeprefix("stitch:")
             style = "-" if read_out == model else "--"
-            label = "own logit lens" if read_out == model else f"{other}'s later blocks (vs {other}'s output)"
+            label = "own logit lens" if read_out == model else f"{other}'s later blocks (vs its output)"
             ax.plot(line.layer, line.value, style, marker="o", color=STAGE_COLORS.get(other), label=label)
             ax.fill_between(line.layer, line.ci_low, line.ci_high, color=STAGE_COLORS.get(other), alpha=0.15)
-        ax.set(title=f"{model}'s residual stream", xlabel="layer", ylabel=LENS_LABELS[metric])
+        ax.set(title=f"{model}'s residual stream", xlabel="layer", ylabel=LENS_LABELS[metric] if ax in axes[:, 0] else "")
         ax.set_xticks(sorted(rows.layer.unique()))
-        ax.legend(fontsize="small")
-    fig.suptitle(f"Stitched cross-model lens and plain logit lens: {LENS_LABELS[metric]}")
-    fig.tight_layout()
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=plots.MIN_FONT)
+    fig.suptitle(f"Stitched cross-model lens and plain logit lens:\n{LENS_LABELS[metric]}")
+    fig.tight_layout(rect=(0, 0.06 * -(-len(handles) // 2) / n_rows, 1, 1))
     return fig
+
+
+def targets_tables(targets: list[dict]) -> dict[str, pd.DataFrame]:
+    """probes.json's 'targets' (one record per model and target, ten counts and shares each) as one narrow
+    table per target: a row per quantity, a column per model, so it fits a phone's width."""
+    frame = pd.DataFrame(targets)
+    out = {}
+    for target, rows in frame.groupby("target", sort=False):
+        table = rows.drop(columns="target").set_index("model").T.rename_axis(index="quantity", columns=None)
+        out[target] = table.reset_index()
+    return out
