@@ -100,6 +100,7 @@ def test_the_run_s_book_prints_with_every_chapter(built_book):
     for chapter in chapters:
         heading = next(line.lstrip("# ").strip() for cell in nbformat.read(chapter, as_version=4).cells
                        if cell.cell_type == "markdown" for line in cell.source.splitlines() if line.startswith("# "))
-        heading = re.sub(r"[`*]", "", heading)[:40]  # the outline has the heading's text, not its markup
-        assert any(t.startswith(heading) for t in titles), (chapter.name, heading, sorted(titles)[:20])
+        # the outline has the heading's text, not its markup, and drops the space where the heading wraps on the page
+        heading = re.sub(r"\s", "", re.sub(r"[`*]", "", heading))[:32]
+        assert any(re.sub(r"\s", "", t).startswith(heading) for t in titles), (chapter.name, heading, sorted(titles)[:20])
     assert len(re.findall(rb"/Type\s*/Page\b", data)) > len(chapters)

@@ -208,7 +208,8 @@ def build(cfg, name: str) -> str:
             edited.update(edits())
         return edited[tensor] if tensor in edited else get("sft")
     done = build_from_checkpoints(cfg, name, make, ("sft",))
-    return done + (f" ({json.dumps(record)})" if record else "")
+    shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in record.items()}  # the chapter prints it
+    return done + (f" ({json.dumps(shown)})" if record else "")
 
 
 def expand(cfg) -> list[Treatment]:
