@@ -100,7 +100,9 @@ def test_the_run_s_book_prints_with_every_chapter(built_book):
     for chapter in chapters:
         heading = next(line.lstrip("# ").strip() for cell in nbformat.read(chapter, as_version=4).cells
                        if cell.cell_type == "markdown" for line in cell.source.splitlines() if line.startswith("# "))
-        # the outline has the heading's text, not its markup, and drops the space where the heading wraps on the page
-        heading = re.sub(r"\s", "", re.sub(r"[`*]", "", heading))[:32]
+        # the outline has the heading's text, not its markup; where a heading wraps on the page Chromium's outline drops
+        # the space and repeats the first line ('04 · Extract activations on a shared04 · Extract ...'), so compare
+        # the start of the first line only, without whitespace (enough to tell the chapters apart)
+        heading = re.sub(r"\s", "", re.sub(r"[`*]", "", heading))[:16]
         assert any(re.sub(r"\s", "", t).startswith(heading) for t in titles), (chapter.name, heading, sorted(titles)[:20])
     assert len(re.findall(rb"/Type\s*/Page\b", data)) > len(chapters)
