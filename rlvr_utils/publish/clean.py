@@ -151,7 +151,7 @@ def _heading(source: str, previous: str) -> str:
     return found[-1] if found else previous
 
 
-def publish(path: Path, log_path: Path, paths: dict[str, str], extra_markdown: str | None = None) -> int:
+def publish(path: Path, log_path: Path, paths: dict[str, str]) -> int:
     """Rewrite the executed notebook at `path` for the book (see the module docstring); what leaves the page
     is appended to `log_path`. `paths`: absolute path -> what the book shows instead. Returns the number of
     figures."""
@@ -172,11 +172,6 @@ def publish(path: Path, log_path: Path, paths: dict[str, str], extra_markdown: s
             cells += [nbformat.from_dict(c) for c in cleaner.cell(cell, heading)]
         else:
             cells.append(cell)
-    if extra_markdown:
-        extra = nbformat.v4.new_markdown_cell(extra_markdown)
-        if cells and "papermill" in cells[-1].get("metadata", {}):  # papermill's per-cell record: a finished cell
-            extra.metadata["papermill"] = copy.deepcopy(cells[-1].metadata["papermill"])
-        cells.append(extra)
     nb.cells = cells
     nb.metadata.pop("widgets", None)  # widget state would make MyST-NB load the widget manager from a CDN
     papermill = nb.metadata.get("papermill", {})
