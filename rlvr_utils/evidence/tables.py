@@ -3,37 +3,14 @@
 On the page it is two narrow tables rather than one with a column per treatment (19 of them at the default
 scale, 1333 px wide): `rlvr_table`, RLVR's value against its references and its reading per numbered row, and
 `calibration_table`, whether the treatments with a known answer read right on that row; the calibration figure
-shows every treatment's reading of every row. `display_table` is the wide one, kept for files (evidence.csv)."""
+shows every treatment's reading of every row (the evidence as data: rlvr_utils.evidence.export)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from rlvr_utils.core.fmt import breakable, interval, number, observed
+from rlvr_utils.core.fmt import breakable, interval, number
 from rlvr_utils.treatments.registry import BOTH, NO_EVIDENCE, NOT_MEASURED, REDUNDANT, REPRESENTATION, ROUTING
-
-
-def _signals_text(signals: list[dict]) -> str:
-    parts = []
-    for s in signals:
-        if s["value"] is None:
-            continue
-        env = s["null_envelope"]
-        nulls = f"references [{env[0]:.3g}, {env[1]:.3g}]" if env else "no references"
-        parts.append(f"{s['key']} {observed(s['value'], s['ci'])}; {nulls}")
-    return "; ".join(parts) or "—"
-
-
-def display_table(table: pd.DataFrame, treatments: list[str]) -> pd.DataFrame:
-    """The evidence table as shown: measurement, RLVR's value against its references (placebos, nulls and the
-    identical copy), each treatment's reading, and whether the row counts."""
-    shown = pd.DataFrame({
-        "Measurement": table["measurement"],
-        "RLVR: value [95% CI]; references' range": [_signals_text(s) for s in table["signals"]],
-        **{t: [r.get(t, NOT_MEASURED) for r in table["readings"]] for t in treatments},
-        "Counts?": table["calibration"],
-    })
-    return shown
 
 
 def _signal_line(s: dict) -> str:
