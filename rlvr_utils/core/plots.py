@@ -18,6 +18,14 @@ PAGE_WIDTH, MIN_FONT, COLUMNS = 6.4, 10.5, 2
 DPI = 120
 # PNG text chunks that plots.save writes and the book's browser test reads (tests/page_audit.py)
 MIN_FONT_KEY, EMPTY_KEY = "rlvr:min_font_px", "rlvr:empty_panels"
+# output metadata that plots.save sets and rlvr_utils.publish.clean turns into a numbered, labelled figure
+CAPTION_KEY, FIGURE_KEY = "caption", "rlvr:figure"
+
+
+def label(name: str) -> str:
+    """The book's label of the figure saved as `name`: the chapter's prose refers to it as
+    {numref}`fig-05-cka-components` (`05_cka_components`), whatever else the chapter draws."""
+    return "fig-" + name.replace("_", "-")
 
 
 def grid(n: int, columns: int = COLUMNS) -> tuple[int, int]:
@@ -76,10 +84,11 @@ def fit_titles(fig: plt.Figure) -> bool:
 
 
 def save(fig: plt.Figure, cfg, name: str, caption: str | None = None) -> Path:
-    """Save `fig` as runs/<name>/figures/<name>.png and, in a notebook, show that file with its caption (the
-    book numbers it as a figure: rlvr_utils.publish); the caption defaults to the figure's title. The PNG
-    records its smallest text in pixels and its empty panels, which the book's browser test checks at the size
-    the page renders it."""
+    """Save `fig` as runs/<run>/figures/<name>.png and, in a notebook, show that file with its caption: the
+    book numbers it as a figure labelled `label(name)` (rlvr_utils.publish.clean). The caption states what the
+    figure shows on this run, with its numbers (a chapter's `caption_*` functions write it from the metrics);
+    it defaults to the figure's title. The PNG records its smallest text in pixels and its empty panels, which
+    the book's browser test checks at the size the page renders it."""
     path = cfg.path("figures", f"{name}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     caption = caption or figure_title(fig)  # before the titles are wrapped
@@ -90,7 +99,7 @@ def save(fig: plt.Figure, cfg, name: str, caption: str | None = None) -> Path:
     sizes = text_sizes(fig)
     metadata = {MIN_FONT_KEY: f"{min(sizes, default=0) * DPI / 72:.2f}", EMPTY_KEY: str(empty_panels(fig))}
     fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata=metadata)
-    _show(fig, path, caption)
+    _show(fig, path, caption, name)
     return path
 
 
@@ -102,7 +111,7 @@ def figure_title(fig: plt.Figure) -> str:
     return "; ".join(dict.fromkeys(titles))
 
 
-def _show(fig: plt.Figure, path: Path, caption: str) -> None:
+def _show(fig: plt.Figure, path: Path, caption: str, name: str) -> None:
     """Display the saved file (so the book shows exactly it, with its metadata), with the caption in the
     output's metadata, and close the figure (the inline backend would show it a second time, without one)."""
     try:
@@ -112,7 +121,7 @@ def _show(fig: plt.Figure, path: Path, caption: str) -> None:
         return
     if get_ipython() is None or "IPKernelApp" not in get_ipython().config:
         return
-    display(Image(data=path.read_bytes(), format="png"), metadata={"caption": caption})
+    display(Image(data=path.read_bytes(), format="png"), metadata={CAPTION_KEY: caption, FIGURE_KEY: name})
     plt.close(fig)
 
 

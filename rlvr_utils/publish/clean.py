@@ -7,9 +7,13 @@ After papermill has run a notebook, `publish` rewrites the executed copy for Jup
   `PosixPath(...)` leave the page; the run's log file keeps them (stderr is written there live);
 - a Markdown table printed to stdout is shown as a table, not as raw pipes;
 - absolute paths of the building machine become relative ones;
-- a "How to read this figure" paragraph after a cell that drew none is removed;
 - every image becomes a numbered figure with a caption: the caption `plots.save` attached, else the
-  heading of the section the figure sits in.
+  heading of the section the figure sits in; its label is `plots.label` of the name it was saved under
+  (`fig-05-cka-components`), so the chapter's prose refers to it as {numref}`fig-05-cka-components`;
+- a reference to a figure this run did not draw (an optional figure) would be a broken link: a reading
+  guide ("How to read {numref}`…`") whose figures were all left out is removed, any other such reference
+  says that the run did not draw it; an old-style "How to read this figure" after a cell that drew none is
+  removed.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import re
 from pathlib import Path
 
 import nbformat
+
+from rlvr_utils.core.plots import CAPTION_KEY, FIGURE_KEY, label
 
 HIDE, REMOVE = "hide-input", "remove-cell"
 _TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
@@ -28,8 +34,10 @@ _PROGRESS = re.compile(r"\d+%\|.*\|\s*\d+/\d+|\d+(\.\d+)?\s*(it|s)/(s|it)\]")
 _REPR = re.compile(r"^(PosixPath|WindowsPath|Path)\(|^<[\w.]+ (object )?at 0x|^<(Figure|Axes|matplotlib)|"
                    r"^\[<matplotlib|^Text\(|^<Axes")
 _WIDGET = "application/vnd.jupyter.widget-view+json"
-_READING_GUIDE = re.compile(r"^\W*How to read (this|the) figure", re.IGNORECASE)
-CAPTION_KEY = "caption"  # output metadata key that plots.save sets
+_READING_GUIDE = re.compile(r"^\W*How to read (this|the|these) (table and )?figures?|^\W*How to read \{numref\}",
+                            re.IGNORECASE)
+_FIGURE_REF = re.compile(r"\{numref\}`(?:[^`<]*<)?(fig-[\w-]+)>?`")
+NOT_DRAWN = "a figure this run did not draw"
 
 
 def _text(value) -> str:
@@ -40,6 +48,18 @@ class _Cleaner:
     def __init__(self, stem: str, log: list[str], paths: list[tuple[str, str]]):
         self.stem, self.log, self.paths = stem, log, paths
         self.figures = 0
+        self.labels: list[str] = []  # of the figures drawn, in order
+
+    def label(self, output: dict) -> str:
+        """The figure's label: from the name plots.save gave it, else its position; unique on the page."""
+        name = _text(output.get("metadata", {}).get(FIGURE_KEY, ""))
+        base = label(name) if name else f"fig-{self.stem.replace('_', '-')}-{self.figures}"
+        found, n = base, 1
+        while found in self.labels:
+            n += 1
+            found = f"{base}-{n}"
+        self.labels.append(found)
+        return found
 
     def relative(self, text: str) -> str:
         for absolute, shown in self.paths:
@@ -123,8 +143,7 @@ class _Cleaner:
                 figure["source"] = "# figure drawn by the cell above"  # MyST-NB skips a cell with no source
                 figure["outputs"] = [out]
                 figure["metadata"]["tags"] = [t for t in tags if t != HIDE] + ["remove-input"]
-                figure["metadata"]["mystnb"] = {"figure": {
-                    "caption": self.relative(caption), "name": f"fig-{self.stem.replace('_', '-')}-{self.figures}"}}
+                figure["metadata"]["mystnb"] = {"figure": {"caption": self.relative(caption), "name": self.label(out)}}
                 figure["id"] = f"{cell.get('id', 'c')}-fig{self.figures}"[:64]
                 cells += [current, figure]
                 current = copy.deepcopy(cell)
@@ -151,6 +170,20 @@ def _heading(source: str, previous: str) -> str:
     return found[-1] if found else previous
 
 
+def _refer_to_drawn(cell, drawn: list[str]) -> bool:
+    """Point a Markdown cell's figure references at the figures drawn; False for a reading guide of none."""
+    if cell.cell_type != "markdown":
+        return True
+    refs = _FIGURE_REF.findall(cell.source)
+    missing = [r for r in refs if r not in drawn]
+    if not missing:
+        return True
+    if _READING_GUIDE.match(cell.source) and len(missing) == len(refs):
+        return False  # removed, not hidden: a hidden cell's {numref} would still be resolved by Sphinx
+    cell.source = _FIGURE_REF.sub(lambda m: m.group(0) if m.group(1) in drawn else NOT_DRAWN, cell.source)
+    return True
+
+
 def publish(path: Path, log_path: Path, paths: dict[str, str]) -> int:
     """Rewrite the executed notebook at `path` for the book (see the module docstring); what leaves the page
     is appended to `log_path`. `paths`: absolute path -> what the book shows instead. Returns the number of
@@ -163,7 +196,8 @@ def publish(path: Path, log_path: Path, paths: dict[str, str]) -> int:
         if cell.cell_type == "markdown":
             heading = _heading(cell.source, heading)
             cell.source = cleaner.relative(cell.source)
-            if _READING_GUIDE.match(cell.source) and cleaner.figures == figures_before:  # no figure to read
+            if (_READING_GUIDE.match(cell.source) and not _FIGURE_REF.search(cell.source)
+                    and cleaner.figures == figures_before):  # an old-style guide after a cell that drew none
                 tags = cell.setdefault("metadata", {}).setdefault("tags", [])
                 tags.append(REMOVE)
             figures_before = cleaner.figures
@@ -172,7 +206,7 @@ def publish(path: Path, log_path: Path, paths: dict[str, str]) -> int:
             cells += [nbformat.from_dict(c) for c in cleaner.cell(cell, heading)]
         else:
             cells.append(cell)
-    nb.cells = cells
+    nb.cells = [c for c in cells if _refer_to_drawn(c, cleaner.labels)]
     nb.metadata.pop("widgets", None)  # widget state would make MyST-NB load the widget manager from a CDN
     papermill = nb.metadata.get("papermill", {})
     for key in ("input_path", "output_path"):

@@ -1,0 +1,62 @@
+"""Figure captions that state what a figure shows on this run, with its numbers: never typed by hand.
+
+A chapter's `caption_*` functions sit beside its figure functions and write the takeaway from the same metrics
+the figure draws, with these helpers, so a caption reads the way the verdict does: an interval that contains 0
+is "no change detected", never a direction. `plots.save(fig, cfg, name, caption=...)` attaches the caption and
+the book numbers the figure (rlvr_utils.publish.clean).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from rlvr_utils.core import fmt
+
+
+def _parts(e) -> tuple[float | None, list | None]:
+    """(value, ci) of an Estimate or of its JSON form {"value": ..., "ci": [lo, hi]}."""
+    if e is None:
+        return None, None
+    if isinstance(e, Mapping):
+        return e.get("value"), e.get("ci")
+    return getattr(e, "value", None), getattr(e, "ci", None)
+
+
+def estimate(e, scale: float = 1.0, unit: str = "", sign: bool = False) -> str:
+    """'0.16 [0.12, 0.20]' at the precision its interval supports; 'not measured' when missing."""
+    value, ci = _parts(e)
+    return fmt.interval(value, ci, scale=scale, unit=unit, sign=sign)
+
+
+def excludes_zero(e) -> bool:
+    """Whether the estimate's interval lies wholly on one side of 0 (an exact nonzero value counts)."""
+    value, ci = _parts(e)
+    if value is None:
+        return False
+    if not ci or any(c is None for c in ci):
+        return value != 0
+    return ci[0] > 0 or ci[1] < 0
+
+
+def change(e, scale: float = 1.0, unit: str = "") -> str:
+    """A signed change with its interval, or 'no change detected (…)' when the interval contains 0."""
+    shown = estimate(e, scale=scale, unit=unit, sign=True)
+    if _parts(e)[0] is None or excludes_zero(e):
+        return shown
+    return f"no change detected ({shown})"
+
+
+def span(values: Iterable[float], scale: float = 1.0, unit: str = "", sign: bool = False) -> str:
+    """'from −4 to +2 points' over the values given (point values), or the one value."""
+    shown = sorted(float(v) * scale for v in values if v is not None)
+    if not shown:
+        return "not measured"
+    lo, hi = fmt.number(shown[0], sign=sign), fmt.number(shown[-1], sign=sign)
+    return f"{lo}{unit}" if lo == hi else f"from {lo} to {hi}{unit}"
+
+
+def names(items: Iterable[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = [str(i) for i in items]
+    if len(items) <= 1:
+        return "".join(items) or "none"
+    return ", ".join(items[:-1]) + " and " + items[-1]
