@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rlvr_utils.__main__ import main
-from rlvr_utils.core import stats
+from rlvr_utils.core import captions, stats
 from rlvr_utils.core.config import ParamsError, load
 from rlvr_utils.experiments import elicitation, elicitation_runs
 
@@ -204,6 +204,8 @@ def test_the_reading_follows_the_numbers(gains, expected):
         assert f"{100 * est['value']:+.1f} [{100 * est['ci'][0]:+.1f}, {100 * est['ci'][1]:+.1f}]" in text
     assert f"{10 * result['slope']['value']:+.1f}" in text
     assert "two seeds" in text  # the caveat of a two-seed experiment
+    caption = elicitation.caption(result)  # the figure's caption: the same ends, slope and label
+    assert caption.endswith(f": {expected}.") and captions.estimate(low, scale=100, unit=" points", sign=True) in caption
 
 
 def test_the_reading_names_a_smallest_share_above_zero_and_a_single_seed():

@@ -35,6 +35,22 @@ def describe_store(store: ActivationStore, selection: str) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
+def caption_norms(table, pairs=(("sft", "rlvr"), ("base", "sft"))) -> str:
+    """Where a model's mean norm differs most from the one before it (relative change), per pair of models."""
+    from rlvr_utils.core import fmt
+
+    wide = table.pivot_table(index=["site", "layer"], columns="model", values="norm")
+    parts = []
+    for before, after in pairs:
+        if before in wide and after in wide:
+            change = (wide[after] - wide[before]) / wide[before]
+            site, layer = change.abs().idxmax()
+            parts.append(f"from {before} to {after}, {fmt.number(100 * change[(site, layer)], sign=True)}% "
+                         f"({site}, layer {layer})")
+    text = "Mean L2 norm of the stored activations per layer and site."
+    return text + (" The largest relative change of a mean norm: " + "; ".join(parts) + "." if parts else "")
+
+
 def plot_norms(table) -> plt.Figure:
     """Mean activation norm per layer, one panel per site, one line per model."""
     import matplotlib.pyplot as plt

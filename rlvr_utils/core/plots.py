@@ -145,6 +145,38 @@ def training_curves(history: list[dict], panels: dict[str, str], title: str) -> 
     return fig
 
 
+def trend(history: list[dict], key: str, share: float = 0.1) -> tuple[float, float, int, int] | None:
+    """(start, end, first step, last step) of a logged quantity: the means of its first and last `share` of
+    logged points, so that one noisy sampled batch does not stand for a whole phase of training."""
+    points = [(h["step"], float(h[key])) for h in history if "step" in h and h.get(key) is not None]
+    if not points:
+        return None
+    w = max(1, int(len(points) * share))
+    mean = lambda chunk: sum(v for _, v in chunk) / len(chunk)  # noqa: E731
+    return mean(points[:w]), mean(points[-w:]), points[0][0], points[-1][0]
+
+
+def caption_training(history: list[dict], panels: dict[str, str], title: str, stopping: dict | None = None) -> str:
+    """'<title>: <panel> from a to b …': where each logged quantity started and ended (trend); with a stopping
+    record (training.train), which checkpoint was kept."""
+    from rlvr_utils.core import fmt
+
+    moves = []
+    for key, what in panels.items():
+        found = trend(history, key)
+        if found:
+            moves.append(f"{what} from {fmt.number(found[0])} to {fmt.number(found[1])}")
+    steps = [h["step"] for h in history if "step" in h]
+    if not moves:
+        return f"{title}: nothing was logged."
+    kept = ""
+    if stopping and stopping.get("best_step"):
+        kept = (f" Dashed line: the checkpoint kept, step {stopping['best_step']}, the best "
+                f"{panels.get(stopping.get('metric'), stopping.get('metric'))} ({fmt.number(stopping['best_value'])}).")
+    return (f"{title}, steps {min(steps)} to {max(steps)}: " + "; ".join(moves)
+            + " (means of the first and last tenth of the logged points)." + kept)
+
+
 def pass_at_k(metrics: dict) -> plt.Figure:
     """pass@k with its bootstrap interval for each stage, k on a log axis."""
     fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 4))
@@ -162,8 +194,38 @@ def pass_at_k(metrics: dict) -> plt.Figure:
     return fig
 
 
+def caption_pass_at_k(metrics: dict) -> str:
+    """pass@k of each model at the smallest and the largest k, with intervals."""
+    from rlvr_utils.core.captions import estimate
+
+    by_stage = metrics.get("pass_at_k", {})
+    ks = sorted({int(k) for by_k in by_stage.values() for k in by_k})
+    if not ks:
+        return "pass@k was not measured."
+    parts = [f"pass@{k}: " + ", ".join(f"{stage} {estimate(by_k.get(str(k)))}" for stage, by_k in by_stage.items())
+             for k in dict.fromkeys((ks[0], ks[-1]))]
+    return "pass@k on held-out problems (95% bootstrap CI). " + "; ".join(parts) + "."
+
+
 KIND_COLORS = {"study": STAGE_COLORS["rlvr"], "control": "#2ca02c",  # nulls and copies: grey
                "user": "#9467bd"}
+
+
+def caption_variant_gains(eval_metrics: dict, kinds: dict[str, str]) -> str:
+    """RLVR's gain and each control's, and the range of the placebos' and the nulls' gains."""
+    from rlvr_utils.core.captions import change, span
+
+    gains = {name: v["gain"] for name, v in eval_metrics.get("variants", {}).items() if "gain" in v}
+    if not gains:
+        return "Greedy accuracy gain over SFT: no treatment was evaluated."
+    points = dict(scale=100, unit=" points")
+    parts = [f"{name} {change(gain, **points)}" for name, gain in gains.items()
+             if kinds.get(name) in ("study", "control", "user")]
+    for kind, plural in (("placebo", "placebos"), ("null", "nulls")):
+        values = [g["value"] for name, g in gains.items() if kinds.get(name) == kind]
+        if values:
+            parts.append(f"the {plural}' gains range {span(values, sign=True, **points)}")
+    return "Greedy accuracy gain over SFT (paired 95% CI): " + "; ".join(parts) + "."
 
 
 def variant_gains(eval_metrics: dict, kinds: dict[str, str]) -> plt.Figure:

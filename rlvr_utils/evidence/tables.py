@@ -111,6 +111,22 @@ def calibration_figure(table: pd.DataFrame, treatments: list[str]):
     return fig
 
 
+def caption_calibration(table: pd.DataFrame) -> str:
+    """How many rows count, which, and what RLVR reads on them."""
+    counted = [i for i, c in enumerate(table["calibration"], start=1) if c == "counts"]
+    text = ("Every treatment's reading of every row of the evidence table: a row counts (✓) only when its controls "
+            f"read their side and its placebos, nulls and identical copy read no evidence. {len(counted)} of "
+            f"{len(table)} rows count")
+    if not counted:
+        return text + ", so no row decides the verdict on this run."
+    reads: dict[str, list[int]] = {}
+    for i in counted:
+        reads.setdefault(table["rlvr"].iloc[i - 1], []).append(i)
+    rows = lambda found: f"row{'s' if len(found) > 1 else ''} {', '.join(map(str, found))}"  # noqa: E731
+    return (text + f" ({rows(counted)}); on them RLVR reads "
+            + "; ".join(f"{reading} ({rows(found)})" for reading, found in reads.items()) + ".")
+
+
 def thresholds_table(params) -> pd.DataFrame:
     return pd.DataFrame([{"param": f"verdict.{name}", "value": getattr(params, name), "reason": field.description}
                          for name, field in type(params).model_fields.items()])

@@ -226,6 +226,20 @@ def reading(elicitation_json: dict | str | Path) -> str:
     return " ".join(text)
 
 
+def caption(elicitation_json: dict | str | Path) -> str:
+    """The curve's ends, its slope and its label, for the figure."""
+    from rlvr_utils.core.captions import estimate
+
+    result = _result(elicitation_json)
+    first, last = result["by_fraction"][0], result["by_fraction"][-1]
+    points = dict(scale=100, unit=" points", sign=True)
+    return (f"RLVR's greedy gain over SFT against the share of pretraining's worked stories told in the "
+            f"evaluation's wording: {estimate(first['gain_bootstrap'], **points)} at {_share(first['fraction'])}, "
+            f"{estimate(last['gain_bootstrap'], **points)} at {_share(last['fraction'])}, a slope of "
+            f"{estimate(result['slope'], scale=10, unit=' points', sign=True)} per 10 percentage points "
+            f"({len(result['seeds'])} seed{'s' if len(result['seeds']) > 1 else ''}): {label(result)}.")
+
+
 def plot(elicitation_json: dict | str | Path):
     """Left: RLVR's gain over SFT against the share (each seed's run with its paired interval, the mean over seeds
     with its two-level interval, the fitted line); right: SFT's and RLVR's accuracy (mean and seed range)."""
