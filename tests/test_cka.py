@@ -484,3 +484,60 @@ def test_problem_gram_is_the_inner_products_of_the_per_problem_products():
     expected = np.array([[np.sum(a * b) for b in A] for a in A])
     got = problem_gram(torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(index), 5, budget=8 * 5 * 3 * 2)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+# --- captions: the takeaway on this run, its numbers formatted from the data -----------------------------------
+def _e(value, lo, hi):
+    return {"value": value, "ci": [lo, hi]}
+
+
+def test_caption_components_states_the_means_and_reads_an_interval_holding_zero_as_no_change():
+    from rlvr_utils.core import captions
+
+    summary = {"cka_sft_rlvr_attn_out": _e(0.9975, 0.9972, 0.9978), "cka_sft_rlvr_mlp_out": _e(0.9966, 0.9964, 0.9968),
+               "cka_sft_rlvr_mlp_minus_attn": _e(-0.0004, -0.0011, 0.0002),
+               "cka_base_sft_attn_out": _e(0.445, 0.436, 0.453), "cka_base_sft_mlp_out": _e(0.475, 0.470, 0.479)}
+    result = {"debiased": True, "pairs": ["base_sft", "base_rlvr", "sft_rlvr"], "summary": summary}
+    text = figures.caption_components(result)
+    for key in ("cka_sft_rlvr_attn_out", "cka_sft_rlvr_mlp_out", "cka_base_sft_attn_out", "cka_base_sft_mlp_out"):
+        assert fmt.interval(summary[key]["value"], summary[key]["ci"]) in text
+    assert f"no change detected ({captions.estimate(summary['cka_sft_rlvr_mlp_minus_attn'], sign=True)})" in text
+    assert "not measured" in figures.caption_components({"pairs": [], "summary": {}})
+
+
+def test_caption_comparison_reads_rlvr_against_the_placebos_and_the_nulls(tmp_path):
+    from rlvr_utils.core import captions, config
+
+    cfg = config.from_dict({"name": "t", "runs_dir": str(tmp_path)})
+    same = {"variants": {"rlvr": {"attn_change": _e(1.6e-4, 1.5e-4, 1.7e-4), "mlp_change": _e(9e-4, 8e-4, 1e-3)},
+                         "placebo_0": {"attn_change": _e(1.3e-4, 1.2e-4, 1.4e-4), "mlp_change": _e(1e-4, 9e-5, 1.1e-4)},
+                         "placebo_1": {"attn_change": _e(2.8e-4, 2.7e-4, 2.9e-4), "mlp_change": _e(5e-5, 4e-5, 6e-5)},
+                         "null_0": {"attn_change": _e(1e-6, 9e-7, 1.1e-6), "mlp_change": _e(2e-7, 1e-7, 3e-7)}}}
+    text = figures.caption_comparison(cfg, same)
+    rlvr = same["variants"]["rlvr"]
+    assert captions.estimate(rlvr["attn_change"]) in text and captions.estimate(rlvr["mlp_change"]) in text
+    assert f"inside the placebos' range ({captions.span([1.3e-4, 2.8e-4])})" in text  # attention
+    assert "above every placebo" in text and "above every null" in text  # the MLP
+    assert "End to end: not measured" in text  # no cka.json's variants
+    assert "RLVR's same-input change" in figures.caption_comparison(cfg, {}, None) and \
+        "not measured" in figures.caption_comparison(cfg, {}, None)
+
+
+def test_captions_of_the_cross_layer_inflation_and_dynamics_figures():
+    matrix = [[0.99, 0.5], [0.4, 0.98]]
+    result = {"cross_layer": [{"pair": "sft_rlvr", "site": "hook_attn_out", "layers": [0, 1], "matrix": matrix},
+                              {"pair": "base_sft", "site": "hook_attn_out", "layers": [0, 1],
+                               "matrix": [[0.2, 0.6], [0.1, 0.3]]}],
+              "inflation": {"pair": "base_rlvr", "site": "hook_resid_post", "layer": 1, "d": 16, "points": [
+                  {"n": n, "pairing": "shuffled", "estimator": est, "cka": v, "repeat": 0}
+                  for n, est, v in ((8, "biased", 0.36), (8, "debiased", 0.03), (64, "biased", 0.05),
+                                    (64, "debiased", -0.001))]}}
+    cross = figures.caption_cross_layer(result)
+    assert "In 1 of 2 matrices" in cross and fmt.number(1 - 0.98) in cross and fmt.number(1 - 0.5) in cross
+    inflation = figures.caption_inflation(result)
+    assert all(fmt.number(v) in inflation for v in (0.36, 0.03, 0.05, -0.001)) and "d = 16" in inflation
+    rows = [{"step": s, "layer": 0, "site": "mlp_out", "cka": c} for s, c in ((10, 0.999), (20, 0.99))]
+    dynamics = figures.caption_dynamics(rows)
+    assert f"from {fmt.number(1 - 0.999)} to {fmt.number(1 - 0.99)}" in dynamics and "step 20" in dynamics
+    assert "not measured" in figures.caption_cross_layer({}).lower() and "not measured" in figures.caption_inflation({})
+    assert "No intermediate checkpoint" in figures.caption_dynamics([])

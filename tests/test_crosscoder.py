@@ -280,3 +280,47 @@ def test_figures_fit_the_page_and_say_when_a_latent_set_is_empty():
     assert "no specific latent" in " ".join(t.get_text() for t in specific.texts)
     assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH and min(plots.text_sizes(fig)) >= plots.MIN_FONT
     plt.close(fig)
+
+
+# --- captions: the takeaway on this run, its numbers formatted from the data -----------------------------------
+def _caption_pair(reference, target, kind, n_specific, rel=(0.45, 0.55), nu=(0.9, 0.9)):
+    return {"reference": reference, "target": target, "kind": kind, "n_tokens": 10,
+            "seeds": [{"n_specific": n, "n_target_only": n, "n_reference_only": 0, "min_rel_norm": rel[0],
+                       "max_rel_norm": rel[1], "rel_norm": list(rel), "nu_error": list(nu), "count": [3, 3]}
+                      for n in n_specific]}
+
+
+def test_captions_state_counts_norms_and_causal_changes():
+    from rlvr_utils.core import captions, fmt
+
+    def est(v, lo, hi):
+        return {"value": v, "ci": [lo, hi]}
+
+    result = {"settings": {"specific_threshold": 5 / 6, "presence_threshold": 0.3, "seeds": 2},
+              "pairs": {"base->sft": _caption_pair("base", "sft", "yardstick", [1, 3], rel=(0.15, 0.9), nu=(0.9, 0.1)),
+                        "sft->rlvr": _caption_pair("sft", "rlvr", "study", [2, 4], rel=(0.45, 0.9), nu=(0.9, 0.5)),
+                        "sft->placebo_0": _caption_pair("sft", "placebo_0", "placebo", [0, 1], rel=(0.4, 0.66))},
+              "causal": {"rlvr": {"n_problems": 50,
+                                  "specific": {"latents_per_seed": [0]},
+                                  "leaning": {"latents_per_seed": [8], "ablate_drop": est(20.0, 12.0, 28.0),
+                                              "ablate_random_drop": est(4.0, -1.0, 9.0),
+                                              "ablate_reference_drop": est(5.0, 1.0, 9.0),
+                                              "transplant_gain": est(-0.4, -2.9, 2.0)}}}}
+    counts_text = figures.caption_counts(result)
+    assert fmt.interval(3.0, [2, 4]) in counts_text and fmt.interval(2.0, [1, 3]) in counts_text
+    assert f"above the references' highest count, {fmt.number(1)} (1 update without task signal)" in counts_text
+    norms = figures.caption_relative_norms(result)
+    assert f"span {captions.span([0.45, 0.9])}" in norms and captions.span([0.4, 0.66]) in norms
+    assert fmt.number(5 / 6) in norms
+    scaling = figures.caption_scaling(result)
+    assert "rlvr 0 (and 1 beyond the norm threshold with a high ν_error)" in scaling
+    causal_text = figures.caption_causal(result)
+    leaning = result["causal"]["rlvr"]["leaning"]
+    assert captions.change(leaning["ablate_drop"]) in causal_text and "above the random latents'" in causal_text
+    assert captions.change(leaning["ablate_random_drop"]).startswith("no change detected")
+    assert captions.change(leaning["ablate_random_drop"]) in causal_text
+    assert f"no change detected ({captions.estimate(leaning['transplant_gain'], sign=True)})" in causal_text
+    assert "No specific latents on this run" in causal_text
+    for caption in (figures.caption_counts, figures.caption_relative_norms, figures.caption_scaling,
+                    figures.caption_causal):
+        assert "not measured" in caption({}).lower()

@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Olmo2Config, Qwen2Config
 
-from rlvr_utils.instruments.patching import grafting, swap
+from rlvr_utils.core import captions
+from rlvr_utils.instruments.patching import figures, grafting, swap
 from rlvr_utils.models import families
 
 VOCAB = 96
@@ -146,3 +147,36 @@ def test_no_share_when_the_gain_is_not_distinguishable_from_zero():
     donor[0] = True  # +1 problem in 10: a gain whose interval still contains 0
     out = grafting.gain_share(receiver, donor, donor, n_bootstrap=300)
     assert np.isnan(out["value"]) and out["note"] == grafting.GAIN_NOTE
+
+
+# --- captions of the grafting figures -------------------------------------------------------------------
+def _est(value, lo, hi):
+    return {"value": value, "ci": [lo, hi]}
+
+
+def test_caption_shares_states_the_gain_and_each_share_or_why_none():
+    gain = _est(0.2, 0.15, 0.25)
+    grafts = {"n_problems": 128, "gain": gain, "rows": [
+        {"graft": "attention", "share": _est(0.7, 0.55, 0.85)}, {"graft": "MLP", "share": _est(0.3, 0.1, 0.5)}]}
+    text = figures.caption_shares(grafts)
+    assert "128 problems" in text
+    assert f"RLVR − SFT gain {captions.change(gain, scale=100, unit=' points')}" in text
+    assert f"attention {captions.estimate(_est(0.7, 0.55, 0.85))}, MLP {captions.estimate(_est(0.3, 0.1, 0.5))}" in text
+    grafts["gain"] = _est(0.02, -0.01, 0.05)
+    text = figures.caption_shares(grafts)
+    assert "no change detected (" in text and grafting.GAIN_NOTE in text and "attention" not in text
+    assert "Not measured" in figures.caption_shares({"rows": []})
+
+
+def test_caption_graft_gains_reads_rlvr_against_the_placebos_and_nulls():
+    points = {"scale": 100, "unit": " points"}
+    grafts = {"variants": {
+        "rlvr": {"attn_graft_gain": _est(0.16, 0.11, 0.21), "mlp_graft_gain": _est(0.02, -0.02, 0.06)},
+        "placebo_0": {"attn_graft_gain": _est(-0.18, -0.23, -0.13), "mlp_graft_gain": _est(0.03, -0.01, 0.07)},
+        "null_0": {"attn_graft_gain": _est(0.0, -0.01, 0.01), "mlp_graft_gain": _est(0.0, 0.0, 0.0)}}}
+    text = figures.caption_graft_gains(grafts, {"rlvr": "study", "placebo_0": "placebo", "null_0": "null"})
+    assert f"attention alone {captions.change(_est(0.16, 0.11, 0.21), **points)}" in text
+    assert "MLP alone no change detected (" in text
+    assert "attention graft lies beyond every one of those intervals" in text
+    assert "MLP graft lies within those spans" in text and "placebos and nulls" in text
+    assert "not measured" in figures.caption_graft_gains({})

@@ -203,3 +203,22 @@ def test_the_lens_instrument_writes_lens_json(tmp_path, study_seed):
     else:
         assert into["ci"][0] > 1e-3
     assert summary["lens_cross_kl_sft_by_base"]["ci"][0] > 1e-3  # base differs from SFT
+
+
+def test_lens_captions_state_the_answer_layers_and_the_stitched_kl():
+    from rlvr_utils.core import fmt
+
+    table = pd.DataFrame([{"model": m, "read_out": m, "layer": layer, "metric": "kl", "value": v, "ci_low": v - 0.02,
+                           "ci_high": v + 0.02, "n_problems": 8}
+                          for m, v0 in (("sft", 2.2), ("rlvr", 2.1)) for layer, v in ((0, v0), (1, 0.0))])
+    summary = {"lens_answer_layer_sft": {"value": 1.0, "ci": None}, "lens_answer_layer_rlvr": {"value": float("nan")},
+               "lens_stitch_kl_rlvr_into_sft": {"value": 0.058, "ci": [0.048, 0.069]},
+               "lens_stitch_kl_sft_into_rlvr": {"value": 0.031, "ci": [0.025, 0.039]}}
+    text = figures.caption_lens(table, summary)
+    assert "from layer 1 (SFT)" in text and "(RLVR)" not in text.split("KL")[0]  # NaN: no answer layer
+    assert fmt.interval(2.2, [2.18, 2.22]) in text and fmt.interval(2.1, [2.08, 2.12]) in text
+    cross = figures.caption_cross(summary)
+    assert f"SFT's later blocks on RLVR's {fmt.interval(0.058, [0.048, 0.069])}" in cross
+    assert f"RLVR's on SFT's {fmt.interval(0.031, [0.025, 0.039])}" in cross and "base" not in cross.split("solid).")[1]
+    assert "not measured" in figures.caption_cross({}).lower()
+    assert "not measured" in figures.caption_lens(table.iloc[:0], {}).lower()

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
 from rlvr_utils.models import families as architecture
-from rlvr_utils.core import config
+from rlvr_utils.core import captions, config, fmt
 from rlvr_utils.training import data, organism
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.patching import batches as batching
@@ -453,3 +453,79 @@ def test_run_writes_every_variant_and_summary_key(tmp_path, problems_and_tokeniz
         assert fig.axes
         assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH and min(plots.text_sizes(fig)) >= plots.MIN_FONT
         plt.close(fig)
+
+
+# --- captions: what each figure shows on this run, with its numbers from the metrics ----------------------
+def _est(value, lo, hi):
+    return {"value": value, "ci": [lo, hi]}
+
+
+def _variants_results():
+    def measures(attn, mlp, total):
+        return {"attn_direct_effect": attn, "mlp_direct_effect": mlp, "total_effect": total}
+
+    return {"cross_model": {"rlvr_into_sft": {"n_problems": 64}}, "variants": {
+        "rlvr": measures(_est(0.004, 0.003, 0.005), _est(0.001, -0.001, 0.003), _est(0.02, 0.01, 0.03)),
+        "attn_only": measures(_est(0.05, 0.04, 0.06), _est(0.0, 0.0, 0.0), _est(0.05, 0.04, 0.06)),
+        "placebo_0": measures(_est(0.0005, 0.0, 0.001), _est(0.001, 0.0, 0.002), _est(-0.1, -0.2, 0.0)),
+        "null_0": measures(_est(-0.0002, -0.0008, 0.0004), _est(0.0, -0.004, 0.004), _est(0.0, -0.01, 0.01)),
+        "identical": measures(_est(0.0, 0.0, 0.0), _est(0.0, 0.0, 0.0), _est(0.0, 0.0, 0.0))}}
+
+
+def test_caption_variants_states_rlvr_and_the_references_span():
+    results = _variants_results()
+    rlvr = results["variants"]["rlvr"]
+    text = figures.caption_variants(results, {"rlvr": "study", "attn_only": "control", "placebo_0": "placebo",
+                                              "null_0": "null", "identical": "identical"})
+    assert "64 problems" in text
+    for key in ("attn_direct_effect", "mlp_direct_effect", "total_effect"):
+        assert captions.change(rlvr[key]) in text
+    assert "MLP no change detected (" in text  # its interval holds 0
+    # attention [0.003, 0.005] clears every reference's interval (up to 0.001); the MLP's [-0.001, 0.003] does not
+    assert "attention effect lies beyond every one of those intervals" in text
+    assert "MLP effect lies within those spans" in text
+    assert "placebos, nulls and identical copy" in text
+    # without registry kinds the names say it, and a run without RLVR or references never raises
+    assert figures.caption_variants(results) == text
+    assert "not measured" in figures.caption_variants({"variants": {}, "cross_model": {}})
+    only = {"cross_model": {}, "variants": {"rlvr": results["variants"]["rlvr"]}}
+    assert "No placebo or null was measured" in figures.caption_variants(only)
+
+
+def test_caption_layers_names_the_gap_and_the_distinguishable_direct_effects():
+    def patch(site, layer, value, lo, hi):
+        return {"site": site, "layers": [layer], "positions": "all", "effect": _est(value, lo, hi)}
+
+    report = {"donor": "rlvr", "receiver": "sft", "n_problems": 32, "total_effect": _est(0.02, 0.01, 0.03),
+              "patches": [patch("hook_resid_pre", 0, 0.02, 0.01, 0.03), patch("hook_attn_out", 0, 0.004, 0.0, 0.008),
+                          patch("hook_mlp_out", 1, -0.015, -0.02, -0.01)],
+              "components": [{"layer": 0, "component": "attn", "direct": _est(0.0002, -0.0001, 0.0005),
+                              "direct_own_run": _est(0.0002, -0.0001, 0.0005)},
+                             {"layer": 1, "component": "mlp", "direct": _est(0.003, 0.002, 0.004),
+                              "direct_own_run": _est(0.003, 0.002, 0.004)}]}
+    text = figures.caption_layers(report)
+    assert text.startswith("RLVR's components patched into SFT") and "32 problems" in text
+    assert f"RLVR − SFT gap {captions.change(report['total_effect'])}" in text
+    assert f"largest total effect at layer 1's MLP, {captions.change(_est(-0.015, -0.02, -0.01))}" in text
+    assert f"distinguishable from zero: layer 1's MLP {captions.change(_est(0.003, 0.002, 0.004))}." in text
+    assert "layer 0's attention" not in text  # its direct effect's interval holds 0
+    report["components"][1]["direct"] = _est(0.003, -0.001, 0.007)
+    assert "distinguishable from zero: none" in figures.caption_layers(report)
+    assert "not measured" in figures.caption_layers({})
+
+
+def test_caption_heatmaps_reads_the_strongest_copy_site_in_both_models():
+    def patch(site, positions, value, lo, hi):
+        return {"site": site, "layers": [2], "positions": positions, "normalised": _est(value, lo, hi)}
+
+    within = {"sft": {"n_problems": 16, "patches": [patch("hook_resid_pre", "target", 1.0, 1.0, 1.0),
+                                                    patch("hook_attn_out", "target", 0.8, 0.7, 0.9),
+                                                    patch("hook_mlp_out", "target", 0.1, 0.0, 0.2)]},
+              "rlvr": {"n_problems": 16, "patches": [patch("hook_resid_pre", "target", 1.0, 1.0, 1.0),
+                                                     patch("hook_attn_out", "target", 0.6, 0.5, 0.7),
+                                                     patch("hook_mlp_out", "target", 0.1, 0.0, 0.2)]}}
+    text = figures.caption_heatmaps(within)
+    assert f"layer 2's attn_out restores the most in SFT, {captions.estimate(_est(0.8, 0.7, 0.9))}" in text
+    assert f"in RLVR {captions.estimate(_est(0.6, 0.5, 0.7))}" in text
+    assert f"differ by at most {fmt.number(0.8 - 0.6)}" in text
+    assert "Not measured" in figures.caption_heatmaps({"skipped": "no numbers"})

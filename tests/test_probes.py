@@ -462,3 +462,45 @@ def test_the_instrument_measures_every_treatment_with_stored_activations(tokeniz
     again = base.run(cfg, Probes(), progress=False)  # up to date: read, not recomputed
     assert again["seconds"] == result["seconds"]
 
+
+
+# --- captions: the takeaway on this run, its numbers formatted from the data -----------------------------------
+def _probe_rows(records):
+    return pd.DataFrame(records, columns=["model", "target", "layer", "site", "metric", "value", "ci_low", "ci_high"])
+
+
+def test_probe_captions_state_the_numbers_and_read_an_interval_holding_zero_as_no_change():
+    from rlvr_utils.core import captions, fmt
+
+    table = _probe_rows([
+        ("sft", "intermediate", 1, "hook_resid_post", "accuracy", 0.69, 0.63, 0.73),
+        ("rlvr", "intermediate", 1, "hook_resid_post", "accuracy", 0.71, 0.64, 0.75),
+        ("sft", "intermediate", 1, "hook_resid_post", "majority_accuracy", 0.084, 0.06, 0.1),
+        ("rlvr", "intermediate", 1, "hook_resid_post", "majority_accuracy", 0.084, 0.06, 0.1),
+        ("rlvr", "intermediate", 0, "hook_resid_post", "accuracy", 0.3, 0.2, 0.4),  # not the last layer
+        ("sft", "correct", 1, "hook_resid_post", "selectivity", float("nan"), float("nan"), float("nan")),
+    ])
+    accuracy = figures.caption_accuracy(table)
+    assert fmt.interval(0.69, [0.63, 0.73]) in accuracy and fmt.interval(0.71, [0.64, 0.75]) in accuracy
+    assert fmt.number(0.084) in accuracy and fmt.interval(0.3, [0.2, 0.4]) not in accuracy
+
+    summary = {"probe_selectivity_intermediate_sft": {"value": 0.42, "ci": [0.31, 0.47]},
+               "probe_selectivity_intermediate_rlvr": {"value": 0.45, "ci": [0.32, 0.51]},
+               "probe_selectivity_gain_rlvr_vs_sft": {"value": 0.027, "ci": [-0.012, 0.068]},
+               "selectivity_noise_floor": {"value": 0.014, "ci": [-0.037, 0.07]},
+               "answer_decodable_layer_sft": {"value": 2.0, "ci": None},
+               "answer_decodable_layer_rlvr": {"value": 2.0, "ci": None},  # = the number of layers: never
+               "probe_correct_over_majority_sft": {"value": 0.0625, "ci": [-0.008, 0.129]},
+               "probe_correct_over_majority_rlvr": {"value": 0.1, "ci": [0.05, 0.15]}}
+    selectivity = figures.caption_selectivity(table, summary)
+    assert fmt.interval(0.42, [0.31, 0.47]) in selectivity and fmt.interval(0.014, [-0.037, 0.07]) in selectivity
+    assert captions.change(summary["probe_selectivity_gain_rlvr_vs_sft"]) in selectivity
+    assert "no change detected" in selectivity and "'correct' has no selectivity" in selectivity
+    summary["answer_decodable_layer_sft"]["value"] = 1.0
+    over = figures.caption_over_majority(table, summary)
+    assert "from layer 1 (SFT)" in over and "at no layer (RLVR)" in over
+    assert f"no gain detected ({captions.estimate(summary['probe_correct_over_majority_sft'], sign=True)})" in over
+    assert captions.estimate(summary["probe_correct_over_majority_rlvr"], sign=True) in over
+    empty = _probe_rows([])
+    assert all("not measured" in f(empty, {}).lower() for f in (figures.caption_selectivity, figures.caption_over_majority))
+    assert "not measured" in figures.caption_accuracy(empty).lower()

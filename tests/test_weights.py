@@ -472,3 +472,77 @@ def test_an_update_with_equal_energy_per_parameter_has_mlp_share_one_half(tmp_pa
     share = measures.variant_measures(rows, ["null_0"])["null_0"]["mlp_share"]
     assert share.value == pytest.approx(0.5, abs=1e-3)
     assert share.ci[0] <= 0.5 <= share.ci[1]
+
+
+# --- captions of the chapter's figures (drawn inline with seaborn from figures.py's frames) ---------------
+def _caption_result():
+    """A hand-made weights.json: one layer, q and up matrices, two pairs, two dynamics steps."""
+    def matrix(pair, module, group, energy, eff, stable, angle, change, values):
+        return {"pair": pair, "name": f"l0.{module}", "layer": 0, "module": module, "group": group,
+                "energy_per_param": energy, "effective_rank": eff * 4, "max_rank": 4, "stable_rank": stable * 4,
+                "subspace_angle_left": angle, "subspace_angle_right": angle, "spectrum_change": change,
+                "singular_values": values}
+    return {
+        "pairs": ["sft-base", "rlvr-sft"], "top_k": 2,
+        "matrices": [matrix("sft-base", "q", "attention", 1e-4, 0.5, 0.2, 20.0, 0.1, [1.0, 0.5, 0.2, 0.05]),
+                     matrix("sft-base", "up", "mlp", 2e-4, 0.7, 0.3, 30.0, 0.2, [1.0, 0.6, 0.3, 0.2]),
+                     matrix("rlvr-sft", "q", "attention", 1e-8, 0.3, 0.1, 0.5, 0.001, [1.0, 0.05, 0.01, 0.01]),
+                     matrix("rlvr-sft", "up", "mlp", 3e-8, 0.4, 0.1, 0.7, 0.002, [1.0, 0.2, 0.05, 0.01])],
+        "groups": [{"pair": p, "group": g, "energy_per_param": e, "mlp_share": s}
+                   for p, s, rows in (("sft-base", 0.6, (("all", 1.5e-4), ("attention", 1e-4), ("mlp", 2e-4))),
+                                      ("rlvr-sft", 0.75, (("all", 2e-8), ("attention", 1e-8), ("mlp", 3e-8))))
+                   for g, e in rows],
+        "dynamics": [{"step": s, "group": g, "relative_norm": v}
+                     for s, vals in ((0, (0, 0, 0)), (50, (0.002, 0.001, 0.003)), (100, (0.0025, 0.0012, 0.004)))
+                     for g, v in zip(("all", "attention", "mlp"), vals)],
+        "summary": {"rlvr_update_mlp_share": {"value": 0.75, "ci": [0.6, 0.9]},
+                    "sft_update_mlp_share": {"value": 0.6, "ci": [0.45, 0.7]},
+                    "rlvr_update_effective_rank_ratio": {"value": 0.35, "ci": [0.3, 0.4]},
+                    "sft_update_effective_rank_ratio": {"value": 0.6, "ci": [0.5, 0.7]},
+                    "rlvr_top_subspace_angle": {"value": 0.6, "ci": [0.5, 0.7]},
+                    "sft_top_subspace_angle": {"value": 25.0, "ci": [20.0, 30.0]}}}
+
+
+def test_weights_captions_state_the_numbers_they_were_given():
+    import pandas as pd
+
+    from rlvr_utils.core import captions, fmt
+    from rlvr_utils.instruments.weights import figures
+
+    result = _caption_result()
+    summary = result["summary"]
+    matrices, groups = figures.matrix_frame(result), pd.DataFrame(result["groups"])
+    energy = figures.caption_energy(result, groups)
+    assert f"RLVR − SFT {captions.estimate(summary['rlvr_update_mlp_share'])}" in energy
+    assert f"SFT − base {captions.estimate(summary['sft_update_mlp_share'])}" in energy
+    assert "; SFT − base: no difference from 0.5 detected" in energy  # [0.45, 0.7] holds 0.5; [0.6, 0.9] does not
+    assert f"{fmt.number(1.5e-4 / 2e-8)} times smaller" in energy
+
+    spectra = figures.caption_spectra(result, figures.spectra_frame(result))
+    assert f"RLVR − SFT {fmt.number(1.5)} of 4; SFT − base {fmt.number(3.5)} of 4" in spectra  # σ/σ₁ ≥ 0.1: 2, 1; 3, 4
+
+    rank = figures.caption_rank(result, matrices)
+    assert f"RLVR − SFT effective {captions.estimate(summary['rlvr_update_effective_rank_ratio'])}" in rank
+    assert f"stable {fmt.number(0.1)}" in rank and f"stable {fmt.number(0.25)}" in rank
+
+    subspace = figures.caption_subspace(result, matrices)
+    assert f"angle {captions.estimate(summary['sft_top_subspace_angle'], unit='°')}" in subspace
+    assert f"changed by {fmt.number(0.0015)}" in subspace and "top-2 singular values" in subspace
+
+    dynamics = figures.caption_dynamics(result, pd.DataFrame(result["dynamics"]))
+    assert f"At step 100: all parameters {fmt.number(0.0025)}, attention {fmt.number(0.0012)}" in dynamics
+    assert f"added {fmt.number(100 * 0.0005 / 0.0025)}%" in dynamics
+
+
+def test_weights_captions_say_not_measured_on_an_empty_run():
+    import pandas as pd
+
+    from rlvr_utils.instruments.weights import figures
+
+    empty = {"pairs": [], "matrices": [], "groups": [], "dynamics": [], "summary": {}}
+    matrices = figures.matrix_frame(empty)
+    assert "Not measured" in figures.caption_energy(empty, pd.DataFrame())
+    assert "Not measured" in figures.caption_spectra(empty, figures.spectra_frame(empty))
+    assert "Not measured" in figures.caption_rank(empty, matrices)
+    assert "Not measured" in figures.caption_subspace(empty, matrices)
+    assert "No intermediate checkpoints" in figures.caption_dynamics(empty, pd.DataFrame())

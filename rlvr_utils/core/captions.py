@@ -60,3 +60,24 @@ def names(items: Iterable[str]) -> str:
     if len(items) <= 1:
         return "".join(items) or "none"
     return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def against(e, references: list, singular: str, plural: str, show_range: bool = True) -> str:
+    """Where an estimate lies against references' estimates (the placebos', the nulls'): above or below every
+    reference's interval, else inside their values' range or overlapping their intervals (never a direction);
+    `show_range`: with the references' values."""
+    refs = [r for r in references if r and r.get("value") is not None]
+    value, ci = (e or {}).get("value"), (e or {}).get("ci")
+    if value is None:
+        return "not measured"
+    if not refs:
+        return f"no {singular} measured"
+    lo, hi = (ci if ci and None not in ci else (value, value))
+    bounds = [r["ci"] if r.get("ci") and None not in r["ci"] else (r["value"], r["value"]) for r in refs]
+    values = [r["value"] for r in refs]
+    if lo > max(b[1] for b in bounds):
+        return f"above every {singular}"
+    if hi < min(b[0] for b in bounds):
+        return f"below every {singular}"
+    where = "inside" if min(values) <= value <= max(values) else "overlapping"
+    return f"{where} the {plural}' range" + (f" ({span(values)})" if show_range else "")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from rlvr_utils.core import fmt, plots
+from rlvr_utils.core import captions, fmt, plots
 from rlvr_utils.core.plots import STAGE_COLORS
 from rlvr_utils.instruments.cka.instrument import short
 from rlvr_utils.instruments.cka.maths import COMPONENT_SITES
@@ -49,6 +49,30 @@ def plot_components(result: dict):
     fig.suptitle(f"Linear CKA ({kind}) per layer and component\n(each pair on its own colour scale)")
     fig.tight_layout()
     return fig
+
+
+def _pair_name(pair: str) -> str:
+    return pair.replace("_", " vs ")
+
+
+def caption_components(result: dict) -> str:
+    """The heatmaps' caption: what they show, and the means over layers of SFT vs RLVR (attention, MLP and their
+    difference) beside base vs SFT's, with their intervals."""
+    s, pairs = result.get("summary", {}), result.get("pairs", [])
+    kind = "Debiased" if result.get("debiased", True) else "Biased"
+    text = f"{kind} linear CKA per layer and component, one heatmap per model pair (each on its own colour scale)."
+    parts = []
+    for pair in (f"{REFERENCE}_{STUDY}", f"base_{REFERENCE}"):
+        if pair not in pairs:
+            continue
+        shown = f"{_pair_name(pair)}: attention {captions.estimate(s.get(f'cka_{pair}_attn_out'))}, " \
+                f"MLP {captions.estimate(s.get(f'cka_{pair}_mlp_out'))}"
+        if pair.endswith(STUDY) and f"cka_{pair}_mlp_minus_attn" in s:
+            shown += f" (MLP − attention: {captions.change(s[f'cka_{pair}_mlp_minus_attn'])})"
+        parts.append(shown)
+    if not parts:
+        return text + f" {_pair_name(f'{REFERENCE}_{STUDY}')}: not measured."
+    return text + " Mean over layers, " + "; ".join(parts) + "."
 
 
 def _cell_text(value: float, ci) -> str:
@@ -91,6 +115,29 @@ def plot_cross_layer(result: dict):
     return fig
 
 
+def caption_cross_layer(result: dict) -> str:
+    """The cross-layer matrices' caption: in how many matrices every layer matches the same layer of the other
+    model best, and SFT vs RLVR's same-layer CKA against its best other-layer CKA."""
+    entries = result.get("cross_layer", [])
+    text = "Layer × layer debiased CKA, a row per model pair and a column per component."
+    if not entries:
+        return text + " Not measured on this run."
+    diagonal = 0
+    for e in entries:
+        m = np.array(e["matrix"], dtype=float)
+        diagonal += bool(m.size) and all(int(np.argmax(row)) == i for i, row in enumerate(m))
+    text += (f" In {diagonal} of {len(entries)} matrices every layer is most similar to the same layer of the "
+             "other model.")
+    study = [np.array(e["matrix"], dtype=float) for e in entries if e["pair"] == f"{REFERENCE}_{STUDY}"]
+    study = [m for m in study if m.size]
+    if study:
+        same = [1 - v for m in study for v in np.diag(m)]
+        other = [1 - v for m in study for v in m[~np.eye(len(m), dtype=bool)]]
+        text += (f" {_pair_name(f'{REFERENCE}_{STUDY}')}: 1 − CKA at the same layer {captions.span(same)}"
+                 + (f", between different layers at least {fmt.number(min(other))}." if other else "."))
+    return text
+
+
 def plot_inflation(result: dict):
     """Biased vs debiased CKA against the number of samples, true and shuffled pairings."""
     info = result["inflation"]
@@ -108,6 +155,25 @@ def plot_inflation(result: dict):
     ax.legend(fontsize=plots.MIN_FONT)
     fig.tight_layout()
     return fig
+
+
+def caption_inflation(result: dict) -> str:
+    """The estimator check's caption: both estimators on shuffled rows (true value 0) at the smallest and the
+    largest n."""
+    info = result.get("inflation") or {}
+    points = [p for p in info.get("points", []) if p.get("pairing") == "shuffled"]
+    if not points:
+        return "Biased and debiased CKA against the number of samples: not measured on this run."
+    first, second = info["pair"].split("_")
+    text = (f"Biased and debiased CKA against the number of samples n ({first} vs {second}, layer {info['layer']} "
+            f"{short(info['site'])}, d = {info['d']}), on matched and on shuffled rows (true CKA 0).")
+
+    def mean(n, estimator):
+        return fmt.number(float(np.mean([p["cka"] for p in points if p["n"] == n and p["estimator"] == estimator])))
+
+    ns = sorted({p["n"] for p in points})
+    reads = [f"at n = {n}, {mean(n, 'biased')} and {mean(n, 'debiased')}" for n in dict.fromkeys((ns[0], ns[-1]))]
+    return text + " On shuffled rows the biased and the debiased estimator read, " + "; ".join(reads) + "."
 
 
 def summary_markdown(result: dict) -> str:
@@ -171,6 +237,20 @@ def plot_dynamics(rows: list[dict]):
     return fig
 
 
+def caption_dynamics(rows: list[dict]) -> str:
+    """The training dynamics' caption: per component, 1 − CKA (mean over layers) at the first and at the last
+    saved checkpoint."""
+    text = "Debiased CKA of SFT with each saved GRPO checkpoint, per component (mean over layers; band: range over layers)."
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return text + " No intermediate checkpoint on this run."
+    means = table.groupby(["site", "step"])["cka"].mean()
+    first, last = int(table["step"].min()), int(table["step"].max())
+    parts = [f"{site} from {fmt.number(1 - means[(site, first)])} to {fmt.number(1 - means[(site, last)])}"
+             for site in dict.fromkeys(table["site"]) if (site, first) in means and (site, last) in means]
+    return text + f" 1 − CKA from step {first} to step {last}: " + "; ".join(parts) + "."
+
+
 # --- the same-input change beside the end-to-end one ----------------------------------------------------------
 SAME_INPUT = "same input"
 END_TO_END = "end to end (mixes upstream changes)"
@@ -218,6 +298,31 @@ def _colors(cfg) -> dict[str, str]:
     return {**{name: STAGE_COLORS[REFERENCE] for name in quiet},
             **{name: CONTROL_COLORS[i % len(CONTROL_COLORS)] for i, name in enumerate(controls)},
             **{name: STAGE_COLORS[STUDY] for name in registry.names(cfg, "study")}}
+
+
+def caption_comparison(cfg, same_input: dict, cka_result: dict | None = None) -> str:
+    """The same-input figure's caption: RLVR's change of attention and of the MLPs (mean over layers) on the
+    same input, against the placebos' (with their range) and the nulls', and end to end against the placebos'."""
+    text = "1 − debiased CKA with SFT per layer, on the same input (top) and end to end (bottom)."
+    placebos, nulls = registry.names(cfg, "placebo"), registry.names(cfg, "null")
+    sources = (("RLVR's same-input change, mean over layers", (same_input or {}).get("variants", {}), ""),
+               ("End to end", (cka_result or {}).get("variants", {}), "_end_to_end"))
+    parts = []
+    for label, variants, suffix in sources:
+        if STUDY not in variants:
+            parts.append(f"{label}: not measured.")
+            continue
+        sides = []
+        for component, name in (("attn", "attention"), ("mlp", "MLP")):
+            key = f"{component}_change{suffix}"
+            e = variants[STUDY].get(key)
+            where = [captions.against(e, [variants.get(t, {}).get(key) for t in placebos], "placebo", "placebos",
+                             show_range=not suffix)]
+            if not suffix and captions.excludes_zero(e):
+                where.insert(0, captions.against(e, [variants.get(t, {}).get(key) for t in nulls], "null", "nulls"))
+            sides.append(f"{name} {captions.estimate(e)}, {' and '.join(where)}")
+        parts.append(f"{label}: " + "; ".join(sides) + ".")
+    return " ".join([text, *parts])
 
 
 def plot_comparison(cfg, same_input: dict, cka_result: dict | None = None):

@@ -3,9 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlvr_utils.core import fmt, plots
+from rlvr_utils.core import captions, fmt, plots
 from rlvr_utils.instruments.crosscoder.instrument import YARDSTICK, counts, pair_label
 from rlvr_utils.treatments.registry import REFERENCE, STUDY
+
+REFERENCE_KINDS = ("null", "placebo")  # updates without a task signal: what RLVR's pair is read against
+
+
+def _study_key(result: dict) -> str | None:
+    """The SFT -> RLVR pair's key, or None when it was not diffed."""
+    return next((k for k, p in result.get("pairs", {}).items()
+                 if p.get("reference") == REFERENCE and p.get("target") == STUDY), None)
 
 
 def _color(pair: dict) -> str:
@@ -46,6 +54,32 @@ def plot_relative_norms(result: dict, seed: int = 0):
     return fig
 
 
+def caption_relative_norms(result: dict, seed: int = 0) -> str:
+    """The histograms' caption: the span of SFT -> RLVR's live latents' relative decoder norms against the
+    references' (placebos, nulls) and base -> SFT's, on the seed drawn, with the specific thresholds."""
+    pairs = result.get("pairs", {})
+    threshold = result.get("settings", {}).get("specific_threshold")
+    text = f"Relative decoder norm of each live latent per pair (seed {seed})"
+    text += (f"; dashed and dotted lines: the thresholds {fmt.number(threshold)} and {fmt.number(1 - threshold)}."
+             if threshold is not None else ".")
+
+    def extent(keys):
+        recs = [pairs[k]["seeds"][seed] for k in keys if len(pairs[k].get("seeds", [])) > seed]
+        return captions.span([r.get("min_rel_norm") for r in recs] + [r.get("max_rel_norm") for r in recs])
+
+    study = _study_key(result)
+    if study is None:
+        return text + f" {pair_label(f'{REFERENCE}->{STUDY}')}: not measured."
+    refs = [k for k, p in pairs.items() if p.get("reference") == REFERENCE and p.get("kind") in REFERENCE_KINDS]
+    yardstick = [k for k, p in pairs.items() if p.get("kind") == YARDSTICK]
+    parts = [f"{pair_label(study)}'s live latents span {extent([study])}"]
+    if refs:
+        parts.append(f"the references' ({len(refs)} updates without task signal) {extent(refs)}")
+    if yardstick:
+        parts.append(f"{pair_label(yardstick[0])}'s {extent(yardstick)}")
+    return text + " " + "; ".join(parts) + "."
+
+
 def plot_counts(result: dict):
     """Model-specific latents (target-only + reference-only) per pair: mean and range over crosscoder seeds, each
     seed as a dot; pairs as rows so their names stay horizontal and whole."""
@@ -69,6 +103,41 @@ def plot_counts(result: dict):
     ax.set_title(title if most else title + ": no pair has any on this run")
     fig.tight_layout()
     return fig
+
+
+def _seed_range(pair: dict) -> str:
+    """'0.5 [0.0, 1.0]': the mean of a pair's specific-latent counts and their range over seeds."""
+    n = counts(pair)
+    if not n:
+        return "not measured"
+    return fmt.interval(float(np.mean(n)), [min(n), max(n)])
+
+
+def caption_counts(result: dict) -> str:
+    """The counts' caption: SFT -> RLVR's model-specific latents (mean and range over seeds) against the highest
+    reference count, the base -> SFT yardstick's, and the controls that have any."""
+    pairs = result.get("pairs", {})
+    seeds = result.get("settings", {}).get("seeds")
+    text = ("Model-specific latents (target-only + reference-only) per pair: mean [range] over "
+            f"{fmt.number(seeds) if seeds is not None else 'the'} crosscoder seeds.")
+    study = _study_key(result)
+    if study is None:
+        return text + f" {pair_label(f'{REFERENCE}->{STUDY}')}: not measured."
+    refs = [p for p in pairs.values() if p.get("reference") == REFERENCE and p.get("kind") in REFERENCE_KINDS]
+    parts = [f"{pair_label(study)} {_seed_range(pairs[study])}"]
+    if refs:
+        highest = max(max(counts(p), default=0) for p in refs)
+        above = min(counts(pairs[study]), default=0) > highest
+        parts[0] += (f", {'above' if above else 'not above'} the references' highest count, {fmt.number(highest)} "
+                     f"({len(refs)} update{'s' if len(refs) != 1 else ''} without task signal)")
+    else:
+        parts.append("no reference diffed")
+    parts += [f"{pair_label(k)} {_seed_range(p)}" for k, p in pairs.items() if p.get("kind") == YARDSTICK]
+    found = [f"{p['target']} {_seed_range(p)}" for p in pairs.values()
+             if p.get("kind") == "control" and any(counts(p))]
+    if found:
+        parts.append(f"controls with any: {captions.names(found)}")
+    return text + " " + "; ".join(parts) + "."
 
 
 def plot_causal(result: dict, target: str = STUDY):
@@ -115,6 +184,32 @@ def plot_causal(result: dict, target: str = STUDY):
     return fig
 
 
+def caption_causal(result: dict, target: str = STUDY) -> str:
+    """The causal test's caption: per set of latents, the accuracy drop when ablating them in RLVR beside as many
+    random latents and the same latents in SFT, and the gain of transplanting them into SFT."""
+    cz = result.get("causal", {}).get(target)
+    if not cz:
+        return f"Causal test of the crosscoder latents on {target}: not measured on this run."
+    text = (f"Greedy accuracy change (points) on {cz.get('n_problems', 'the')} held-out problems when latents are "
+            "edited, beside as many random latents.")
+    parts = []
+    for set_name, what in (("specific", "specific latents"), ("leaning", "most RLVR-leaning latents")):
+        c = cz.get(set_name) or {}
+        n = c.get("latents_per_seed") or []
+        if not any(n):
+            parts.append(f"No {what} on this run: nothing edited")
+            continue
+        drop, random = c.get("ablate_drop"), c.get("ablate_random_drop")
+        compare = "beside"
+        if drop and random and drop.get("ci") and random.get("ci") and None not in drop["ci"] + random["ci"]:
+            compare = "above" if drop["ci"][0] > random["ci"][1] else "not above"
+        parts.append(f"{captions.names(map(str, dict.fromkeys(n)))} {what}: the drop when ablating them in {target} "
+                     f"is {captions.change(drop)}, {compare} the random latents' {captions.change(random)} (the same "
+                     f"latents in {REFERENCE}: {captions.change(c.get('ablate_reference_drop'))}); the gain when "
+                     f"transplanting them into {REFERENCE}: {captions.change(c.get('transplant_gain'))}")
+    return " ".join([text, *(p + "." for p in parts)])
+
+
 def plot_scaling(result: dict, seed: int = 0):
     """Relative decoder norm against Latent Scaling's nu_error for each SFT->treatment pair (first seed)."""
     import matplotlib.pyplot as plt
@@ -143,6 +238,32 @@ def plot_scaling(result: dict, seed: int = 0):
         row[0].set_ylabel("ν_error (clipped)")
     fig.tight_layout()
     return fig
+
+
+def caption_scaling(result: dict, seed: int = 0) -> str:
+    """Latent Scaling's caption: per SFT -> treatment pair drawn, the live latents in the specific box (relative
+    norm beyond the threshold and ν_error below the presence threshold) and those beyond the norm threshold only."""
+    pairs, s = result.get("pairs", {}), result.get("settings", {})
+    keys = [k for k, p in pairs.items() if p.get("reference") == REFERENCE][:4]
+    text = f"Relative decoder norm against Latent Scaling's ν_error for each live latent (seed {seed})"
+    if not keys or s.get("specific_threshold") is None or s.get("presence_threshold") is None:
+        return text + ": not measured on this run."
+    text += (f"; dashed: relative norm {fmt.number(s['specific_threshold'])}, ν_error "
+             f"{fmt.number(s['presence_threshold'])}.")
+    parts = []
+    for key in keys:
+        seeds = pairs[key].get("seeds", [])
+        if len(seeds) <= seed:
+            continue
+        rec = seeds[seed]
+        right = [v for r, v, n in zip(rec["rel_norm"], rec["nu_error"], rec["count"])
+                 if n > 0 and v is not None and r is not None and r > s["specific_threshold"]]
+        box = sum(v < s["presence_threshold"] for v in right)
+        parts.append(f"{pairs[key]['target']} {box}" + (f" (and {len(right) - box} beyond the norm threshold "
+                                                       "with a high ν_error)" if len(right) > box else ""))
+    if not parts:
+        return text + " Not measured on this run."
+    return text + " Latents in the lower-right (specific) box: " + ", ".join(parts) + "."
 
 
 def readings_frame(result: dict):

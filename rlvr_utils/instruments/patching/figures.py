@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from rlvr_utils.core import fmt, plots
+from rlvr_utils.core import captions, fmt, plots
 from rlvr_utils.instruments.patching.grafting import GAIN_NOTE
-from rlvr_utils.treatments.registry import REFERENCE, STUDY
+from rlvr_utils.treatments.registry import REFERENCE, REFERENCE_KINDS, STUDY
 
 SITE_LABELS = {"hook_resid_pre": "resid_pre", "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out",
                "hook_resid_post": "resid_post"}
@@ -265,3 +265,194 @@ def plot_graft_gains(result: dict, kinds: dict[str, str]):
     ax.legend(loc="best", fontsize=plots.MIN_FONT)
     fig.tight_layout()
     return fig
+
+
+# --- captions ---------------------------------------------------------------------------------------
+# Each figure's caption says what it plots and what this run shows, with numbers from the metrics the figure
+# draws (rlvr_utils.core.captions): an interval that holds 0 is "no change detected", never a direction.
+MODELS = {"sft": "SFT", "rlvr": "RLVR", "base": "base"}
+REFERENCE_NAMES = {"placebo": "placebos", "null": "nulls", "identical": "identical copy"}
+
+
+def _model(name: str) -> str:
+    return MODELS.get(name, name)
+
+
+def _kind(name: str, kinds: dict[str, str] | None) -> str | None:
+    """A treatment's kind from registry.kinds, else from its name (placebo_*, null_*, identical)."""
+    if kinds and name in kinds:
+        return kinds[name]
+    if name == STUDY:
+        return "study"
+    if name == "identical":
+        return "identical"
+    return next((k for k in ("placebo", "null") if name.startswith(k)), None)
+
+
+def _measured(entry) -> bool:
+    value = entry.get("value") if isinstance(entry, dict) else None
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _bounds(entry: dict) -> tuple[float, float]:
+    ci = entry.get("ci")
+    if ci and len(ci) == 2 and all(isinstance(c, (int, float)) and np.isfinite(c) for c in ci):
+        return float(ci[0]), float(ci[1])
+    return float(entry["value"]), float(entry["value"])
+
+
+def _references(variants: dict, key: str, kinds: dict[str, str] | None) -> tuple[list[dict], list[str]]:
+    """The measured entries `key` of the treatments known to carry no task signal (placebos, nulls, the
+    identical copy), and the plural names of the kinds found, in that order."""
+    entries, found = [], []
+    for name, measures in variants.items():
+        kind = _kind(name, kinds)
+        entry = (measures or {}).get(key)
+        if kind in REFERENCE_KINDS and _measured(entry):
+            entries.append(entry)
+            found.append(kind)
+    return entries, [REFERENCE_NAMES[k] for k in REFERENCE_KINDS if k in found]
+
+
+def _envelope(references: list[dict], scale: float = 1.0, unit: str = "") -> tuple[float, float, str]:
+    """The span of the references' intervals: (lo, hi, '[lo, hi]' printed together, at one precision)."""
+    lo = min(_bounds(r)[0] for r in references)
+    hi = max(_bounds(r)[1] for r in references)
+    if lo == hi:
+        return lo, hi, fmt.number(lo * scale, sign=True) + unit
+    shown = fmt.interval((lo + hi) / 2, [lo, hi], scale=scale, unit=unit, sign=True)
+    return lo, hi, shown[shown.index("["):]
+
+
+def _against(variants: dict, study: dict, keys, thing: str, kinds, scale: float = 1.0, unit: str = "") -> str:
+    """'The placebos, nulls and identical copy span attention [a, b] and MLP [c, d]; RLVR's attention and MLP
+    <thing>s lie beyond every one of those intervals' (or within those spans): the first half of the verdict's
+    test, which also asks for a distance from the placebos' mean (rlvr_utils.evidence.verdict.read_signal)."""
+    spans, where, names = [], {}, []
+    for key, label in keys:
+        references, found = _references(variants, key, kinds)
+        if not references or not _measured(study.get(key)):
+            continue
+        names = names or found
+        lo, hi, shown = _envelope(references, scale, unit)
+        spans.append(f"{label} {shown}")
+        own = _bounds(study[key])
+        side = "beyond every one of those intervals" if own[0] > hi or own[1] < lo else "within those spans"
+        where.setdefault(side, []).append(label)
+    if not spans:
+        return "No placebo or null was measured to compare RLVR with."
+    sides = [f"{captions.names(labels)} {thing}{'s' if len(labels) > 1 else ''} "
+             f"{'lie' if len(labels) > 1 else 'lies'} {side}" for side, labels in where.items()]
+    return (f"Intervals of the {captions.names(names)} span {captions.names(spans)}; RLVR's "
+            + ", its ".join(sides) + ".")
+
+
+def caption_variants(results: dict, kinds: dict[str, str] | None = None) -> str:
+    """RLVR's attention and MLP direct effects and total effect in SFT, each against the span of the placebos',
+    nulls' and identical copy's intervals (`kinds`: registry.kinds; inferred from the names without it)."""
+    variants = results.get("variants") or {}
+    n = ((results.get("cross_model") or {}).get(f"{STUDY}_into_{REFERENCE}") or {}).get("n_problems")
+    what = ("Each treatment's components patched into SFT: attention and MLP direct effects (summed over layers) "
+            f"and total effect, nats, 95% CI{f', {n} problems' if n else ''}.")
+    study = variants.get(STUDY)
+    if not study:
+        return f"{what} RLVR's effects were not measured."
+    parts = [f"{label} {captions.change(study.get(key))}" for key, label in
+             (("attn_direct_effect", "attention"), ("mlp_direct_effect", "MLP"), ("total_effect", "total"))]
+    text = f"{what} RLVR: " + ", ".join(parts) + "."
+    keys = (("attn_direct_effect", "attention"), ("mlp_direct_effect", "MLP"))
+    return f"{text} {_against(variants, study, keys, 'effect', kinds)}"
+
+
+def caption_layers(report: dict) -> str:
+    """One direction of cross-model patching (donor's components in the receiver), per layer: the donor −
+    receiver gap, the largest total effect, and which direct effects are distinguishable from zero."""
+    donor, receiver = _model(report.get("donor", "donor")), _model(report.get("receiver", "receiver"))
+    n = report.get("n_problems")
+    what = (f"{donor}'s components patched into {receiver}, per layer: total (left) and direct (right) effect on "
+            f"the answer tokens' mean log-probability (nats, 95% CI{f', {n} problems' if n else ''}).")
+    frame = layer_frame(report) if report.get("patches") is not None and report.get("components") is not None \
+        else pd.DataFrame(columns=["layer", "component", "effect", "value", "lo", "hi"])
+    parts = [f"{donor} − {receiver} gap {captions.change(report.get('total_effect'))}"]
+    label = {"attn": "attention", "mlp": "MLP"}
+
+    def entry(row):
+        return {"value": row["value"], "ci": None if np.isnan(row["lo"]) else [row["lo"], row["hi"]]}
+
+    total = frame[(frame.effect == "total") & frame.value.notna()]
+    if len(total):
+        top = total.loc[total.value.abs().idxmax()]
+        parts.append(f"largest total effect at layer {int(top.layer)}'s {label.get(top.component, top.component)}, "
+                     f"{captions.change(entry(top))}")
+    direct = frame[(frame.effect == "direct") & frame.value.notna()]
+    if len(direct):
+        clear = [f"layer {int(r.layer)}'s {label.get(r.component, r.component)} {captions.change(entry(r))}"
+                 for _, r in direct.iterrows() if captions.excludes_zero(entry(r))]
+        parts.append("direct effects distinguishable from zero: " + (captions.names(clear) if clear else "none"))
+    else:
+        parts.append("direct effects not measured")
+    return f"{what} " + "; ".join(parts) + "."
+
+
+def caption_heatmaps(within: dict) -> str:
+    """Clean → corrupted patching inside each model: the site that restores most of the clean preference where
+    the completion copies the number, in SFT and in RLVR, and how far the two maps differ."""
+    what = ("Clean → corrupted patching inside each model: share of the clean run's preference for the clean "
+            "digit that restoring one site of one layer brings back.")
+    if not within or "skipped" in within or REFERENCE not in within:
+        return f"{what} Not measured on this run."
+    reference, study = within[REFERENCE], within.get(STUDY) or {}
+
+    def cell(p):
+        return p["site"], tuple(p["layers"]), p["positions"]
+
+    studied = {cell(p): p for p in study.get("patches", [])}
+    candidates = [p for p in reference.get("patches", []) if p["site"] != "hook_resid_pre"
+                  and p["positions"] == "target" and _measured(p.get("normalised"))]
+    if not candidates:
+        return (f"{what} The clean and corrupted runs do not differ distinguishably in SFT: the information flow "
+                "cannot be read.")
+    best = max(candidates, key=lambda p: p["normalised"]["value"])
+    site = f"layer {best['layers'][0]}'s {SITE_LABELS.get(best['site'], best['site'])}"
+    other = studied.get(cell(best), {}).get("normalised")
+    n = reference.get("n_problems")
+    text = (f"{what} Where the completion copies the number, {site} restores the most in SFT, "
+            f"{captions.estimate(best['normalised'])}{f' ({n} problems)' if n else ''}; in RLVR "
+            f"{captions.estimate(other) if _measured(other) else 'not measured'}.")
+    gaps = [abs(p["normalised"]["value"] - studied[cell(p)]["normalised"]["value"])
+            for p in reference.get("patches", []) if cell(p) in studied
+            and _measured(p.get("normalised")) and _measured(studied[cell(p)].get("normalised"))]
+    if gaps:
+        text += f" Cell by cell, the two maps differ by at most {fmt.number(max(gaps))}."
+    return text
+
+
+def caption_shares(grafts: dict) -> str:
+    """The RLVR − SFT accuracy gain and the share of it each graft recovers, or why no share is reported."""
+    n = grafts.get("n_problems")
+    what = (f"Share of RLVR's greedy accuracy gain over SFT recovered by grafting RLVR's weights into SFT "
+            f"(paired 95% CI{f', {n} problems' if n else ''}).")
+    gain = grafts.get("gain")
+    if not grafts.get("rows") or not _measured(gain):
+        return f"{what} Not measured on this run."
+    text = f"{what} RLVR − SFT gain {captions.change(gain, scale=100, unit=' points')}"
+    if not captions.excludes_zero(gain):
+        return text + f": {GAIN_NOTE}, so no share is reported."
+    shares = [f"{row.get('graft', '?')} {captions.estimate(row.get('share'))}" for row in grafts["rows"]]
+    return text + "; shares recovered: " + ", ".join(shares) + "."
+
+
+def caption_graft_gains(grafts: dict, kinds: dict[str, str] | None = None) -> str:
+    """RLVR's attention-alone and MLP-alone graft gains, each against the span of the placebos', nulls' and
+    identical copy's intervals (`kinds`: registry.kinds)."""
+    variants = grafts.get("variants") or {}
+    what = ("Greedy accuracy gain over SFT of SFT with one component's update alone, per treatment "
+            "(points, paired 95% CI).")
+    study = variants.get(STUDY)
+    if not study:
+        return f"{what} RLVR's grafts were not measured."
+    points = {"scale": 100, "unit": " points"}
+    keys = (("attn_graft_gain", "attention"), ("mlp_graft_gain", "MLP"))
+    text = f"{what} RLVR: " + ", ".join(f"{label} alone {captions.change(study.get(key), **points)}"
+                                        for key, label in keys) + "."
+    return f"{text} {_against(variants, study, keys, 'graft', kinds, **points)}"

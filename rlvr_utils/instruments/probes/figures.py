@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from rlvr_utils.core import fmt, plots
+from rlvr_utils.core import captions, fmt, plots
 from rlvr_utils.core.plots import STAGE_COLORS
 from rlvr_utils.treatments.registry import REFERENCE, STUDY
 
@@ -58,6 +58,93 @@ def figure(table: pd.DataFrame, metric: str = "accuracy", models=None) -> plt.Fi
                  f"over problems{key})")
     fig.tight_layout()
     return fig
+
+
+NAMES = {"base": "base", REFERENCE: "SFT", STUDY: "RLVR"}  # how a caption names the stages
+
+
+def _name(model: str) -> str:
+    return NAMES.get(model, model)
+
+
+def _at_last_layer(table: pd.DataFrame, metric: str, site: str = "hook_resid_post") -> pd.DataFrame:
+    """The rows of `metric` at the last layer of `site`."""
+    rows = table[(table.metric == metric) & (table.site == site)]
+    return rows[rows.layer == rows.layer.max()] if len(rows) else rows
+
+
+def caption_accuracy(table: pd.DataFrame, models=(REFERENCE, STUDY)) -> str:
+    """The accuracy figure's caption: per target, SFT's and RLVR's test accuracy at the last layer's residual
+    stream, beside the majority-class baseline."""
+    text = ("Probe test accuracy per layer for each target and component, with the control task (dashed) and "
+            "the majority class (dotted).")
+    acc, majority = _at_last_layer(table, "accuracy"), _at_last_layer(table, "majority_accuracy")
+    parts = []
+    for target in dict.fromkeys(acc.target) if len(acc) else []:
+        shown = [f"{_name(m)} {fmt.interval(r.value, [r.ci_low, r.ci_high])}"
+                 for m in models for r in acc[(acc.target == target) & (acc.model == m)].itertuples()]
+        base = majority[(majority.target == target) & majority.model.isin(list(models))].value
+        if shown:
+            parts.append(f"{target}: {captions.names(shown)} (majority class {captions.span(base)})")
+    if not parts:
+        return text + " Not measured on this run."
+    return text + " At the last layer's residual stream, " + "; ".join(parts) + "."
+
+
+def _shown(summary: dict, key: str) -> str:
+    return captions.estimate(summary.get(key))
+
+
+def caption_selectivity(table: pd.DataFrame, summary: dict, models=(REFERENCE, STUDY)) -> str:
+    """The selectivity figure's caption: the headline selectivities (at the layer chosen on validation), RLVR's
+    gain over SFT for intermediate results and the noise floor; and why the `correct` panels are empty."""
+    text = "Probe selectivity (task − control accuracy) per layer for each target and component."
+    parts = []
+    if any(f"probe_selectivity_intermediate_{m}" in summary for m in models):
+        parts.append("Intermediate results, at the layer chosen on validation: " + captions.names(
+            [f"{_name(m)} {_shown(summary, f'probe_selectivity_intermediate_{m}')}" for m in models]))
+        gain = summary.get(f"probe_selectivity_gain_{STUDY}_vs_{REFERENCE}")
+        if gain:
+            parts[-1] += f"; {_name(STUDY)} − {_name(REFERENCE)} {captions.change(gain)}"
+        if "selectivity_noise_floor" in summary:
+            parts[-1] += f"; noise floor {_shown(summary, 'selectivity_noise_floor')}"
+    if any(f"probe_selectivity_answer_{m}" in summary for m in models):
+        parts.append("The answer's last digit: " + captions.names(
+            [f"{_name(m)} {_shown(summary, f'probe_selectivity_answer_{m}')}" for m in models]))
+    rows = table[table.metric == "selectivity"] if len(table) else table
+    empty = [t for t, r in rows.groupby("target", sort=False) if r.value.isna().all()] if len(rows) else []
+    if empty:
+        parts.append(f"Target {captions.names([repr(t) for t in empty])} has no selectivity (every example is its "
+                     "own control type)")
+    return " ".join([text, *(p + "." for p in parts)]) if parts else text + " Not measured on this run."
+
+
+def _over_majority(e) -> str:
+    """Accuracy over the majority class, or 'no gain detected (…)' when its interval
+    holds 0."""
+    if captions.excludes_zero(e) or (e or {}).get("value") is None:
+        return captions.estimate(e, sign=True)
+    return f"no gain detected ({captions.estimate(e, sign=True)})"
+
+
+def caption_over_majority(table: pd.DataFrame, summary: dict, models=("base", REFERENCE, STUDY)) -> str:
+    """The accuracy-over-majority figure's caption: the layer from which each model's answer is decodable, and
+    how much better than the majority class SFT and RLVR predict their own correctness."""
+    text = "Probe accuracy minus the majority-class baseline per layer for each target and component."
+    n_layers = int(table.layer.max()) + 1 if len(table) else None
+    layers = []
+    for m in models:
+        layer = summary.get(f"answer_decodable_layer_{m}", {}).get("value")
+        if pd.notna(layer):
+            where = "at no layer" if n_layers is not None and layer >= n_layers else f"from layer {layer:.0f}"
+            layers.append(f"{where} ({_name(m)})")
+    parts = [f"The answer's last digit is decodable on the residual stream {captions.names(layers)}"] if layers else []
+    correct = [f"{_name(m)} {_over_majority(summary[f'probe_correct_over_majority_{m}'])}"
+               for m in models if m != "base" and f"probe_correct_over_majority_{m}" in summary]
+    if correct:
+        parts.append(f"probing a model's own correctness, accuracy over the majority class: {captions.names(correct)}")
+    return " ".join([text, "; ".join(parts)[:1].upper() + "; ".join(parts)[1:] + "."]) if parts else \
+        text + " Not measured on this run."
 
 
 def reading(summary: dict, n_layers: int, stages=("base", REFERENCE, STUDY)) -> str:
@@ -136,6 +223,27 @@ def lens_figure(lens_table: pd.DataFrame, metrics=("kl", "top1_agreement", "answ
     return fig
 
 
+def caption_lens(lens_table: pd.DataFrame, summary: dict, models=("base", REFERENCE, STUDY)) -> str:
+    """The logit lens's caption: the layer from which each model's lens gives its final answer token, and the KL
+    to the final output after the first block."""
+    text = "Logit lens: each model's residual stream after each block, read by its own final norm and unembedding."
+    layers = []
+    for m in models:
+        layer = summary.get(f"lens_answer_layer_{m}", {}).get("value")
+        if pd.notna(layer):
+            layers.append(f"{layer:.0f} ({_name(m)})")
+    parts = [("The lens's top-1 at the answer position matches the model's final prediction from layer "
+              f"{captions.names(layers)}")] if layers else []
+    own = lens_table[(lens_table.model == lens_table.read_out) & (lens_table.metric == "kl")] if len(lens_table) else lens_table
+    if len(own):
+        first = own[own.layer == own.layer.min()]
+        kl = [f"{_name(m)} {fmt.interval(r.value, [r.ci_low, r.ci_high])}"
+              for m in models for r in first[first.model == m].itertuples()]
+        if kl:
+            parts.append(f"KL to the final output after block {int(own.layer.min())}: {captions.names(kl)} nats")
+    return " ".join([text, *(p + "." for p in parts)]) if parts else text + " Not measured on this run."
+
+
 def cross_figure(lens_table: pd.DataFrame, metric: str = "kl") -> plt.Figure:
     """Stitched cross-model lens: each model's residual stream (panel) after layer l, run through another
     model's later blocks and read-out (dashed, colour = that model; against that model's own output), beside
@@ -160,6 +268,20 @@ def cross_figure(lens_table: pd.DataFrame, metric: str = "kl") -> plt.Figure:
     fig.suptitle(f"Stitched cross-model lens and plain logit lens:\n{LENS_LABELS[metric]}")
     fig.tight_layout(rect=(0, 0.06 * -(-len(handles) // 2) / n_rows, 1, 1))
     return fig
+
+
+def caption_cross(summary: dict) -> str:
+    """The stitched lens's caption: KL (mean over layers) when SFT's later blocks read RLVR's stream and RLVR's
+    read SFT's, beside the base model's on SFT's for scale."""
+    text = ("Stitched cross-model lens: each model's residual stream after layer l run through another model's "
+            "later blocks and read-out (dashed; KL to that model's own output), beside its own logit lens (solid).")
+    reads = [(REFERENCE, STUDY), (STUDY, REFERENCE), ("base", REFERENCE)]
+    parts = [f"{_name(reader)}'s on {_name(stream)}'s {_shown(summary, f'lens_stitch_kl_{stream}_into_{reader}')}"
+             for reader, stream in reads if f"lens_stitch_kl_{stream}_into_{reader}" in summary]
+    if not parts:
+        return text + " Not measured on this run."
+    parts[0] = parts[0].replace("'s on", "'s later blocks on", 1)
+    return text + " KL averaged over layers (nats): " + "; ".join(parts) + "."
 
 
 def targets_tables(targets: list[dict]) -> dict[str, pd.DataFrame]:
