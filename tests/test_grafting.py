@@ -179,4 +179,4 @@ def test_caption_graft_gains_reads_rlvr_against_the_placebos_and_nulls():
     assert "MLP alone no change detected (" in text
     assert "attention graft lies beyond every one of those intervals" in text
     assert "MLP graft lies within those spans" in text and "placebos and nulls" in text
-    assert "not measured" in figures.caption_graft_gains({})
+    assert "not measured" in figures.caption_graft_gains({}, {})

@@ -271,22 +271,12 @@ def plot_graft_gains(result: dict, kinds: dict[str, str]):
 # Each figure's caption says what it plots and what this run shows, with numbers from the metrics the figure
 # draws (rlvr_utils.core.captions): an interval that holds 0 is "no change detected", never a direction.
 MODELS = {"sft": "SFT", "rlvr": "RLVR", "base": "base"}
-REFERENCE_NAMES = {"placebo": "placebos", "null": "nulls", "identical": "identical copy"}
+# registry.REFERENCE_KINDS as the prose names them
+REFERENCE_NAMES = dict(zip(REFERENCE_KINDS, ("placebos", "nulls", "identical copy")))
 
 
 def _model(name: str) -> str:
     return MODELS.get(name, name)
-
-
-def _kind(name: str, kinds: dict[str, str] | None) -> str | None:
-    """A treatment's kind from registry.kinds, else from its name (placebo_*, null_*, identical)."""
-    if kinds and name in kinds:
-        return kinds[name]
-    if name == STUDY:
-        return "study"
-    if name == "identical":
-        return "identical"
-    return next((k for k in ("placebo", "null") if name.startswith(k)), None)
 
 
 def _measured(entry) -> bool:
@@ -301,12 +291,12 @@ def _bounds(entry: dict) -> tuple[float, float]:
     return float(entry["value"]), float(entry["value"])
 
 
-def _references(variants: dict, key: str, kinds: dict[str, str] | None) -> tuple[list[dict], list[str]]:
+def _references(variants: dict, key: str, kinds: dict[str, str]) -> tuple[list[dict], list[str]]:
     """The measured entries `key` of the treatments known to carry no task signal (placebos, nulls, the
     identical copy), and the plural names of the kinds found, in that order."""
     entries, found = [], []
     for name, measures in variants.items():
-        kind = _kind(name, kinds)
+        kind = kinds.get(name)
         entry = (measures or {}).get(key)
         if kind in REFERENCE_KINDS and _measured(entry):
             entries.append(entry)
@@ -347,9 +337,9 @@ def _against(variants: dict, study: dict, keys, thing: str, kinds, scale: float 
             + ", its ".join(sides) + ".")
 
 
-def caption_variants(results: dict, kinds: dict[str, str] | None = None) -> str:
+def caption_variants(results: dict, kinds: dict[str, str]) -> str:
     """RLVR's attention and MLP direct effects and total effect in SFT, each against the span of the placebos',
-    nulls' and identical copy's intervals (`kinds`: registry.kinds; inferred from the names without it)."""
+    nulls' and identical copy's intervals (`kinds`: registry.kinds)."""
     variants = results.get("variants") or {}
     n = ((results.get("cross_model") or {}).get(f"{STUDY}_into_{REFERENCE}") or {}).get("n_problems")
     what = ("Each treatment's components patched into SFT: attention and MLP direct effects (summed over layers) "
@@ -442,7 +432,7 @@ def caption_shares(grafts: dict) -> str:
     return text + "; shares recovered: " + ", ".join(shares) + "."
 
 
-def caption_graft_gains(grafts: dict, kinds: dict[str, str] | None = None) -> str:
+def caption_graft_gains(grafts: dict, kinds: dict[str, str]) -> str:
     """RLVR's attention-alone and MLP-alone graft gains, each against the span of the placebos', nulls' and
     identical copy's intervals (`kinds`: registry.kinds)."""
     variants = grafts.get("variants") or {}
