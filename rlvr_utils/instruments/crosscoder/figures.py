@@ -5,9 +5,7 @@ import numpy as np
 
 from rlvr_utils.core import captions, fmt, plots
 from rlvr_utils.instruments.crosscoder.instrument import YARDSTICK, counts, pair_label
-from rlvr_utils.treatments.registry import REFERENCE, STUDY
-
-REFERENCE_KINDS = ("null", "placebo")  # updates without a task signal: what RLVR's pair is read against
+from rlvr_utils.treatments.registry import REFERENCE, REFERENCE_KINDS, STUDY
 
 
 def _study_key(result: dict) -> str | None:
