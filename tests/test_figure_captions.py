@@ -156,3 +156,9 @@ def test_the_calibration_caption_counts_rows_and_gives_rlvr_reading_on_them():
     text = tables.caption_calibration(table)
     assert "2 of 3 rows count (rows 1, 3); on them RLVR reads redundant (row 1); no evidence (row 3)." in text
     assert "no row decides" in tables.caption_calibration(table.assign(calibration="nulls read a side"))
+
+
+def test_captions_name_the_registry_stages():
+    from rlvr_utils.treatments.registry import REFERENCE, STUDY
+
+    assert (captions.stage(REFERENCE), captions.stage(STUDY), captions.stage("base")) == ("SFT", "RLVR", "base")

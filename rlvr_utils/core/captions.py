@@ -11,6 +11,15 @@ from typing import Iterable, Mapping
 
 from rlvr_utils.core import fmt
 
+# how a caption names the study's stages (treatments.registry's REFERENCE and STUDY; not imported from there, which
+# would put every treatment family's params into the fingerprint of each chapter that writes a caption)
+STAGE_NAMES = {"sft": "SFT", "rlvr": "RLVR"}
+
+
+def stage(name: str) -> str:
+    """'SFT' for the reference, 'RLVR' for the study; any other name as it is."""
+    return STAGE_NAMES.get(name, name)
+
 
 def _parts(e) -> tuple[float | None, list | None]:
     """(value, ci) of an Estimate or of its JSON form {"value": ..., "ci": [lo, hi]}."""
@@ -37,12 +46,12 @@ def excludes_zero(e) -> bool:
     return ci[0] > 0 or ci[1] < 0
 
 
-def change(e, scale: float = 1.0, unit: str = "") -> str:
-    """A signed change with its interval, or 'no change detected (…)' when the interval contains 0."""
+def change(e, scale: float = 1.0, unit: str = "", none: str = "no change detected") -> str:
+    """A signed change with its interval, or '<none> (…)' when the interval contains 0."""
     shown = estimate(e, scale=scale, unit=unit, sign=True)
     if _parts(e)[0] is None or excludes_zero(e):
         return shown
-    return f"no change detected ({shown})"
+    return f"{none} ({shown})"
 
 
 def span(values: Iterable[float], scale: float = 1.0, unit: str = "", sign: bool = False) -> str:

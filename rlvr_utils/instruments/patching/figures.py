@@ -270,13 +270,8 @@ def plot_graft_gains(result: dict, kinds: dict[str, str]):
 # --- captions ---------------------------------------------------------------------------------------
 # Each figure's caption says what it plots and what this run shows, with numbers from the metrics the figure
 # draws (rlvr_utils.core.captions): an interval that holds 0 is "no change detected", never a direction.
-MODELS = {"sft": "SFT", "rlvr": "RLVR", "base": "base"}
 # registry.REFERENCE_KINDS as the prose names them
 REFERENCE_NAMES = dict(zip(REFERENCE_KINDS, ("placebos", "nulls", "identical copy")))
-
-
-def _model(name: str) -> str:
-    return MODELS.get(name, name)
 
 
 def _measured(entry) -> bool:
@@ -357,7 +352,7 @@ def caption_variants(results: dict, kinds: dict[str, str]) -> str:
 def caption_layers(report: dict) -> str:
     """One direction of cross-model patching (donor's components in the receiver), per layer: the donor −
     receiver gap, the largest total effect, and which direct effects are distinguishable from zero."""
-    donor, receiver = _model(report.get("donor", "donor")), _model(report.get("receiver", "receiver"))
+    donor, receiver = captions.stage(report.get("donor", "donor")), captions.stage(report.get("receiver", "receiver"))
     n = report.get("n_problems")
     what = (f"{donor}'s components patched into {receiver}, per layer: total (left) and direct (right) effect on "
             f"the answer tokens' mean log-probability (nats, 95% CI{f', {n} problems' if n else ''}).")

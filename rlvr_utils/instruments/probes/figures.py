@@ -60,13 +60,6 @@ def figure(table: pd.DataFrame, metric: str = "accuracy", models=None) -> plt.Fi
     return fig
 
 
-NAMES = {"base": "base", REFERENCE: "SFT", STUDY: "RLVR"}  # how a caption names the stages
-
-
-def _name(model: str) -> str:
-    return NAMES.get(model, model)
-
-
 def _at_last_layer(table: pd.DataFrame, metric: str, site: str = "hook_resid_post") -> pd.DataFrame:
     """The rows of `metric` at the last layer of `site`."""
     rows = table[(table.metric == metric) & (table.site == site)]
@@ -81,7 +74,7 @@ def caption_accuracy(table: pd.DataFrame, models=(REFERENCE, STUDY)) -> str:
     acc, majority = _at_last_layer(table, "accuracy"), _at_last_layer(table, "majority_accuracy")
     parts = []
     for target in dict.fromkeys(acc.target) if len(acc) else []:
-        shown = [f"{_name(m)} {fmt.interval(r.value, [r.ci_low, r.ci_high])}"
+        shown = [f"{captions.stage(m)} {fmt.interval(r.value, [r.ci_low, r.ci_high])}"
                  for m in models for r in acc[(acc.target == target) & (acc.model == m)].itertuples()]
         base = majority[(majority.target == target) & majority.model.isin(list(models))].value
         if shown:
@@ -102,29 +95,21 @@ def caption_selectivity(table: pd.DataFrame, summary: dict, models=(REFERENCE, S
     parts = []
     if any(f"probe_selectivity_intermediate_{m}" in summary for m in models):
         parts.append("Intermediate results, at the layer chosen on validation: " + captions.names(
-            [f"{_name(m)} {_shown(summary, f'probe_selectivity_intermediate_{m}')}" for m in models]))
+            [f"{captions.stage(m)} {_shown(summary, f'probe_selectivity_intermediate_{m}')}" for m in models]))
         gain = summary.get(f"probe_selectivity_gain_{STUDY}_vs_{REFERENCE}")
         if gain:
-            parts[-1] += f"; {_name(STUDY)} − {_name(REFERENCE)} {captions.change(gain)}"
+            parts[-1] += f"; {captions.stage(STUDY)} − {captions.stage(REFERENCE)} {captions.change(gain)}"
         if "selectivity_noise_floor" in summary:
             parts[-1] += f"; noise floor {_shown(summary, 'selectivity_noise_floor')}"
     if any(f"probe_selectivity_answer_{m}" in summary for m in models):
         parts.append("The answer's last digit: " + captions.names(
-            [f"{_name(m)} {_shown(summary, f'probe_selectivity_answer_{m}')}" for m in models]))
+            [f"{captions.stage(m)} {_shown(summary, f'probe_selectivity_answer_{m}')}" for m in models]))
     rows = table[table.metric == "selectivity"] if len(table) else table
     empty = [t for t, r in rows.groupby("target", sort=False) if r.value.isna().all()] if len(rows) else []
     if empty:
         parts.append(f"Target {captions.names([repr(t) for t in empty])} has no selectivity (every example is its "
                      "own control type)")
     return " ".join([text, *(p + "." for p in parts)]) if parts else text + " Not measured on this run."
-
-
-def _over_majority(e) -> str:
-    """Accuracy over the majority class, or 'no gain detected (…)' when its interval
-    holds 0."""
-    if captions.excludes_zero(e) or (e or {}).get("value") is None:
-        return captions.estimate(e, sign=True)
-    return f"no gain detected ({captions.estimate(e, sign=True)})"
 
 
 def caption_over_majority(table: pd.DataFrame, summary: dict, models=("base", REFERENCE, STUDY)) -> str:
@@ -137,9 +122,9 @@ def caption_over_majority(table: pd.DataFrame, summary: dict, models=("base", RE
         layer = summary.get(f"answer_decodable_layer_{m}", {}).get("value")
         if pd.notna(layer):
             where = "at no layer" if n_layers is not None and layer >= n_layers else f"from layer {layer:.0f}"
-            layers.append(f"{where} ({_name(m)})")
+            layers.append(f"{where} ({captions.stage(m)})")
     parts = [f"The answer's last digit is decodable on the residual stream {captions.names(layers)}"] if layers else []
-    correct = [f"{_name(m)} {_over_majority(summary[f'probe_correct_over_majority_{m}'])}"
+    correct = [f"{captions.stage(m)} {captions.change(summary[f'probe_correct_over_majority_{m}'], none='no gain detected')}"
                for m in models if m != "base" and f"probe_correct_over_majority_{m}" in summary]
     if correct:
         parts.append(f"probing a model's own correctness, accuracy over the majority class: {captions.names(correct)}")
@@ -231,13 +216,13 @@ def caption_lens(lens_table: pd.DataFrame, summary: dict, models=("base", REFERE
     for m in models:
         layer = summary.get(f"lens_answer_layer_{m}", {}).get("value")
         if pd.notna(layer):
-            layers.append(f"{layer:.0f} ({_name(m)})")
+            layers.append(f"{layer:.0f} ({captions.stage(m)})")
     parts = [("The lens's top-1 at the answer position matches the model's final prediction from layer "
               f"{captions.names(layers)}")] if layers else []
     own = lens_table[(lens_table.model == lens_table.read_out) & (lens_table.metric == "kl")] if len(lens_table) else lens_table
     if len(own):
         first = own[own.layer == own.layer.min()]
-        kl = [f"{_name(m)} {fmt.interval(r.value, [r.ci_low, r.ci_high])}"
+        kl = [f"{captions.stage(m)} {fmt.interval(r.value, [r.ci_low, r.ci_high])}"
               for m in models for r in first[first.model == m].itertuples()]
         if kl:
             parts.append(f"KL to the final output after block {int(own.layer.min())}: {captions.names(kl)} nats")
@@ -276,7 +261,7 @@ def caption_cross(summary: dict) -> str:
     text = ("Stitched cross-model lens: each model's residual stream after layer l run through another model's "
             "later blocks and read-out (dashed; KL to that model's own output), beside its own logit lens (solid).")
     reads = [(REFERENCE, STUDY), (STUDY, REFERENCE), ("base", REFERENCE)]
-    parts = [f"{_name(reader)}'s on {_name(stream)}'s {_shown(summary, f'lens_stitch_kl_{stream}_into_{reader}')}"
+    parts = [f"{captions.stage(reader)}'s on {captions.stage(stream)}'s {_shown(summary, f'lens_stitch_kl_{stream}_into_{reader}')}"
              for reader, stream in reads if f"lens_stitch_kl_{stream}_into_{reader}" in summary]
     if not parts:
         return text + " Not measured on this run."

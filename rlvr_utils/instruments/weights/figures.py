@@ -81,13 +81,14 @@ def variant_tables(result: dict, per_table: int = 3) -> list[pd.DataFrame]:
 # from the same frames and `result` (metrics/weights.json): what is plotted, then what this run shows, with
 # numbers through rlvr_utils.core.captions and fmt, never typed by hand.
 SUMMARY_PREFIX = {"rlvr-sft": "rlvr", "sft-base": "sft"}  # weights.json summary keys of a pair
-MODELS = {"sft": "SFT", "rlvr": "RLVR", "base": "base"}
 GROUP_NAMES = {"mlp": "MLP", "all": "all parameters"}
 
 
 def pair_label(pair: str) -> str:
     """'rlvr-sft' -> 'RLVR − SFT'."""
-    return " − ".join(MODELS.get(p, p) for p in str(pair).split("-"))
+    from rlvr_utils.core.captions import stage
+
+    return " − ".join(stage(p) for p in str(pair).split("-"))
 
 
 def _pairs(result: dict) -> list[str]:
