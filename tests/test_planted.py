@@ -141,7 +141,10 @@ def test_registered_as_feature_row_controls_and_switchable(tmp_path):
     by_name = {t.name: t for t in registry.all(cfg)}
     for name in (planted.PLANTED, planted.REMOVED):
         t = by_name[name]
-        assert (t.kind, t.answer, t.calibrates, t.trained) == ("control", REPRESENTATION, ("crosscoder", "probes"), False)
+        assert (t.kind, t.answer, t.calibrates, t.trained) == ("control", REPRESENTATION, planted.FEATURE_ROWS, False)
+    # the feature rows are verdict groups: renaming a group cannot silently drop these controls from its calibration
+    from rlvr_utils.evidence import verdict
+    assert set(planted.FEATURE_ROWS) <= {rule.group for rule in verdict.RULES}
     assert planted.PLANTED in registry.built(cfg)
     off = config.from_dict({"runs_dir": str(tmp_path), "variants": {"planted": False}})
     assert planted.PLANTED not in registry.names(off)

@@ -35,8 +35,9 @@ class VariantParams(Section):
     planted: bool = Field(True, description="feature-level controls built from SFT's weights: 'planted_feature' (a "
                           "new direction written by one re-purposed MLP neuron at the crosscoder's block) and "
                           "'removed_feature' (the direction SFT's strongest MLP neuron there writes, projected "
-                          "out): known Representation changes the crosscoder and probe rows must find (model "
-                          "organism only: the gate reads a property of its synthetic problems)")
+                          "out): known Representation changes the feature rows (crosscoder, dictionary transfer, "
+                          "probes) must find (model organism only: the gate reads a property of its synthetic "
+                          "problems)")
     planted_layer: int | None = Field(None, ge=0, description="block of the planted controls; None = the middle "
                                       "block (num_layers // 2), the crosscoder's default; must equal crosscoder.layer "
                                       "when that is set")

@@ -50,7 +50,7 @@ INCONCLUSIVE = "inconclusive"
 NEITHER = "neither"  # enough calibrated rows, and none tells the treatment from an update without task signal
 DECIDED = (ROUTING, REPRESENTATION, BOTH, REDUNDANT)  # readings that say where a task-relevant change lives
 METRICS_FILES = ("eval.json", "variants.json", "same_input.json", "cka.json", "probes.json", "crosscoder.json",
-                 "patching.json", "grafting.json", "weights.json")
+                 "transfer.json", "patching.json", "grafting.json", "weights.json")
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,9 @@ RULES: tuple[Rule, ...] = (
          "new decodable intermediate results", "probes"),
     Rule("Model-specific crosscoder latents (SFT vs T)", "crosscoder.json",
          (Signal("specific_latents", "high", REPRESENTATION),), "—", "features that SFT lacks", "crosscoder"),
+    Rule("Share of T's activations that SFT's sparse dictionary leaves unexplained, beyond SFT's own (dictionary "
+         "transfer, held-out problems)", "transfer.json", (Signal("dictionary_excess_fvu", "high", REPRESENTATION),),
+         "—", "features SFT's dictionary lacks (new, or lost)", "dictionary transfer"),
 )
 
 # Shown beside the evidence, not tallied: did RLVR help, and by how much did the controls and nulls?

@@ -42,6 +42,8 @@ HOLDS = {
     "lens.json": "logit lens and cross-model lens (stitching) per layer and treatment",
     "crosscoder.json": "crosscoders per model pair: relative decoder norms, Latent Scaling, counts of specific "
                        "latents, and the causal test (ablation and transplant)",
+    "transfer.json": "dictionary transfer: the share of each treatment's activations that SFT's sparse dictionary "
+                     "leaves unexplained on held-out problems, beyond SFT's own",
     "patching.json": "activation patching: total and direct effects of attention and MLP outputs per layer and "
                      "treatment",
     "grafting.json": "grafting: the accuracy of SFT with a treatment's attention or MLP weights swapped in",

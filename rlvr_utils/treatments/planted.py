@@ -1,7 +1,7 @@
 """Feature-level positive controls (`variants.planted`): SFT with one known feature written into, or taken out of,
 the MLP of the block the crosscoder reads (`crosscoder.layer`, default the middle block). Both are known
 Representation changes (a direction of the residual stream starts or stops carrying a feature; no other weight
-moves), so the feature rows (crosscoder, probes) must find them; the other rows are not asked to (`calibrates`).
+moves), so the feature rows (crosscoder, dictionary transfer, probes) must find them; the other rows are not asked to (`calibrates`).
 
   - 'planted_feature': one MLP neuron re-purposed into a *new feature*. The neuron is the block's least-used one on
     SFT's validation tokens (default run: its write held 2e-8 of the residual's variance, so nothing is lost).
@@ -42,6 +42,7 @@ FIRING_RATE = 0.15  # share of completion tokens on which the planted neuron fir
 PLANTED_STRENGTH = 0.5  # RMS of the planted write where it fires / RMS norm of SFT's residual stream
 GATE_SHARPNESS = 8.0  # gate pre-activation in units of its spread: the neuron is near 0 where it does not fire
 PROPERTY = "the problem starts from a two-digit number"
+FEATURE_ROWS = ("crosscoder", "dictionary transfer", "probes")  # the verdict's row groups these controls calibrate
 
 
 def problem_property(problem: dict) -> bool:
@@ -220,10 +221,10 @@ def expand(cfg) -> list[Treatment]:
     return [Treatment(PLANTED, "control", REPRESENTATION, "planted",
                       f"SFT + a new feature: one MLP neuron re-purposed to write a direction SFT does not use, "
                       f"gated on '{PROPERTY}' (rank-1 write at the crosscoder's block)",
-                      calibrates=("crosscoder", "probes")),
+                      calibrates=FEATURE_ROWS),
             Treatment(REMOVED, "control", REPRESENTATION, "planted",
                       "SFT minus a feature: the direction its strongest MLP neuron writes at the crosscoder's block "
-                      "projected out of down_proj (rank 1)", calibrates=("crosscoder", "probes"))]
+                      "projected out of down_proj (rank 1)", calibrates=FEATURE_ROWS)]
 
 
 register(Family("planted", expand, build=build, order=17))
