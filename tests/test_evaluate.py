@@ -83,3 +83,15 @@ def test_stored_answers_are_reused_only_while_their_evaluation_is_up_to_date(tmp
     assert ev.stored_correct(cfg, "sft", 5) is None  # fewer answers than problems asked for
     (cfg.model_dir("sft") / "config.json").write_text('{"changed": 1}')  # another checkpoint: stale
     assert ev.stored_correct(cfg, "sft", 3) is None
+
+
+def test_an_evaluation_does_not_depend_on_the_treatment_families(tmp_path):
+    """Adding a placebo, or editing a control family's code, must not re-evaluate base, SFT and RLVR (three
+    minutes of decoding on the organism): the evaluation's stamp follows neither the treatments' params nor code."""
+    from rlvr_utils.core import config, deps
+    from rlvr_utils.evaluation import evaluate as ev
+
+    assert not [m for m in deps.closure([ev.__name__]) if m.startswith("rlvr_utils.treatments")]
+    stamps = [ev._stamp_of(config.from_dict({"runs_dir": str(tmp_path), "variants": {"placebos": n}}), "sft")[1]
+              for n in (2, 3)]
+    assert stamps[0] == stamps[1]

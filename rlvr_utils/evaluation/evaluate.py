@@ -17,7 +17,6 @@ from rlvr_utils.core import artifacts, deps, stats
 from rlvr_utils.core.device import release_gpu_memory, run_device, shutdown
 from rlvr_utils.models import chat
 from rlvr_utils.training import data
-from rlvr_utils.treatments import registry
 from rlvr_utils.training.rewards import extract_answer, is_correct, is_formatted
 
 PARAMS = ("evaluation", "data")  # params sections read here (rlvr_utils.core.deps)
@@ -260,29 +259,6 @@ def summarize(cfg) -> dict:
     return out
 
 
-def summarize_variants(cfg) -> dict:
-    """metrics/variants.json (the variants chapter; eval.json stays the GRPO chapter's): per treatment, greedy accuracy, its
-    gain over SFT and its difference from RLVR, with paired intervals; the controls' gains as summary keys."""
-    ev = cfg.evaluation
-    boot = dict(n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=cfg.seed)
-    correct = {name: c for name in ["sft", *registry.names(cfg)] if (c := _greedy_correct(cfg, name)) is not None}
-    if "sft" not in correct:
-        raise FileNotFoundError(f"{cfg.path('eval', 'sft_greedy.jsonl')}: SFT is not evaluated yet (run the GRPO chapter first)")
-    out = {"n_problems": len(correct["sft"]), "variants": variant_summary(correct, boot), "summary": {}}
-    for name in registry.names(cfg, "control"):
-        if name in out["variants"]:
-            out["summary"][f"{name}_minus_sft_accuracy"] = {
-                **out["variants"][name]["gain"], "description": f"{name} control minus SFT greedy accuracy"}
-    artifacts.write_json(cfg.path("metrics", "variants.json"), out)
-    return out
-
-
-def _greedy_correct(cfg, name: str) -> np.ndarray | None:
-    """Per problem, whether `name`'s greedy answer is right (eval/<name>_greedy.jsonl); None if not evaluated."""
-    path = cfg.path("eval", f"{name}_greedy.jsonl")
-    return np.array([r["correct"] for r in data.read_jsonl(path)], dtype=float) if path.exists() else None
-
-
 def stored_correct(cfg, name: str, n: int) -> list[bool] | None:
     """The first `n` per-problem results of `name`'s greedy evaluation on data/eval.jsonl, when that evaluation
     exists and is up to date (its stamp checks params, code, checkpoint and problems); else None. Grafting reads
@@ -292,19 +268,6 @@ def stored_correct(cfg, name: str, n: int) -> list[bool] | None:
         return None
     rows = data.read_jsonl(path)
     return [bool(r["correct"]) for r in rows[:n]] if len(rows) >= n else None
-
-
-def variant_summary(correct: dict[str, np.ndarray], boot: dict) -> dict:
-    """Per treatment in `correct` (besides 'sft'): greedy accuracy, its gain over SFT and its difference from
-    RLVR (paired intervals)."""
-    out, sft, rlvr = {}, correct["sft"], correct.get("rlvr")
-    for name, c in correct.items():
-        if name == "sft" or c.shape != sft.shape:
-            continue  # a different shape: evaluated on another problem set, stale; re-run the variants chapter
-        out[name] = {"accuracy": stats.bootstrap(c, **boot), "gain": stats.paired_difference(c, sft, **boot)}
-        if rlvr is not None and name != "rlvr":
-            out[name]["minus_rlvr"] = stats.paired_difference(c, rlvr, **boot)
-    return out
 
 
 def _stamp_of(cfg, name: str) -> tuple:
