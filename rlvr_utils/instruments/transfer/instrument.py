@@ -103,6 +103,7 @@ class Shared:
     saes: list
     held_out: np.ndarray  # token mask of the problems read (not fitted)
     reference: tuple[np.ndarray, np.ndarray]  # SFT's per-problem (error, spread) on them
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # SFT's problem of each token
     report: dict = field(default_factory=dict)
 
 
@@ -121,6 +122,9 @@ class DictionaryTransfer(base.Instrument):
         run_extract(cfg, name, shared.cache)  # skipped when current
         x, _ = shared.store.read(name, shared.site, shared.position)
         rows = np.asarray(shared.store.index(name, shared.position))[:, 0]
+        if len(shared.rows) and not np.array_equal(rows, shared.rows):
+            raise ValueError(f"activations of {REFERENCE!r} and {name!r} at {shared.position!r} are not at the same "
+                             "tokens: re-run the extraction chapter so both use the run's one token cache")
         return normalised(x), rows
 
     def _sums(self, shared: Shared, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +138,7 @@ class DictionaryTransfer(base.Instrument):
         shared = Shared(TokenCache.load(cfg.path("tokens")), store, site, c.position, [], np.zeros(0, bool),
                         (np.zeros(0), np.zeros(0)))
         x, rows = self._read(cfg, shared, REFERENCE)
+        shared.rows = rows
         fitted, shared.held_out = split(rows)
         sides = [len(np.unique(rows[mask])) for mask in (fitted, shared.held_out)]
         if min(sides) < 2:
