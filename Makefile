@@ -34,11 +34,11 @@ elicit: install
 	$(PY) -m rlvr_utils elicit --params $(PARAMS)
 	$(PY) -m rlvr_utils run --params $(PARAMS)
 
-# Everything, the whole book on params/ci.yaml included (about 15 minutes on 2 cores).
+# Everything, the whole book on params/ci.yaml included (about 30 minutes on 2 cores, install excluded).
 test: install
 	$(PY) -m pytest -q
 
-# While working: unit tests and planted checks on tiny models, no end-to-end run (under 2 minutes).
+# While working: unit tests and planted checks on tiny models, no end-to-end run (about 3 minutes on 2 cores).
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 

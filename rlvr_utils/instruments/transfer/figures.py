@@ -28,12 +28,12 @@ def plot_excess(result: dict, kinds: dict[str, str]):
                     color=color, capsize=3)
     ax.axvline(0, color="0.3", lw=1, ls="--")
     ax.set_xscale("symlog", linthresh=LINEAR_BELOW)
+    if rows:  # a little room left of 0 (the nulls' intervals), none wasted on negative decades
+        ax.set_xlim(min(-LINEAR_BELOW, min(e["ci"][0] for _, e in rows)), 2 * max(e["ci"][1] for _, e in rows))
     ax.set_yticks(range(len(rows)), [name for name, _ in rows])
     ax.invert_yaxis()
-    ax.set_xlabel("FVU through SFT's dictionary minus SFT's (95% CI; symlog axis)")
-    ax.set_title(f"What SFT's dictionary cannot explain, {result.get('site', '')}")
-    if placebos:
-        ax.legend(loc="lower right", fontsize=plots.MIN_FONT)
+    ax.set_xlabel("FVU minus SFT's (95% CI; symlog axis)")  # the grey band: the placebos' intervals
+    ax.set_title("What SFT's dictionary cannot explain")
     fig.tight_layout()
     return fig
 
