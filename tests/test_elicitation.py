@@ -250,3 +250,24 @@ def test_a_chapter_reruns_when_the_result_changes(tmp_path):
     after = elicitation.outside_inputs(cfg)
     assert list(after) == list(before) and list(after.values())[0] is not None
     assert elicitation.load(cfg) == {"fractions": [0, 0.5]}
+
+
+def test_the_reading_says_how_much_reward_signal_grpo_had_at_each_end(tmp_path):
+    """At a low share SFT rarely answers right, so most GRPO groups are rewarded alike and teach nothing: the reading
+    quotes the share of groups with a reward spread (from TRL's frac_reward_zero_std) and says what that confounds."""
+    from rlvr_utils.core import config
+    from rlvr_utils.experiments import elicitation_runs
+
+    sub = config.from_dict({"name": "sub", "runs_dir": str(tmp_path)})
+    assert elicitation_runs.grpo_signal(sub) is None  # not trained yet
+    sub.path("metrics").mkdir(parents=True)
+    sub.path("metrics", "train_rlvr.json").write_text(json.dumps({"log_history": [
+        {"frac_reward_zero_std": 0.9}, {"frac_reward_zero_std": 0.7}, {"loss": 0.1}]}))
+    assert elicitation_runs.grpo_signal(sub) == pytest.approx(0.2)
+
+    result = elicitation.summarize(planted({0.0: 0.0, 0.05: 0.02, 0.2: 0.08, 0.5: 0.2}), n_bootstrap=300)
+    assert "reward signal" not in elicitation.reading(result)  # nothing recorded: nothing said
+    for r in result["runs"]:
+        r["grpo_signal"] = {0.0: 0.2, 0.5: 0.85}.get(r["fraction"], 0.5) + 0.02 * r["seed"]
+    text = elicitation.reading(result)
+    assert "21% of its groups did at 0% and 86% at 50%" in text and "missing reward signal" in text

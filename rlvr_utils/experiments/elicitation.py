@@ -213,6 +213,15 @@ def reading(elicitation_json: dict | str | Path) -> str:
         text.append(f"RLVR gains already at {_share(first['fraction'])}.{why}")
     text.append(f"Reading: **{said}**. {MEANING[said]}. The verdict shows this experiment beside its table and does "
                 "not count it: no control with a known answer calibrates it.")
+    signal = {f: [r["grpo_signal"] for r in result["runs"] if r["fraction"] == f and r.get("grpo_signal") is not None]
+              for f in (first["fraction"], last["fraction"])}
+    if all(signal.values()):
+        low_signal, high_signal = (float(np.mean(v)) for v in signal.values())
+        text.append(f"GRPO learns only from groups whose answers differ in reward: {low_signal:.0%} of its groups did "
+                    f"at {_share(first['fraction'])} and {high_signal:.0%} at {_share(last['fraction'])}."
+                    + (" Where SFT rarely answers right, RLVR also had less to learn from, so this experiment cannot "
+                       "tell missing knowledge from missing reward signal at the low shares."
+                       if low_signal < high_signal else ""))
     if result["fractions"][0] > 0:
         text.append(f"The smallest share tried is {_share(result['fractions'][0])}, not 0: a base that never met the "
                     "new wording is not measured.")

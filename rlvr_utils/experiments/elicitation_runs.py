@@ -119,11 +119,24 @@ def greedy_file(sub: Params, stage: str) -> Path:
     return sub.path("eval", f"{stage}_greedy.jsonl")
 
 
+def grpo_signal(sub: Params) -> float | None:
+    """Share of GRPO's groups whose completions differed in reward, over its logged steps (1 - TRL's
+    `frac_reward_zero_std`): a group whose answers are all rewarded alike has no advantage and teaches nothing.
+    None when the training log has no such entry."""
+    path = sub.path("metrics", "train_rlvr.json")
+    if not path.is_file():
+        return None
+    history = artifacts.read_json(path).get("log_history", [])
+    zero = [float(row["frac_reward_zero_std"]) for row in history if "frac_reward_zero_std" in row]
+    return 1.0 - float(np.mean(zero)) if zero else None
+
+
 def sub_run_record(sub: Params) -> dict:
-    """Where a sub-run is and what each of its steps cost when it was made (seconds, from the stamps)."""
+    """Where a sub-run is, what each of its steps cost when it was made (seconds, from the stamps), and how much
+    reward signal its GRPO run had."""
     seconds = {stage: _stamp_seconds(sub.path("models", stage)) for stage in STAGES}
     seconds.update({f"evaluate_{stage}": _stamp_seconds(greedy_file(sub, stage)) for stage in EVALUATED})
-    return {"run": sub.name, "folder": str(sub.run_dir), "seconds": seconds}
+    return {"run": sub.name, "folder": str(sub.run_dir), "seconds": seconds, "grpo_signal": grpo_signal(sub)}
 
 
 def correct_answers(sub: Params) -> dict[str, np.ndarray]:
@@ -162,7 +175,8 @@ def run(params_file: str | Path, fractions: list[float] | None = None, seeds: li
     lock.claim(cfg.run_dir)  # the main run may not have run yet: its folder holds the result
     path = cfg.path("metrics", elicitation.RESULT)
     fingerprint = _fingerprint(chosen, cfg.seed)
-    inputs = [greedy_file(sub, stage) for sub in subs.values() for stage in EVALUATED]
+    inputs = [*(greedy_file(sub, stage) for sub in subs.values() for stage in EVALUATED),
+              *(sub.path("metrics", "train_rlvr.json") for sub in subs.values())]
     if artifacts.is_current(path, fingerprint, inputs):
         print(f"{path}: up to date, skipped", flush=True)
         return artifacts.read_json(path)
