@@ -12,7 +12,7 @@ def test_the_default_treatments_in_the_order_the_book_shows_them():
     planted = ["planted_feature", "removed_feature"]
     assert registry.names(cfg) == ["rlvr", "attn_only", "mlp_only", *hybrids, *planted, *placebos, "identical",
                                    *(f"null_{k}" for k in range(3))]
-    assert all(registry.get(cfg, p).calibrates == ("crosscoder", "probes") for p in planted)  # feature rows only
+    assert all(registry.get(cfg, p).calibrates == ("crosscoder", "dictionary transfer", "probes") for p in planted)  # feature rows only
     assert registry.names(cfg, "placebo") == placebos
     assert registry.names(cfg, "control", "identical") == ["attn_only", "mlp_only", *hybrids, *planted, "identical"]
     assert [t.name for t in registry.all(cfg) if t.full] == hybrids  # every weight moved in these controls
