@@ -40,7 +40,7 @@ def world():
     models = {k: normalised(v.astype(np.float32)) for k, v in models.items()}
     fitted, held = split(rows)
     saes = [fit(models["sft"][fitted], seed=s, **TRAIN) for s in (0, 1)]
-    sums = {k: errors(saes, x[held], rows[held])[1:] for k, x in models.items()}
+    sums = {k: errors(saes, x[held], rows[held]) for k, x in models.items()}
     excess = {k: excess_fvu(sums["sft"], s, 500, 0.95, 0)[0] for k, s in sums.items()}
     return models, rows, saes, sums, excess
 

@@ -1,7 +1,8 @@
 """Feature-level positive controls (`variants.planted`): SFT with one known feature written into, or taken out of,
 the MLP of the block the crosscoder reads (`crosscoder.layer`, default the middle block). Both are known
 Representation changes (a direction of the residual stream starts or stops carrying a feature; no other weight
-moves), so the feature rows (crosscoder, dictionary transfer, probes) must find them; the other rows are not asked to (`calibrates`).
+moves), so the feature rows (crosscoder, dictionary transfer, probes) must find them; the other rows are not asked
+to (`calibrates`).
 
   - 'planted_feature': one MLP neuron re-purposed into a *new feature*. The neuron is the block's least-used one on
     SFT's validation tokens (default run: its write held 2e-8 of the residual's variance, so nothing is lost).

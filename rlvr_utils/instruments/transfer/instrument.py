@@ -67,7 +67,7 @@ def normalised(x: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def errors(saes: list[dictionary.Crosscoder], x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def errors(saes: list[dictionary.Crosscoder], x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per problem (sorted row ids): the squared reconstruction error summed over its tokens, averaged over the
     dictionaries, and the tokens' squared distance from the mean over all tokens (the FVU's denominator)."""
     x = np.asarray(x, dtype=np.float32)
@@ -75,7 +75,7 @@ def errors(saes: list[dictionary.Crosscoder], x: np.ndarray, rows: np.ndarray) -
     err = np.mean([(sae(t) - t).pow(2).sum((1, 2)).double().numpy() for sae in saes], axis=0)
     spread = ((x - x.mean(0)) ** 2).sum(1).astype(np.float64)
     ids, inverse = np.unique(np.asarray(rows), return_inverse=True)
-    return ids, np.bincount(inverse, err, len(ids)), np.bincount(inverse, spread, len(ids))
+    return np.bincount(inverse, err, len(ids)), np.bincount(inverse, spread, len(ids))
 
 
 def excess_fvu(reference: tuple[np.ndarray, np.ndarray], target: tuple[np.ndarray, np.ndarray], n_bootstrap: int,
@@ -128,8 +128,7 @@ class DictionaryTransfer(base.Instrument):
         return normalised(x), rows
 
     def _sums(self, shared: Shared, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        _, err, spread = errors(shared.saes, x[shared.held_out], rows[shared.held_out])
-        return err, spread
+        return errors(shared.saes, x[shared.held_out], rows[shared.held_out])
 
     def prepare(self, cfg, treatments: list[str]) -> Shared:
         c, started = cfg.crosscoder, time.perf_counter()
