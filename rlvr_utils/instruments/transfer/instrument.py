@@ -34,7 +34,7 @@ from rlvr_utils.core.device import run_device
 from rlvr_utils.core.estimate import Estimate
 from rlvr_utils.instruments import base
 from rlvr_utils.instruments.crosscoder import model as dictionary
-from rlvr_utils.instruments.crosscoder.instrument import middle_layer
+from rlvr_utils.instruments.crosscoder.instrument import middle_layer, read_pair
 from rlvr_utils.models import families
 from rlvr_utils.treatments import registry
 from rlvr_utils.treatments.registry import REFERENCE
@@ -103,7 +103,6 @@ class Shared:
     saes: list
     held_out: np.ndarray  # token mask of the problems read (not fitted)
     reference: tuple[np.ndarray, np.ndarray]  # SFT's per-problem (error, spread) on them
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # SFT's problem of each token
     report: dict = field(default_factory=dict)
 
 
@@ -119,25 +118,21 @@ class DictionaryTransfer(base.Instrument):
         return registry.available(cfg, list(listed)) if listed is not None else registry.available(cfg)
 
     def _read(self, cfg, shared: Shared, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """`name`'s normalised activations and each token's problem, checked to be at SFT's tokens."""
         run_extract(cfg, name, shared.cache)  # skipped when current
-        x, _ = shared.store.read(name, shared.site, shared.position)
-        rows = np.asarray(shared.store.index(name, shared.position))[:, 0]
-        if len(shared.rows) and not np.array_equal(rows, shared.rows):
-            raise ValueError(f"activations of {REFERENCE!r} and {name!r} at {shared.position!r} are not at the same "
-                             "tokens: re-run the extraction chapter so both use the run's one token cache")
-        return normalised(x), rows
+        _, x, index = read_pair(shared.store, REFERENCE, name, shared.site, shared.position)
+        return normalised(x), index[:, 0]
 
     def _sums(self, shared: Shared, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return errors(shared.saes, x[shared.held_out], rows[shared.held_out])
 
     def prepare(self, cfg, treatments: list[str]) -> Shared:
         c, started = cfg.crosscoder, time.perf_counter()
-        store = ActivationStore(cfg.path("activations"))
-        site = families.site_name(middle_layer(cfg), c.site)
+        store, layer = ActivationStore(cfg.path("activations")), middle_layer(cfg)
+        site = families.site_name(layer, c.site)
         shared = Shared(TokenCache.load(cfg.path("tokens")), store, site, c.position, [], np.zeros(0, bool),
                         (np.zeros(0), np.zeros(0)))
         x, rows = self._read(cfg, shared, REFERENCE)
-        shared.rows = rows
         fitted, shared.held_out = split(rows)
         sides = [len(np.unique(rows[mask])) for mask in (fitted, shared.held_out)]
         if min(sides) < 2:
@@ -155,7 +150,7 @@ class DictionaryTransfer(base.Instrument):
         yardstick = excess_fvu(shared.reference, self._sums(shared, *self._read(cfg, shared, YARDSTICK)),
                                ev.n_bootstrap, ev.confidence, cfg.seed)[0]
         shared.report = {
-            "site": site, "position": c.position, "layer": middle_layer(cfg), "n_latents": c.expansion * d,
+            "site": site, "position": c.position, "layer": layer, "n_latents": c.expansion * d,
             "k": c.k, "seeds": c.seeds, "n_tokens_fitted": int(fitted.sum()),
             "n_tokens_read": int(shared.held_out.sum()), "n_problems_read": int(len(shared.reference[0])),
             "summary": {
