@@ -39,7 +39,7 @@ def world():
               "small": small}
     models = {k: normalised(v.astype(np.float32)) for k, v in models.items()}
     fitted, held = split(rows)
-    saes = [fit(models["sft"][fitted], seed=s, **TRAIN) for s in (0, 1)]
+    saes = [fit(models["sft"][fitted], seed=s, **TRAIN)[0] for s in (0, 1)]
     sums = {k: errors(saes, x[held], rows[held]) for k, x in models.items()}
     excess = {k: excess_fvu(sums["sft"], s, 500, 0.95, 0)[0] for k, s in sums.items()}
     return models, rows, saes, sums, excess
@@ -139,3 +139,13 @@ def test_the_verdicts_row_reads_the_planted_controls_and_no_reference_as_evidenc
     problems = row["calibration"].split("; ")
     assert sorted(p.split(" ")[0] for p in problems) == ["mlp_only", "representation_hybrid",
                                                           "representation_hybrid_matched"], problems
+
+
+def test_fit_returns_the_in_sample_fvu_of_the_dictionary_it_returns(world):
+    import torch
+    models, rows, *_ = world
+    x = models["sft"][split(rows)[0]]
+    sae, fvu = fit(x, **{**TRAIN, "steps": 50}, seed=3)
+    t = torch.from_numpy(np.ascontiguousarray(x[:, None, :]))
+    naive = (sae(t) - t).pow(2).sum().item() / ((x - x.mean(0)) ** 2).sum()
+    assert 0 < fvu < 1 and fvu == pytest.approx(naive, rel=1e-5)

@@ -53,11 +53,12 @@ def split(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit(x: np.ndarray, n_latents: int, k: int, steps: int, batch_size: int, lr: float, seed: int,
-        device: str = "cpu") -> dictionary.Crosscoder:
-    """A one-model BatchTopK dictionary of already normalised activations [N, d]."""
-    sae, _ = dictionary.train(torch.from_numpy(np.ascontiguousarray(x[:, None, :])).to(device), n_latents, k, steps,
-                              batch_size, lr, seed, progress=False, desc="dictionary")
-    return sae.cpu()
+        device: str = "cpu") -> tuple[dictionary.Crosscoder, float]:
+    """A one-model BatchTopK dictionary of already normalised activations [N, d], and the fraction of their variance
+    it leaves unexplained (in sample, as the trainer measured it)."""
+    sae, info = dictionary.train(torch.from_numpy(np.ascontiguousarray(x[:, None, :])).to(device), n_latents, k,
+                                 steps, batch_size, lr, seed, progress=False, desc="dictionary")
+    return sae.cpu(), float(info["fvu"][0])
 
 
 def normalised(x: np.ndarray) -> np.ndarray:
@@ -140,11 +141,10 @@ class DictionaryTransfer(base.Instrument):
                              f"({c.position}); it needs 2 of each: raise extract.n_problems (got "
                              f"{cfg.extract.n_problems})")
         d = x.shape[1]
-        shared.saes = [fit(x[fitted], c.expansion * d, c.k, c.steps, c.batch_size, c.learning_rate, cfg.seed + s,
-                           run_device(cfg)) for s in range(c.seeds)]
+        fits = [fit(x[fitted], c.expansion * d, c.k, c.steps, c.batch_size, c.learning_rate, cfg.seed + s,
+                    run_device(cfg)) for s in range(c.seeds)]
+        shared.saes, in_sample = [sae for sae, _ in fits], [fvu for _, fvu in fits]
         shared.reference = self._sums(shared, x, rows)
-        in_sample = [float(dictionary.fraction_unexplained(sae, torch.from_numpy(x[fitted][:, None, :]))[0])
-                     for sae in shared.saes]
         held = shared.reference[0].sum() / shared.reference[1].sum()
         ev = cfg.evaluation
         yardstick = excess_fvu(shared.reference, self._sums(shared, *self._read(cfg, shared, YARDSTICK)),
