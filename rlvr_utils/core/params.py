@@ -348,7 +348,10 @@ class PatchingParams(Section):
     patches_per_forward: int = Field(
         2, gt=0, description="patches run side by side in one forward pass (each copies the batch): raise it on a "
                              "GPU; on a CPU ~32 rows per pass was fastest (benchmarks/patching_batching.py)")
-    graft_problems: int = Field(256, gt=0, description="held-out problems each grafted model is evaluated on")
+    graft_problems: int = Field(500, gt=0, description=(
+        "held-out problems each grafted model is evaluated on (the behavioural row's n): every problem of the default "
+        "test set (evaluation.n_problems), for power, since the row's yardstick is the union of the intervals of "
+        "every placebo, null and identical copy (book/methods.md, 'The behavioural row')"))
     graft_ranges: list[Literal["all", "first_half", "second_half"]] = Field(
         ["all"], min_length=1,
         description="layer ranges of attention-/MLP-only grafts (each range costs two greedy evaluations)")
