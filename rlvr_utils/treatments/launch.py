@@ -5,9 +5,9 @@ A trained treatment is launched as RLVR is. When RLVR's stage goes through `acce
 machines, DeepSpeed), each treatment does too, with GRPO's processes, DeepSpeed file and generation batch, one after
 the other: they would share the GPUs, and each loads its own colocated vLLM. When RLVR trains in one process
 without DeepSpeed (the organism on a CPU), each treatment is a process of its own (`python -m rlvr_utils train
---stage NAME`), one at a time on a GPU machine, else as many at once as the machine has cores, one thread each: the
-organism's steps use a second core poorly (on 2 cores, RLVR alone with two threads trained in 120 s; five treatments
-two at a time, one thread each, took 168-222 s each and 591 s in all, against about 600 s one after the other).
+--stage NAME`), one at a time on a GPU machine, else as many at once as the machine has cores, one thread each. On
+the organism that is about as fast as one after the other with every thread, not faster: on 2 cores RLVR alone with
+two threads trained in 120 s, and five treatments two at a time took 168-222 s each, 591 s in all.
 Either way each treatment runs RLVR's recipe, and its metrics (`recipe`) say so."""
 from __future__ import annotations
 
