@@ -210,7 +210,9 @@ def build(cfg, name: str) -> str:
             edited.update(edits())
         return edited[tensor] if tensor in edited else get("sft")
     done = build_from_checkpoints(cfg, name, make, ("sft",))
-    shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in record.items()}  # the chapter prints it
+    # the chapter prints it: 3 significant digits, 2 below 1e-3, so that no number runs to 6 decimals (page audit)
+    shown = {k: float(f"{v:.{3 if abs(v) >= 1e-3 else 2}g}") if isinstance(v, float) else v
+             for k, v in record.items()}
     return done + (f" ({json.dumps(shown)})" if record else "")
 
 
